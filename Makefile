@@ -1,0 +1,40 @@
+# Quick start: `make demo` (install + main job) and `make test` (dev install + every test).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel is installed before the project so that resolving `torch>=2.5` never pulls a CUDA build.
+# On a GPU machine: make install TORCH_SPEC='torch==2.13.0 --index-url <your CUDA index>'
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(BIN)/python -m pip
+
+.PHONY: install install-dev test test-fast lint demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC)
+	touch $@
+
+install: $(VENV)/.torch
+	$(PIP) install -q -e .
+
+install-dev: $(VENV)/.torch
+	$(PIP) install -q -e '.[dev]'
+
+test: install-dev
+	$(BIN)/python -m pytest -m 'slow or not slow' --durations=15
+
+test-fast: install-dev
+	$(BIN)/python -m pytest
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+demo: install
+	@echo "The end-to-end demo (train_vae.py -> train_dalle.py -> generate.py) lands with issue [2/8]."
+	$(BIN)/python examples/readme_api.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""Models: DiscreteVAE, DALLE, CLIP and their building blocks. No training or distributed code here."""
+
+from .clip import CLIP
+from .dalle import DALLE
+from .vae import DiscreteVAE
+
+__all__ = ["CLIP", "DALLE", "DiscreteVAE"]

@@ -1,0 +1,108 @@
+"""CLIP (Radford et al. 2021): a text encoder and an image encoder trained to agree; used to rank samples."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attention import MaskSpec
+from .transformer import Transformer
+
+
+class CLIP(nn.Module):
+    """Contrastive text-image model with DALLE-pytorch's constructor arguments."""
+
+    def __init__(
+        self,
+        *,
+        dim_text: int = 512,
+        dim_image: int = 512,
+        dim_latent: int = 512,
+        num_text_tokens: int = 10000,
+        text_enc_depth: int = 6,
+        text_seq_len: int = 256,
+        text_heads: int = 8,
+        num_visual_tokens: int = 512,
+        visual_enc_depth: int = 6,
+        visual_heads: int = 8,
+        visual_image_size: int = 256,
+        visual_patch_size: int = 32,
+        channels: int = 3,
+        dim_head: int = 64,
+    ) -> None:
+        super().__init__()
+        if visual_image_size % visual_patch_size != 0:
+            raise ValueError(
+                f"visual_image_size {visual_image_size} must be divisible by "
+                f"visual_patch_size {visual_patch_size}"
+            )
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.text_seq_len, self.visual_image_size = text_seq_len, visual_image_size
+        self.patch_size, self.channels = visual_patch_size, channels
+        num_patches = (visual_image_size // visual_patch_size) ** 2
+        # num_visual_tokens is kept for DALLE-pytorch compatibility: images enter as pixel patches
+
+        self.text_emb = nn.Embedding(num_text_tokens, dim_text)
+        self.text_pos_emb = nn.Embedding(text_seq_len, dim_text)
+        self.text_transformer = Transformer(
+            dim=dim_text, depth=text_enc_depth, heads=text_heads, dim_head=dim_head
+        )
+        self.text_norm = nn.LayerNorm(dim_text)
+        self.to_text_latent = nn.Linear(dim_text, dim_latent, bias=False)
+
+        self.to_patch = nn.Linear(channels * visual_patch_size**2, dim_image)
+        self.visual_pos_emb = nn.Embedding(num_patches, dim_image)
+        self.visual_transformer = Transformer(
+            dim=dim_image, depth=visual_enc_depth, heads=visual_heads, dim_head=dim_head
+        )
+        self.visual_norm = nn.LayerNorm(dim_image)
+        self.to_visual_latent = nn.Linear(dim_image, dim_latent, bias=False)
+
+        self.temperature = nn.Parameter(torch.tensor(1.0))
+
+    def config(self) -> dict:
+        """Constructor arguments, to rebuild this model."""
+        return dict(self._config)
+
+    def embed_text(self, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
+        """Unit-norm text latents ``[B, dim_latent]``; padding (0, or False in ``text_mask``) is ignored."""
+        if text.shape[1] > self.text_seq_len:
+            raise ValueError(f"text has {text.shape[1]} tokens, CLIP takes at most {self.text_seq_len}")
+        mask = text != 0 if text_mask is None else text_mask.bool()
+        mask = mask.clone()
+        mask[:, 0] = True  # an all-padding caption still attends somewhere
+        x = self.text_emb(text) + self.text_pos_emb.weight[: text.shape[1]]
+        x = self.text_norm(self.text_transformer(x, MaskSpec(key_padding=mask)))
+        weights = mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x * weights).sum(dim=1) / weights.sum(dim=1)
+        return F.normalize(self.to_text_latent(pooled), dim=-1)
+
+    def embed_image(self, image: Tensor) -> Tensor:
+        """Unit-norm image latents ``[B, dim_latent]`` from pixels ``[B, C, H, W]``."""
+        size, p = self.visual_image_size, self.patch_size
+        if image.shape[1:] != (self.channels, size, size):
+            if image.shape[1] == self.channels and image.shape[-1] != size:
+                image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+            else:
+                raise ValueError(
+                    f"CLIP takes images [B, {self.channels}, {size}, {size}], got {tuple(image.shape)}"
+                )
+        b = image.shape[0]
+        patches = image.unfold(2, p, p).unfold(3, p, p)  # [B, C, h, w, p, p]
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, self.channels * p * p)
+        x = self.to_patch(patches) + self.visual_pos_emb.weight
+        x = self.visual_norm(self.visual_transformer(x, MaskSpec()))
+        return F.normalize(self.to_visual_latent(x.mean(dim=1)), dim=-1)
+
+    def forward(
+        self, text: Tensor, image: Tensor, text_mask: Tensor | None = None, return_loss: bool = False
+    ) -> Tensor:
+        """Scaled similarity of each (text, image) pair ``[B]``, or the symmetric contrastive loss."""
+        text_latents, image_latents = self.embed_text(text, text_mask), self.embed_image(image)
+        scale = self.temperature.exp()
+        if not return_loss:
+            return (text_latents * image_latents).sum(dim=-1) * scale
+        sim = text_latents @ image_latents.t() * scale
+        labels = torch.arange(text.shape[0], device=text.device)
+        return (F.cross_entropy(sim, labels) + F.cross_entropy(sim.t(), labels)) / 2

@@ -1,0 +1,233 @@
+"""Transformer blocks shared by DALLE and CLIP: attention, feed-forward, token shift, rotary, sharing.
+
+A layer is two residual branches (attention, then feed-forward). Layers may share branch weights
+(``shared_attn_ids`` / ``shared_ff_ids``) but always keep their own decode cache. With ``reversible``
+the branches run as a reversible residual sequence (see ``reversible.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import cycle, islice
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attention import MaskSpec, SequenceLayout, attention
+from .reversible import reversible_sequence
+from .sampling import KVCache, LayerCache
+
+
+def layer_ids(ids: int | Sequence[int] | None, depth: int) -> tuple[int, ...]:
+    """Per-layer sharing ids, cycled to ``depth`` as DALLE-pytorch does; ``None`` means no sharing."""
+    if ids is None:
+        return tuple(range(depth))
+    if isinstance(ids, int):
+        ids = (ids,)
+    if len(ids) == 0:
+        raise ValueError("shared ids must not be empty")
+    return tuple(islice(cycle(ids), depth))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021) over several coordinate axes.
+
+    ``coords [L, A]`` gives each position A coordinates (for DALL-E: text index, image row, image column);
+    the rotated part of each head is split evenly between the axes.
+    """
+
+    def __init__(self, dim_head: int, coords: Tensor, theta: float = 10000.0) -> None:
+        super().__init__()
+        axes = coords.shape[1]
+        per_axis = (dim_head // axes) // 2 * 2
+        if per_axis == 0:
+            raise ValueError(f"dim_head {dim_head} is too small for rotary embedding over {axes} axes")
+        freqs = theta ** (-torch.arange(0, per_axis, 2, dtype=torch.float64) / per_axis)
+        angles = (coords.double()[:, :, None] * freqs).flatten(1)  # [L, axes * per_axis / 2]
+        self.rot_dim = axes * per_axis
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """Rotate ``x [B, H, n, d]`` whose positions start at ``offset``."""
+        n = x.shape[-2]
+        cos = self.cos[offset : offset + n].to(x.dtype)
+        sin = self.sin[offset : offset + n].to(x.dtype)
+        rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
+        a, b = rot.chunk(2, dim=-1)
+        return torch.cat((a * cos - b * sin, b * cos + a * sin, rest), dim=-1)
+
+
+class TokenShift(nn.Module):
+    """Mix features of neighbouring earlier tokens into each token, as DALLE-pytorch's ``shift_tokens``.
+
+    Text: the first half of the channels come from the previous token. Image: the first quarter comes from
+    the token above in the grid and the second quarter from the token to the left (zeros at the edges).
+    """
+
+    def __init__(self, layout: SequenceLayout) -> None:
+        super().__init__()
+        self.layout = layout
+
+    def forward(self, x: Tensor, offset: int = 0, history: Tensor | None = None) -> Tensor:
+        """Shift ``x [B, n, D]`` at positions ``offset..``; ``history`` holds every input up to the end."""
+        history = x if history is None else history
+        t, f = self.layout.text_len, self.layout.fmap_size
+        pos = torch.arange(offset, offset + x.shape[1], device=x.device)
+        img = pos - t
+        is_img = img >= 0
+        prev_ok = torch.where(is_img, img % f != 0, pos > 0)
+        top_ok = is_img & (img >= f)
+        prev = history[:, (pos - 1).clamp(min=0)] * prev_ok[None, :, None]
+        top = history[:, (pos - f).clamp(min=0)] * top_ok[None, :, None]
+        q = x.shape[-1] // 4
+        first = torch.where(is_img[None, :, None], top[..., :q], prev[..., :q])
+        return torch.cat((first, prev[..., q : 2 * q], x[..., 2 * q :]), dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose mask comes from a ``MaskSpec``; writes to a layer cache when given."""
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        spec: MaskSpec,
+        rotary: Rotary | None = None,
+        cache: LayerCache | None = None,
+        offset: int = 0,
+        max_len: int = 0,
+    ) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = rotary(q, offset), rotary(k, offset)
+        if cache is not None:
+            k, v = cache.append_kv(k, v, offset, max_len)
+        out = attention(q, k, v, spec, q_offset=offset, dropout_p=self.dropout if self.training else 0.0)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward (Shazeer 2020)."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(dim, dim * mult * 2)
+        self.dropout = nn.Dropout(dropout)
+        self.proj_out = nn.Linear(dim * mult, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.proj_in(x).chunk(2, dim=-1)
+        return self.proj_out(self.dropout(value * F.gelu(gate)))
+
+
+class Branch(nn.Module):
+    """One residual branch: pre-norm, optional token shift, the function, optional sandwich norm."""
+
+    def __init__(self, dim: int, fn: nn.Module, sandwich_norm: bool = False) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fn = fn
+        self.post_norm = nn.LayerNorm(dim) if sandwich_norm else nn.Identity()
+
+
+class Transformer(nn.Module):
+    """A stack of attention + feed-forward layers with per-layer masks."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        depth: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        ff_mult: int = 4,
+        reversible: bool = False,
+        sandwich_norm: bool = False,
+        token_shift: TokenShift | None = None,
+        shared_attn_ids: int | Sequence[int] | None = None,
+        shared_ff_ids: int | Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self.depth, self.reversible = depth, reversible
+        self.attn_ids, self.ff_ids = layer_ids(shared_attn_ids, depth), layer_ids(shared_ff_ids, depth)
+        self.attns = nn.ModuleDict(
+            {
+                str(i): Branch(dim, Attention(dim, heads, dim_head, attn_dropout), sandwich_norm)
+                for i in dict.fromkeys(self.attn_ids)
+            }
+        )
+        self.ffs = nn.ModuleDict(
+            {
+                str(i): Branch(dim, FeedForward(dim, ff_mult, ff_dropout), sandwich_norm)
+                for i in dict.fromkeys(self.ff_ids)
+            }
+        )
+        self.token_shift = token_shift
+        # False runs the reversible arithmetic under plain autograd (the reference for gradient tests)
+        self.memory_saving = True
+
+    def _run(
+        self,
+        branch: Branch,
+        kind: str,
+        x: Tensor,
+        offset: int,
+        cache: KVCache | None,
+        layer: int,
+        **attn_kwargs,
+    ) -> Tensor:
+        h = branch.norm(x)
+        layer_cache = cache.layers[layer] if cache is not None else None
+        if self.token_shift is not None:
+            history = None
+            if layer_cache is not None:
+                history = layer_cache.append_shift_input(kind, h, offset, cache.max_len)
+            h = self.token_shift(h, offset, history)
+        if kind == "attn":
+            max_len = cache.max_len if cache is not None else 0
+            h = branch.fn(h, cache=layer_cache, offset=offset, max_len=max_len, **attn_kwargs)
+        else:
+            h = branch.fn(h)
+        return branch.post_norm(h)
+
+    def forward(
+        self,
+        x: Tensor,
+        specs: MaskSpec | Sequence[MaskSpec],
+        rotary: Rotary | None = None,
+        cache: KVCache | None = None,
+        offset: int = 0,
+    ) -> Tensor:
+        """Run ``x [B, n, D]`` whose first position is ``offset``; ``specs`` is one mask or one per layer."""
+        if isinstance(specs, MaskSpec):
+            specs = [specs] * self.depth
+        blocks = []
+        for layer in range(self.depth):
+            attn, ff = self.attns[str(self.attn_ids[layer])], self.ffs[str(self.ff_ids[layer])]
+
+            def f(h, attn=attn, layer=layer):
+                return self._run(attn, "attn", h, offset, cache, layer, spec=specs[layer], rotary=rotary)
+
+            def g(h, ff=ff, layer=layer):
+                return self._run(ff, "ff", h, offset, cache, layer)
+
+            blocks.append((f, g))
+        if self.reversible:
+            y1, y2 = reversible_sequence(x, x, blocks, memory_saving=self.memory_saving)
+            return (y1 + y2) / 2
+        for f, g in blocks:
+            x = x + f(x)
+            x = x + g(x)
+        return x

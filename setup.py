@@ -1,0 +1,36 @@
+"""Install dalle_dist. Torch is pinned by the Makefile (CPU wheel) before this runs; here it is a range."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "deepspeed": ["deepspeed>=0.16"],
+    "horovod": ["horovod>=0.28"],
+    "yttm": ["youtokentome>=1.0.6"],
+    "chinese": ["transformers>=4.40"],
+    "tracking": ["wandb>=0.17", "tensorboard>=2.16", "matplotlib>=3.8"],
+    "dev": ["pytest>=8", "ruff>=0.6"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="dalle_dist",
+    version="0.1.0",
+    description="DALL-E training toolkit: discrete VAE, DALL-E, CLIP ranking, distributed engines",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["dalle_dist", "dalle_dist.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # A range, so the CPU wheel the Makefile installs first satisfies it and pip fetches nothing else.
+        "torch>=2.5,<3",
+        "numpy>=1.24",
+        "pillow>=10",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "pyyaml>=6",
+    ],
+    extras_require=EXTRAS,
+    license="MIT",
+)
