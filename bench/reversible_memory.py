@@ -2,7 +2,9 @@
 
 Two measures, each a ratio printed against the depth-4 baseline of the same run:
 - activation bytes autograd keeps for backward (exact, from saved-tensor hooks);
-- peak resident memory added by one forward + backward, measured in a fresh subprocess per setting.
+- peak resident memory added by one forward + backward, measured in a fresh subprocess per setting
+  (with glibc's mmap threshold lowered so that freed tensors leave the resident set), in total and
+  without the parameter gradients, which any model of that depth needs.
 
     .venv/bin/python bench/reversible_memory.py [--dim 256] [--image_size 128] [--batch 4]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -53,7 +56,9 @@ def measure(depth: int, reversible: bool, args: argparse.Namespace) -> dict:
         loss = dalle(text, image, return_loss=True)
     loss.backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"saved_bytes": sum(storages.values()), "peak_added_kib": peak - base}
+    grads = [p.grad for p in dalle.parameters() if p.grad is not None]
+    grad_kib = sum(g.numel() * g.element_size() for g in grads) // 1024
+    return {"saved_bytes": sum(storages.values()), "peak_added_kib": peak - base, "grad_kib": grad_kib}
 
 
 def main() -> None:
@@ -88,23 +93,32 @@ def main() -> None:
                 check=True,
                 capture_output=True,
                 text=True,
+                env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
             ).stdout
             results[reversible, depth] = json.loads(out.strip().splitlines()[-1])
     print(
         f"dim {args.dim}, {args.image_size}px ({(args.image_size // 8) ** 2} image tokens), "
         f"text {args.text_seq_len}, batch {args.batch}"
     )
-    print(f"{'layers':<14}{'depth':>6}{'saved MiB':>12}{'peak+ MiB':>12}{'saved x d4':>12}{'peak x d4':>12}")
+    header = ("layers", "depth", "saved MiB", "peak+ MiB", "grads MiB")
+    header += ("saved x d4", "peak x d4", "peak-grads x d4")
+    print(f"{header[0]:<12}" + "".join(f"{h:>{len(h) + 3}}" for h in header[1:]))
     for reversible in (False, True):
         base = results[reversible, 4]
         for depth in (4, 16):
             r = results[reversible, depth]
-            print(
-                f"{'reversible' if reversible else 'standard':<14}{depth:>6}"
-                f"{r['saved_bytes'] / 2**20:>12.1f}{r['peak_added_kib'] / 1024:>12.1f}"
-                f"{r['saved_bytes'] / base['saved_bytes']:>12.2f}"
-                f"{r['peak_added_kib'] / base['peak_added_kib']:>12.2f}"
+            cells = (
+                f"{depth}",
+                f"{r['saved_bytes'] / 2**20:.1f}",
+                f"{r['peak_added_kib'] / 1024:.1f}",
+                f"{r['grad_kib'] / 1024:.1f}",
+                f"{r['saved_bytes'] / base['saved_bytes']:.2f}",
+                f"{r['peak_added_kib'] / base['peak_added_kib']:.2f}",
+                f"{(r['peak_added_kib'] - r['grad_kib']) / (base['peak_added_kib'] - base['grad_kib']):.2f}",
             )
+            name = "reversible" if reversible else "standard"
+            widths = [len(h) + 3 for h in header[1:]]
+            print(f"{name:<12}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def main() -> None:
     grid = image_grid(torch.cat((images, recons.clamp(0, 1), samples.clamp(0, 1))), nrow=len(captions))
     grid.save(args.out / "grid.png")
     print(f"CLIP scores (untrained CLIP) {[round(s, 2) for s in scores.tolist()]}")
-    print(f"rows: training images, their VAE reconstructions, samples for {captions}\nwrote {args.out / 'grid.png'}")
+    print(f"rows: training images, their VAE reconstructions, samples for {captions}")
+    print(f"wrote {args.out / 'grid.png'}")
 
 
 if __name__ == "__main__":

@@ -117,8 +117,15 @@ def test_guidance_mixes_conditional_and_null_logits(vae):
     scale = 4.0
     logits = []
     with torch.no_grad():
-        dalle._sample_sequence(dalle.text_ids(text), dalle.total_seq_len, filter_thres=0.5, temperature=1.0,
-                               cond_scale=scale, null_ids=dalle.text_ids(torch.zeros_like(text)), logits_out=logits)
+        dalle._sample_sequence(
+            dalle.text_ids(text),
+            dalle.total_seq_len,
+            filter_thres=0.5,
+            temperature=1.0,
+            cond_scale=scale,
+            null_ids=dalle.text_ids(torch.zeros_like(text)),
+            logits_out=logits,
+        )
         cond = dalle(text)[:, -1, dalle.num_text_tokens :]
         null = dalle(torch.zeros_like(text))[:, -1, dalle.num_text_tokens :]
     assert not torch.allclose(cond, null)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# (means, stds) per channel, DALLE-pytorch's default: RGB to [-1, 1], a fourth (alpha) channel untouched
+DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5, 0.0), (0.5, 0.5, 0.5, 1.0))
 
 
 class ResBlock(nn.Module):
@@ -51,15 +52,34 @@ class DiscreteVAE(nn.Module):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
-        if image_size < 2**num_layers or image_size % (2**num_layers) != 0 or not math.log2(image_size).is_integer():
+        is_power_of_two = image_size > 0 and image_size & (image_size - 1) == 0
+        if not is_power_of_two or image_size % 2**num_layers != 0:
             raise ValueError(
-                f"image_size must be a power of 2 divisible by 2**num_layers = {2**num_layers}, got {image_size}"
+                f"image_size must be a power of 2 divisible by 2**num_layers = {2**num_layers}, "
+                f"got {image_size}"
             )
         if reinmax:
             raise NotImplementedError("reinmax is not supported; use straight_through=True for hard codes")
-        self._config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        if normalization is not None:
-            self._config["normalization"] = [list(normalization[0]), list(normalization[1])]
+        if normalization is not None and (
+            len(normalization) != 2 or any(len(v) < channels for v in normalization)
+        ):
+            raise ValueError(f"normalization must be (means, stds) with at least {channels} entries each")
+        self._config: dict[str, Any] = dict(
+            image_size=image_size,
+            num_tokens=num_tokens,
+            codebook_dim=codebook_dim,
+            num_layers=num_layers,
+            num_resnet_blocks=num_resnet_blocks,
+            hidden_dim=hidden_dim,
+            channels=channels,
+            smooth_l1_loss=smooth_l1_loss,
+            temperature=temperature,
+            straight_through=straight_through,
+            reinmax=reinmax,
+            kl_div_loss_weight=kl_div_loss_weight,
+            # lists, not tuples, so the config survives a JSON round trip unchanged
+            normalization=None if normalization is None else [list(v) for v in normalization],
+        )
 
         self.image_size, self.num_tokens, self.num_layers = image_size, num_tokens, num_layers
         self.channels, self.codebook_dim = channels, codebook_dim
@@ -72,7 +92,9 @@ class DiscreteVAE(nn.Module):
             self.register_buffer("norm_mean", None)
             self.register_buffer("norm_std", None)
         else:
-            mean, std = (torch.tensor(v[:channels], dtype=torch.float32).view(1, -1, 1, 1) for v in normalization)
+            mean, std = (
+                torch.tensor(v[:channels], dtype=torch.float32).view(1, -1, 1, 1) for v in normalization
+            )
             self.register_buffer("norm_mean", mean, persistent=False)
             self.register_buffer("norm_std", std, persistent=False)
 
@@ -115,7 +137,9 @@ class DiscreteVAE(nn.Module):
     def _check(self, images: Tensor) -> None:
         expected = (self.channels, self.image_size, self.image_size)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must be [batch, {', '.join(map(str, expected))}], got {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be [batch, {', '.join(map(str, expected))}], got {tuple(images.shape)}"
+            )
 
     @torch.no_grad()
     def get_codebook_indices(self, images: Tensor) -> Tensor:
