@@ -33,8 +33,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 demo: install
-	@echo "The end-to-end demo (train_vae.py -> train_dalle.py -> generate.py) lands with issue [2/8]."
-	$(BIN)/python examples/readme_api.py
+	bash scripts/demo.sh $(BIN)/python runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -30,6 +30,7 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.66",
         "pyyaml>=6",
+        "tokenizers>=0.15",
     ],
     extras_require=EXTRAS,
     license="MIT",

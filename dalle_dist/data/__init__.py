@@ -1,5 +1,8 @@
-"""Data: image transforms (Pillow/NumPy); datasets arrive with the training scripts."""
+"""Data: the built-in shapes dataset, image + caption folders, Pillow/NumPy transforms, the read order."""
 
-from .transforms import image_grid, to_pil
+from .errors import DataError
+from .folder import FolderDataset
+from .synthetic import ShapesDataset
+from .transforms import image_grid, load_image, to_pil
 
-__all__ = ["image_grid", "to_pil"]
+__all__ = ["DataError", "FolderDataset", "ShapesDataset", "image_grid", "load_image", "to_pil"]

@@ -71,6 +71,8 @@ class DALLE(nn.Module):
         sparse_global_stride: int = 4,
     ) -> None:
         super().__init__()
+        # the constructor arguments (taken before any other local exists) rebuild this model from a checkpoint
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "vae", "__class__")}
         for name in ("image_size", "num_tokens", "num_layers"):
             if not hasattr(vae, name):
                 raise TypeError(
@@ -78,7 +80,6 @@ class DALLE(nn.Module):
                 )
         if text_seq_len < 1:
             raise ValueError(f"text_seq_len must be positive, got {text_seq_len}")
-        self._config = {k: v for k, v in locals().items() if k not in ("self", "vae", "__class__")}
         self._config["attn_types"] = list(self._layer_attn_types(attn_types, sparse_attn, depth))
         self._config.pop("sparse_attn")
         for key in ("shared_attn_ids", "shared_ff_ids"):

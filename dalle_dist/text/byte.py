@@ -2,40 +2,31 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import Any
+
+from .base import Tokenizer
+from .registry import register
 
 
-class ByteTokenizer:
+@register
+class ByteTokenizer(Tokenizer):
     """Byte-level tokenizer: ids 1..256 are bytes 0..255, 0 is padding."""
 
+    family = "byte"
     vocab_size = 257
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``."""
         return [b + 1 for b in text.encode("utf-8")]
 
-    def decode(self, ids: list[int] | Tensor) -> str:
-        """Text of ``ids``; padding and ids outside the byte range are dropped."""
-        if isinstance(ids, Tensor):
-            ids = ids.tolist()
-        return bytes(i - 1 for i in ids if 1 <= i <= 256).decode("utf-8", errors="replace")
+    def _decode(self, ids: list[int]) -> str:
+        # a cut-off multi-byte character (e.g. after truncation) becomes U+FFFD rather than an error
+        return bytes(i - 1 for i in ids).decode("utf-8", errors="replace")
 
-    def tokenize(
-        self, texts: str | list[str], context_length: int = 256, truncate_text: bool = False
-    ) -> Tensor:
-        """``[len(texts), context_length]`` LongTensor, zero-padded; too-long texts raise unless truncated."""
-        if isinstance(texts, str):
-            texts = [texts]
-        out = torch.zeros(len(texts), context_length, dtype=torch.long)
-        for row, text in enumerate(texts):
-            ids = self.encode(text)
-            if len(ids) > context_length:
-                if not truncate_text:
-                    raise ValueError(
-                        f"caption {text[:40]!r}... has {len(ids)} tokens, more than {context_length}: "
-                        "shorten it or pass truncate_text=True (--truncate_captions)"
-                    )
-                ids = ids[:context_length]
-            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return out
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ByteTokenizer:
+        cls._check_family(d)
+        return cls()

@@ -1,0 +1,170 @@
+"""The built-in dataset: procedurally drawn, captioned shapes (one filled shape on a plain background).
+
+Item ``i`` is a pure function of ``(seed, i, holdout)``, so every process, worker and tool that builds the
+same ``ShapesDataset`` sees the same pictures without any file. The caption grammar, palette and geometry
+are a fixed spec that other tools (the judge, the demo) rely on.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageDraw
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .transforms import pil_to_tensor
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 215, 40),
+    "purple": (140, 60, 190),
+    "orange": (245, 140, 30),
+    "pink": (240, 130, 190),
+    "cyan": (40, 200, 210),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (15, 15, 15),
+    "white": (245, 245, 245),
+    "gray": (128, 128, 128),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+# shape extent as a fraction of the image width
+SIZES: dict[str, tuple[float, float]] = {"small": (0.20, 0.30), "large": (0.45, 0.60)}
+
+MIN_IMAGE_SIZE = 8
+CAPTION_SAMPLE = 5000  # items whose captions captions() returns
+_SUPERSAMPLE = 4  # draw at 4x and box-filter down: anti-aliased edges with exact coverage
+
+
+@dataclass(frozen=True)
+class ShapeAttributes:
+    """What one item shows; ``bbox`` is ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1`` exclusive."""
+
+    size: str
+    color: str
+    shape: str
+    background: str
+    bbox: tuple[int, int, int, int]
+
+    def captions(self) -> list[str]:
+        """The full caption first, then the two short forms."""
+        return [
+            f"a {self.size} {self.color} {self.shape} on a {self.background} background",
+            f"a {self.color} {self.shape}",
+            f"{self.color} {self.shape} on {self.background}",
+        ]
+
+
+def parse_holdout(spec: Iterable[str] | str) -> tuple[str, ...]:
+    """Normalise ``"red triangle, Blue  circle"`` (or an iterable of pairs) to sorted unique "color shape"."""
+    entries = spec.split(",") if isinstance(spec, str) else list(spec)
+    pairs = set()
+    for entry in entries:
+        words = str(entry).lower().split()
+        if not words:
+            continue
+        if len(words) != 2 or words[0] not in COLORS or words[1] not in SHAPES:
+            raise ValueError(
+                f"holdout entry {entry!r} is not a 'color shape' pair; colours: {', '.join(COLORS)}; "
+                f"shapes: {', '.join(SHAPES)} (e.g. 'red triangle,blue circle')"
+            )
+        pairs.add(f"{words[0]} {words[1]}")
+    if len(pairs) == len(COLORS) * len(SHAPES):
+        raise ValueError("holdout names every colour-shape pair: nothing would be left to draw")
+    return tuple(sorted(pairs))
+
+
+def _extent_range(size: str, image_size: int) -> tuple[int, int]:
+    """Whole-pixel extents whose fraction of the width lies inside the size's range."""
+    lo_frac, hi_frac = SIZES[size]
+    lo, hi = math.ceil(lo_frac * image_size - 1e-9), math.floor(hi_frac * image_size + 1e-9)
+    if lo > hi:  # tiny images: no whole pixel count fits, take the middle
+        lo = hi = round((lo_frac + hi_frac) / 2 * image_size)
+    return max(lo, 2), max(hi, 2)
+
+
+def render(attrs: ShapeAttributes, image_size: int) -> Image.Image:
+    """Draw ``attrs`` (bbox in pixels of an ``image_size`` picture) as an RGB image."""
+    x0, y0, x1, y1 = attrs.bbox
+    if not (0 <= x0 < x1 <= image_size and 0 <= y0 < y1 <= image_size):
+        raise ValueError(f"bbox {attrs.bbox} does not fit in a {image_size}x{image_size} image")
+    s = _SUPERSAMPLE
+    canvas = Image.new("RGB", (image_size * s, image_size * s), BACKGROUNDS[attrs.background])
+    draw = ImageDraw.Draw(canvas)
+    color = COLORS[attrs.color]
+    # Pillow's boxes include their last pixel, hence the -1
+    left, top, right, bottom = x0 * s, y0 * s, x1 * s - 1, y1 * s - 1
+    if attrs.shape == "square":
+        draw.rectangle((left, top, right, bottom), fill=color)
+    elif attrs.shape == "circle":
+        draw.ellipse((left, top, right, bottom), fill=color)
+    elif attrs.shape == "triangle":
+        draw.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=color)
+    else:
+        raise ValueError(f"unknown shape {attrs.shape!r}; shapes: {', '.join(SHAPES)}")
+    return canvas.resize((image_size, image_size), Image.Resampling.BOX)
+
+
+class ShapesDataset(Dataset):
+    """Captioned shapes: ``dataset[i] -> (image [3, image_size, image_size] in [0, 1], 3 captions)``."""
+
+    def __init__(
+        self, image_size: int = 32, length: int = 20000, seed: int = 0, holdout: Iterable[str] | str = ()
+    ) -> None:
+        if image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
+        if length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        self.image_size = image_size
+        self.length = length
+        self.seed = seed
+        self.holdout = parse_holdout(holdout)
+        held = set(self.holdout)
+        self._pairs = [(c, s) for c in COLORS for s in SHAPES if f"{c} {s}" not in held]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _index(self, i: int) -> int:
+        if not -self.length <= i < self.length:
+            raise IndexError(f"index {i} out of range for {self.length} items")
+        return i % self.length
+
+    def attributes(self, i: int) -> ShapeAttributes:
+        """What item ``i`` shows, without drawing it."""
+        i = self._index(i)
+        # a string seed is hashed with SHA-512 by `random`: stable across runs and Python versions
+        rng = random.Random(f"shapes/{self.seed}/{i}")
+        size = rng.choice(tuple(SIZES))
+        background = rng.choice(tuple(BACKGROUNDS))
+        # drawing from the allowed pairs keeps colours and shapes uniform among what is left
+        color, shape = rng.choice(self._pairs)
+        extent = rng.randint(*_extent_range(size, self.image_size))
+        x0 = rng.randint(0, self.image_size - extent)
+        y0 = rng.randint(0, self.image_size - extent)
+        return ShapeAttributes(size, color, shape, background, (x0, y0, x0 + extent, y0 + extent))
+
+    def __getitem__(self, i: int) -> tuple[Tensor, list[str]]:
+        attrs = self.attributes(i)
+        return pil_to_tensor(render(attrs, self.image_size)), attrs.captions()
+
+    def captions(self) -> list[str]:
+        """Captions of the first ``min(len, 5000)`` items (enough to cover the grammar; fast)."""
+        return [c for i in range(min(self.length, CAPTION_SAMPLE)) for c in self.attributes(i).captions()]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable recipe to rebuild this dataset (stored in checkpoints)."""
+        return {
+            "kind": "shapes",
+            "image_size": self.image_size,
+            "length": self.length,
+            "seed": self.seed,
+            "holdout": list(self.holdout),
+        }

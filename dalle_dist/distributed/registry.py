@@ -1,0 +1,23 @@
+"""Choosing a backend by name (``--distributed_backend``) or from the launcher's environment."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .backend import DistributedBackend
+from .single import SingleBackend
+
+BACKENDS: dict[str, type[DistributedBackend]] = {SingleBackend.name: SingleBackend}
+
+
+def backend_from_name(name: str | None, device: str = "auto") -> DistributedBackend:
+    """The backend called ``name`` (or an alias); with no name, the one whose launcher started us."""
+    if name is None:
+        for cls in BACKENDS.values():
+            if cls.launched_here():
+                return cls(device)
+        return SingleBackend(device)
+    for cls in BACKENDS.values():
+        if name == cls.name or name in cls.aliases:
+            return cls(device)
+    known = sorted({n for cls in BACKENDS.values() for n in (cls.name, *cls.aliases)})
+    raise UserError(f"unknown --distributed_backend {name!r}: choose from {', '.join(known)}")

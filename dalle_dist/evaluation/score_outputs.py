@@ -1,0 +1,97 @@
+"""Score generate.py's outputs on the built-in dataset with the shapes judge.
+
+    python -m dalle_dist.evaluation.score_outputs OUTPUTS_DIR [--holdout "red triangle"] [--json FILE]
+
+For every prompt folder (``caption.txt`` + ``0.png, 1.png, ...``) it counts the images that show a single
+shape of the named colour and shape, and the colour alone; held-out pairs are reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from ..data.synthetic import parse_holdout
+from .shapes_judge import judge_shape, matches, parse_caption
+
+
+def score_folder(folder: Path) -> dict:
+    """Judge every numbered image under one prompt folder."""
+    prompt = (folder / "caption.txt").read_text(encoding="utf-8").strip()
+    color, shape, _ = parse_caption(prompt)
+    files = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
+    results = [judge_shape(Image.open(p).convert("RGB")) for p in files]
+    return {
+        "prompt": prompt,
+        "pair": f"{color} {shape}",
+        "images": len(results),
+        "correct": sum(matches(r, prompt) for r in results),
+        "color_correct": sum(r.color == color for r in results),
+        "seen": [f"{r.color} {r.shape}{'' if r.single else ' (not single)'}" for r in results],
+    }
+
+
+def score_outputs(outputs_dir: Path, holdout: tuple[str, ...] = ()) -> dict:
+    folders = sorted(p for p in outputs_dir.iterdir() if (p / "caption.txt").is_file())
+    rows = [score_folder(f) for f in folders]
+
+    def total(selected: list[dict]) -> dict:
+        n = sum(r["images"] for r in selected)
+        return {
+            "images": n,
+            "accuracy": sum(r["correct"] for r in selected) / n if n else None,
+            "color_accuracy": sum(r["color_correct"] for r in selected) / n if n else None,
+        }
+
+    return {
+        "prompts": rows,
+        "trained_pairs": total([r for r in rows if r["pair"] not in holdout]),
+        "held_out_pairs": total([r for r in rows if r["pair"] in holdout]),
+        "all": total(rows),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("outputs_dir", type=Path)
+    parser.add_argument("--holdout", default="", help="colour-shape pairs the model never saw")
+    parser.add_argument("--json", type=Path, default=None, help="also write the scores here")
+    args = parser.parse_args(argv)
+    if not args.outputs_dir.is_dir():
+        print(f"error: {args.outputs_dir} is not a folder of generate.py outputs", file=sys.stderr)
+        return 2
+    scores = score_outputs(args.outputs_dir, parse_holdout(args.holdout) if args.holdout else ())
+    for row in scores["prompts"]:
+        tag = " (held out)" if row["pair"] in (parse_holdout(args.holdout) if args.holdout else ()) else ""
+        print(
+            f"{row['prompt']!r:<28} {row['correct']}/{row['images']} right, colour {row['color_correct']}/"
+            f"{row['images']}{tag}"
+        )
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.0f}%"
+
+    for key, label in (
+        ("trained_pairs", "trained pairs"),
+        ("held_out_pairs", "held-out pairs"),
+        ("all", "all"),
+    ):
+        t = scores[key]
+        if t["images"]:
+            print(
+                f"{label}: colour and shape right {pct(t['accuracy'])}, "
+                f"colour right {pct(t['color_accuracy'])} ({t['images']} images)"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(scores, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""``generate.py``: images (and optionally captions) from a trained DALL-E checkpoint.
+
+Layout, as DALLE-pytorch writes it: ``{outputs_dir}/{prompt, spaces -> underscores, <= 100 chars}/``
+holding ``0.png``, ``1.png``, ..., ``caption.txt`` and ``grid.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from .data import image_grid, load_image
+from .errors import UserError
+from .text import CaptionTooLongError
+from .training.checkpoint import load_dalle
+from .training.config import Parser, positive_float, positive_int, unit_interval
+from .training.job import cli
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="generate.py", description="Generate images from a trained DALL-E.")
+    parser.add_argument(
+        "--dalle_path", type=Path, required=True, help="train_dalle.py run directory or checkpoint"
+    )
+    parser.add_argument("--text", type=str, default=None, help="prompt; '|' separates several prompts")
+    parser.add_argument("--num_images", type=positive_int, default=16, help="images per prompt")
+    parser.add_argument("--batch_size", type=positive_int, default=4)
+    parser.add_argument(
+        "--top_k",
+        type=unit_interval,
+        default=0.9,
+        help="filter threshold: keep the top (1 - top_k) share of tokens (DALLE-pytorch's meaning)",
+    )
+    parser.add_argument("--top_p", type=unit_interval, default=1.0, help="nucleus sampling; 1 = off")
+    parser.add_argument("--temperature", type=positive_float, default=1.0)
+    parser.add_argument(
+        "--cond_scale", type=float, default=1.0, help="classifier-free guidance scale; 1 = off"
+    )
+    parser.add_argument("--img", type=Path, default=None, help="image whose top rows prime the samples")
+    parser.add_argument("--num_init_img_tokens", type=positive_int, default=None)
+    parser.add_argument("--outputs_dir", type=Path, default=Path("outputs"))
+    parser.add_argument("--gentxt", action="store_true", help="let the model complete the prompt text first")
+    parser.add_argument("--truncate_captions", action="store_true")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument("--no_cache", action="store_true", help="recompute every step (slow; for checking)")
+    return parser
+
+
+def prompt_folder(outputs_dir: Path, prompt: str) -> Path:
+    """DALLE-pytorch's folder name: spaces become underscores, cut at 100 characters."""
+    name = re.sub(r"[/\\\0]", "_", prompt.replace(" ", "_"))[:100] or "_"
+    return outputs_dir / name
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
+    return torch.device(choice)
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse(argv)
+    if args.text is None and not args.gentxt:
+        raise UserError("give --text 'a prompt' (or --gentxt to let the model write one)")
+    device = _device(args.device)
+    dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
+    dalle.to(device).eval()
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    prime = None
+    if args.img is not None:
+        if not args.img.is_file():
+            raise UserError(f"--img {args.img} does not exist")
+        prime = load_image(args.img, dalle.vae.image_size)[None].to(device)
+    if args.num_init_img_tokens is not None and args.num_init_img_tokens >= dalle.image_seq_len:
+        raise UserError(
+            f"--num_init_img_tokens must be below {dalle.image_seq_len} (the image's token count)"
+        )
+    prompts = [p.strip() for p in (args.text or "").split("|")] if args.text else [""]
+    to_pixels = getattr(dalle.vae, "denormalize", lambda x: x)
+    print(f"loaded {ckpt.path} (step {ckpt.step})")
+    for prompt in prompts:
+        if args.gentxt:
+            # condition on the sampled tokens themselves: decoding and re-encoding need not round-trip
+            text, texts = dalle.generate_texts(tokenizer, prompt or None, filter_thres=args.top_k)
+            prompt = texts[0]
+            print(f"generated text: {prompt}")
+        else:
+            try:
+                text = tokenizer.tokenize([prompt], dalle.text_seq_len, truncate_text=args.truncate_captions)
+            except CaptionTooLongError as e:
+                raise UserError(str(e)) from None
+        text = text.to(device)
+        images = []
+        for start in range(0, args.num_images, args.batch_size):
+            n = min(args.batch_size, args.num_images - start)
+            out = dalle.generate_images(
+                text.expand(n, -1),
+                filter_thres=args.top_k,
+                top_p=args.top_p,
+                temperature=args.temperature,
+                cond_scale=args.cond_scale,
+                img=prime.expand(n, -1, -1, -1) if prime is not None else None,
+                num_init_img_tokens=args.num_init_img_tokens,
+                use_cache=not args.no_cache,
+            )
+            images.append(to_pixels(out).clamp(0, 1).cpu())
+        images = torch.cat(images)
+        folder = prompt_folder(args.outputs_dir, prompt)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            image_grid(image[None], nrow=1, padding=0).save(folder / f"{i}.png")
+        (folder / "caption.txt").write_text(prompt + "\n", encoding="utf-8")
+        image_grid(images).save(folder / "grid.png")
+        print(f"{len(images)} images for {prompt!r} in {folder}/ (grid: {folder / 'grid.png'})")

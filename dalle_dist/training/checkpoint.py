@@ -1,0 +1,304 @@
+"""Self-describing, atomically written checkpoints, and the run directory that holds them.
+
+A checkpoint is a folder:
+
+    meta.json              format + version, kind ("vae" | "dalle"), model config, VAE description,
+                           data description, step, and a SHA-256 of every other file
+    model.safetensors      weights (a DALL-E checkpoint embeds its VAE's weights under ``vae.``)
+    tokenizer.json         DALL-E only: the tokenizer, as data
+    training_state.pt      optimizer, scheduler, step, RNG and data position; read with weights_only=True
+
+It is written to a temporary folder, fsynced and renamed into place, so a crash leaves either the old
+checkpoint or the new one, never half of one. A run directory holds ``config.yaml``, ``checkpoints/``,
+``latest`` (the name of the newest complete checkpoint), ``final/`` and ``samples/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import UserError
+from ..models import DALLE, DiscreteVAE
+from ..text import Tokenizer, load_tokenizer
+
+FORMAT = "dalle_dist"
+FORMAT_VERSION = 1
+VAE_CLASSES: dict[str, type[nn.Module]] = {"discrete": DiscreteVAE}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers see the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def describe_vae(vae: nn.Module) -> dict[str, Any]:
+    """How to rebuild ``vae``: its kind and constructor config."""
+    for kind, cls in VAE_CLASSES.items():
+        if isinstance(vae, cls):
+            return {"kind": kind, "config": vae.config()}
+    raise TypeError(f"cannot describe a VAE of type {type(vae).__name__} in a checkpoint")
+
+
+def save_checkpoint(
+    folder: Path,
+    *,
+    kind: str,
+    module: nn.Module,
+    meta: dict[str, Any],
+    tokenizer: Tokenizer | None = None,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically (replacing an existing one) and return its path."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors")
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer.json")
+        if training_state is not None:
+            torch.save(training_state, tmp / "training_state.pt")
+        files = sorted(p.name for p in tmp.iterdir())
+        full_meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            **meta,
+            "checksums": {name: _sha256(tmp / name) for name in files},
+        }
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True), encoding="utf-8")
+        for p in tmp.iterdir():
+            _fsync(p)
+        _fsync(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"could not write checkpoint {folder}: {e.strerror or e} (check free space and permissions)"
+        ) from None
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync(folder.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder or a run directory (its ``final/``, else ``latest``)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist: pass a run directory or a checkpoint folder")
+    if (path / "meta.json").is_file():
+        return path
+    if (path / "final" / "meta.json").is_file():
+        return path / "final"
+    latest = path / "latest"
+    if latest.is_file():
+        target = path / "checkpoints" / latest.read_text(encoding="utf-8").strip()
+        if (target / "meta.json").is_file():
+            return target
+        raise UserError(f"{latest} names {target}, which is not a complete checkpoint: the run is damaged")
+    if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        raise UserError(
+            f"{path} is a single file, not a dalle_dist checkpoint folder: pass the run directory or one of "
+            "its checkpoints/step-* folders (DALLE-pytorch .pt files are not loaded: they need unpickling)"
+        )
+    raise UserError(
+        f"{path} is neither a run directory nor a checkpoint folder (no meta.json, final/ or latest)"
+    )
+
+
+def resolve_latest(run_dir: str | Path) -> Path:
+    """The newest complete checkpoint of a run directory, for ``--resume``."""
+    latest = RunDirectory(run_dir).latest()
+    if latest is None:
+        raise UserError(f"--resume: {run_dir} has no checkpoint to resume from (no complete 'latest')")
+    return latest
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint folder."""
+
+    path: Path
+    meta: dict[str, Any] = field(repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return load_file(self.path / "model.safetensors")
+
+    def tokenizer(self) -> Tokenizer | None:
+        file = self.path / "tokenizer.json"
+        return load_tokenizer(file) if file.exists() else None
+
+    def training_state(self) -> dict[str, Any]:
+        file = self.path / "training_state.pt"
+        if not file.exists():
+            raise UserError(
+                f"{self.path} holds no training state (it is an export): it cannot be resumed from"
+            )
+        return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = True) -> Checkpoint:
+    """Open and verify a checkpoint; ``kind`` ("vae" | "dalle") is what the caller needs."""
+    folder = resolve_checkpoint(path)
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder / 'meta.json'} is unreadable ({e}): the checkpoint is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{folder} is not a dalle_dist checkpoint (meta.json has no format {FORMAT!r})")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{folder} has checkpoint format version {version}, this dalle_dist reads version "
+            f"{FORMAT_VERSION}: use the dalle_dist release that wrote it"
+        )
+    if kind is not None and meta.get("kind") != kind:
+        flag = {"vae": "--vae_path", "dalle": "--dalle_path"}.get(kind, kind)
+        raise UserError(f"{folder} is a {meta.get('kind')} checkpoint, but {flag} needs a {kind} checkpoint")
+    if verify:
+        for name, digest in meta.get("checksums", {}).items():
+            file = folder / name
+            if not file.is_file() or _sha256(file) != digest:
+                raise UserError(
+                    f"{file} is missing or does not match its checksum: the checkpoint is damaged"
+                )
+    return Checkpoint(folder, meta)
+
+
+def build_vae(description: dict[str, Any]) -> nn.Module:
+    """A VAE (untrained) from the description ``describe_vae`` wrote."""
+    kind = description.get("kind")
+    if kind not in VAE_CLASSES:
+        raise UserError(f"unknown VAE kind {kind!r} in checkpoint (known: {', '.join(VAE_CLASSES)})")
+    return VAE_CLASSES[kind](**description["config"])
+
+
+def _load_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{where}: weights do not fit the model its meta.json describes "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}): the checkpoint is damaged"
+        )
+
+
+def load_vae(path: str | Path) -> tuple[nn.Module, Checkpoint]:
+    """The trained VAE of a VAE checkpoint (or run directory)."""
+    ckpt = load_checkpoint(path, kind="vae")
+    vae = build_vae(ckpt.meta["vae"])
+    _load_weights(vae, ckpt.weights(), ckpt.path)
+    return vae, ckpt
+
+
+def load_dalle(path: str | Path) -> tuple[DALLE, Tokenizer, Checkpoint]:
+    """The trained DALLE (with its VAE) and tokenizer of a DALL-E checkpoint (or run directory)."""
+    ckpt = load_checkpoint(path, kind="dalle")
+    vae = build_vae(ckpt.meta["vae"])
+    dalle = DALLE(vae=vae, **ckpt.meta["model"])
+    _load_weights(dalle, ckpt.weights(), ckpt.path)
+    tokenizer = ckpt.tokenizer()
+    if tokenizer is None:
+        raise UserError(f"{ckpt.path} has no tokenizer.json: the checkpoint is damaged")
+    return dalle, tokenizer, ckpt
+
+
+class RunDirectory:
+    """``--output``: config, checkpoints, ``latest``, ``final/`` and samples of one run."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.samples = self.root / "samples"
+        self.final = self.root / "final"
+
+    def holds_a_run(self) -> bool:
+        return any((self.root / name).exists() for name in ("config.yaml", "checkpoints", "latest", "final"))
+
+    def prepare(self, resume: bool) -> None:
+        """Create the layout; refuse to mix a new run into an old one."""
+        if resume:
+            if self.latest() is None:
+                raise UserError(
+                    f"--resume: {self.root} has no checkpoint to resume from (no {self.root / 'latest'})"
+                )
+        elif self.holds_a_run():
+            raise UserError(
+                f"--output {self.root} already holds a run: add --resume to continue it, "
+                "or choose a new --output"
+            )
+        try:
+            for d in (self.root, self.checkpoints, self.samples):
+                d.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to --output {self.root}: {e.strerror or e}") from None
+
+    def latest(self) -> Path | None:
+        file = self.root / "latest"
+        if not file.is_file():
+            return None
+        target = self.checkpoints / file.read_text(encoding="utf-8").strip()
+        return target if (target / "meta.json").is_file() else None
+
+    def save_step(self, step: int, keep: int | None = None, **checkpoint_args: Any) -> Path:
+        """Write ``checkpoints/step-XXXXXXXX``, point ``latest`` at it, prune to the newest ``keep``."""
+        folder = save_checkpoint(self.checkpoints / f"step-{step:08d}", **checkpoint_args)
+        write_text_atomic(self.root / "latest", folder.name + "\n")
+        if keep is not None and keep > 0:
+            done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "meta.json").is_file())
+            for old in done[:-keep]:
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def save_final(self, **checkpoint_args: Any) -> Path:
+        return save_checkpoint(self.final, **checkpoint_args)

@@ -1,0 +1,179 @@
+"""Command-line flags (DALLE-pytorch's names) and ``--config file.yaml`` (keys are flag names).
+
+Values come from, in rising priority: the parser's defaults, the YAML file, the command line. Flag values
+are checked by their argparse types so a bad value fails before anything is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UserError
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with ``--config file.yaml`` support."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(**kwargs)
+        self.add_argument(
+            "--config", type=Path, help="YAML file whose keys are flag names; the command line wins"
+        )
+
+    def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", type=Path)
+        known, _ = pre.parse_known_args(argv)
+        if known.config is not None:
+            self.set_defaults(**self._read_config(known.config))
+        return self.parse_args(argv)
+
+    def _read_config(self, path: Path) -> dict[str, Any]:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"--config {path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise UserError(f"--config {path} must be a mapping of flag names to values")
+        known = {a.dest for a in self._actions}
+        unknown = sorted(k for k in data if k.replace("-", "_") not in known)
+        if unknown:
+            raise UserError(
+                f"--config {path}: unknown keys {', '.join(unknown)} (keys are this script's flag names)"
+            )
+        values = {}
+        for key, value in data.items():
+            dest = key.replace("-", "_")
+            action = next(a for a in self._actions if a.dest == dest)
+            if isinstance(value, str) and action.type is not None:
+                try:
+                    value = action.type(value)
+                except (argparse.ArgumentTypeError, ValueError) as e:
+                    raise UserError(f"--config {path}: {key}: {e}") from None
+            values[dest] = value
+        return values
+
+
+def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
+    """Flags both trainers share: run directory, resume, data, schedule, backend."""
+    g = parser.add_argument_group("run")
+    g.add_argument(
+        "--output", type=Path, default=None, help=f"run directory (default runs/{script}-<timestamp>)"
+    )
+    g.add_argument(
+        "--resume", action="store_true", help="continue the run in --output from its latest checkpoint"
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    g.add_argument(
+        "--distributed_backend",
+        "--distr_backend",
+        dest="distributed_backend",
+        default=None,
+        help="single (alias dummy); default: inferred from the launcher, else single",
+    )
+    g.add_argument("--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
+    g.add_argument("--log_every", type=positive_int, default=10, help="steps between log lines")
+    g.add_argument("--save_every_n_steps", type=positive_int, default=1000)
+    g.add_argument("--keep_n_checkpoints", type=positive_int, default=None, help="keep only the newest N")
+
+    d = parser.add_argument_group("data")
+    d.add_argument(
+        "--image_size",
+        type=positive_int,
+        default=None,
+        help="image side in pixels (default: 32 for the built-in dataset, 128 for folders)",
+    )
+    d.add_argument("--dataset_size", type=positive_int, default=20000, help="items of the built-in dataset")
+    d.add_argument(
+        "--holdout",
+        type=str,
+        default="",
+        help='built-in dataset: colour-shape pairs to leave out, e.g. "red triangle,blue circle"',
+    )
+    d.add_argument("--validation_fraction", type=fraction, default=0.0, help="share of the data held out")
+    d.add_argument("--eval_every", type=positive_int, default=500, help="steps between validation losses")
+    d.add_argument("--eval_batches", type=positive_int, default=8, help="validation batches per evaluation")
+    d.add_argument(
+        "--random_resize_crop_lower_ratio",
+        type=unit_interval,
+        default=0.75,
+        help="folders: random crops keep at least this share of the image area",
+    )
+
+    t = parser.add_argument_group("optimisation")
+    t.add_argument("--epochs", type=positive_int, default=20)
+    t.add_argument(
+        "--max_steps", type=positive_int, default=None, help="stop after this many optimizer steps"
+    )
+    t.add_argument("--warmup_steps", type=nonneg_int, default=0)
+    t.add_argument(
+        "--lr_schedule",
+        choices=("constant", "cosine", "plateau"),
+        default=None,
+        help="default constant (plateau with --lr_decay)",
+    )
+    t.add_argument("--ga_steps", type=positive_int, default=1, help="gradient accumulation steps")
+    t.add_argument("--sample_every", type=positive_int, default=1000, help="steps between sample images")
+
+
+def check_run_flags(args: argparse.Namespace) -> None:
+    """Cross-flag checks argparse cannot express."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")

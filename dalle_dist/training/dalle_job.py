@@ -1,0 +1,230 @@
+"""``train_dalle.py``: train DALL-E on the tokens of a trained VAE, from a folder or the built-in dataset."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..attention import PATTERNS
+from ..data import image_grid
+from ..errors import UserError
+from ..models import DALLE
+from ..text import BPETokenizer, Tokenizer, load_tokenizer
+from .checkpoint import RunDirectory, describe_vae, load_dalle, load_vae, resolve_latest
+from .config import Parser, add_common_flags, int_list, positive_float, positive_int, str_list, unit_interval
+from .job import build_dataset, cli, load_item, prepare_run, run_training, seed_everything, start_backend
+from .loop import Task
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="train_dalle.py", description="Train DALL-E on text + VAE image tokens.")
+    add_common_flags(parser, "train_dalle")
+    src = parser.add_argument_group("inputs")
+    src.add_argument("--vae_path", type=Path, default=None, help="train_vae.py run directory or checkpoint")
+    src.add_argument("--dalle_path", type=Path, default=None, help="start from this DALL-E (fine-tuning)")
+    src.add_argument(
+        "--image_text_folder",
+        type=Path,
+        default=None,
+        help="folder of images + same-named .txt captions (default: built-in dataset)",
+    )
+    src.add_argument(
+        "--truncate_captions", action="store_true", help="cut captions longer than --text_seq_len"
+    )
+    src.add_argument(
+        "--bpe_path", type=Path, default=None, help="tokenizer file to use instead of training one"
+    )
+    src.add_argument(
+        "--bpe_vocab_size", type=positive_int, default=1024, help="size of the BPE trained on captions"
+    )
+
+    g = parser.add_argument_group("training")
+    g.add_argument("--batch_size", type=positive_int, default=4)
+    g.add_argument("--learning_rate", type=positive_float, default=3e-4)
+    g.add_argument("--clip_grad_norm", type=positive_float, default=0.5)
+    g.add_argument("--lr_decay", action="store_true", help="reduce the learning rate on plateaus")
+    g.add_argument(
+        "--null_cond_prob",
+        type=unit_interval,
+        default=0.0,
+        help="share of captions dropped in training (enables --cond_scale guidance)",
+    )
+
+    m = parser.add_argument_group("model")
+    m.add_argument("--dim", type=positive_int, default=512)
+    m.add_argument("--text_seq_len", type=positive_int, default=256)
+    m.add_argument("--depth", type=positive_int, default=2)
+    m.add_argument("--heads", type=positive_int, default=8)
+    m.add_argument("--dim_head", type=positive_int, default=64)
+    m.add_argument("--ff_dropout", type=unit_interval, default=0.0)
+    m.add_argument("--attn_dropout", type=unit_interval, default=0.0)
+    m.add_argument("--reversible", action="store_true")
+    m.add_argument("--loss_img_weight", type=float, default=7)
+    m.add_argument(
+        "--attn_types",
+        type=str_list,
+        default=["full"],
+        help=f"comma-separated, cycled through layers: {', '.join(PATTERNS)}",
+    )
+    m.add_argument("--shift_tokens", action=argparse.BooleanOptionalAction, default=True)
+    m.add_argument("--rotary_emb", action=argparse.BooleanOptionalAction, default=True)
+    m.add_argument("--shared_attn_ids", type=int_list, default=None)
+    m.add_argument("--shared_ff_ids", type=int_list, default=None)
+    m.add_argument("--share_input_output_emb", action="store_true")
+    m.add_argument("--stable_softmax", action="store_true")
+    return parser
+
+
+class DALLETask(Task):
+    kind = "dalle"
+
+    def __init__(
+        self, dalle: DALLE, tokenizer: Tokenizer, args: argparse.Namespace, meta: dict[str, Any]
+    ) -> None:
+        self.model, self.tokenizer, self.args, self.meta = dalle, tokenizer, args, meta
+
+    def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
+        image, captions = load_item(dataset, index, rng)
+        caption = rng.choice(captions)
+        text = self.tokenizer.tokenize(
+            [caption], self.args.text_seq_len, truncate_text=self.args.truncate_captions
+        )
+        return text[0], image
+
+    def collate(self, items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        return torch.stack([t for t, _ in items]), torch.stack([i for _, i in items])
+
+    def loss(
+        self, model: nn.Module, batch: tuple[Tensor, Tensor], step: int
+    ) -> tuple[Tensor, dict[str, float]]:
+        text, images = batch
+        loss, text_loss, image_loss = model(
+            text, images, return_loss=True, null_cond_prob=self.args.null_cond_prob, return_loss_parts=True
+        )
+        return loss, {"text_loss": text_loss.detach(), "image_loss": image_loss.detach()}
+
+    @torch.no_grad()
+    def save_samples(self, module: nn.Module, batch: tuple[Tensor, Tensor], step: int, folder: Path) -> Path:
+        text = batch[0][:4]
+        images = module.generate_images(text, filter_thres=0.9)
+        images = module.vae.denormalize(images) if hasattr(module.vae, "denormalize") else images
+        path = folder / f"dalle-step-{step:08d}.png"
+        image_grid(images.clamp(0, 1).cpu()).save(path)
+        captions = [self.tokenizer.decode(t) for t in text.tolist()]
+        path.with_suffix(".txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+        return path
+
+    def checkpoint_args(self) -> dict[str, Any]:
+        meta = {"model": self.model.config(), "vae": describe_vae(self.model.vae), **self.meta}
+        return {"kind": "dalle", "meta": meta, "tokenizer": self.tokenizer}
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        dim=args.dim,
+        text_seq_len=args.text_seq_len,
+        depth=args.depth,
+        heads=args.heads,
+        dim_head=args.dim_head,
+        ff_dropout=args.ff_dropout,
+        attn_dropout=args.attn_dropout,
+        reversible=args.reversible,
+        loss_img_weight=args.loss_img_weight,
+        attn_types=tuple(args.attn_types),
+        shift_tokens=args.shift_tokens,
+        rotary_emb=args.rotary_emb,
+        shared_attn_ids=tuple(args.shared_attn_ids) if args.shared_attn_ids else None,
+        shared_ff_ids=tuple(args.shared_ff_ids) if args.shared_ff_ids else None,
+        share_input_output_emb=args.share_input_output_emb,
+        stable=args.stable_softmax,
+    )
+
+
+def _tokenizer(args: argparse.Namespace, dataset: Dataset, backend) -> Tokenizer:
+    """A given tokenizer file, or a BPE the root rank trains on the captions and sends to the others."""
+    if args.bpe_path is not None:
+        if not args.bpe_path.is_file():
+            raise UserError(f"--bpe_path {args.bpe_path} does not exist")
+        try:
+            return load_tokenizer(args.bpe_path)
+        except ValueError as e:
+            raise UserError(f"--bpe_path: {e}") from None
+    tokenizer = None
+    if backend.is_root:
+        tokenizer = BPETokenizer.train(dataset.captions(), vocab_size=args.bpe_vocab_size)
+    return backend.broadcast_object(tokenizer)
+
+
+def _check_captions(dataset: Dataset, tokenizer: Tokenizer, args: argparse.Namespace) -> None:
+    """Fail before the first step when a caption is too long and truncation was not asked for."""
+    if args.truncate_captions:
+        return
+    for caption in dataset.captions():
+        tokenizer.tokenize([caption], args.text_seq_len, truncate_text=False)
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse(argv)
+    for name in args.attn_types:
+        if name not in PATTERNS:
+            raise UserError(
+                f"--attn_types: unknown attention type {name!r}: choose from {', '.join(PATTERNS)}"
+            )
+    backend = start_backend(args)
+    seed_everything(args.seed)
+    resume_state = None
+    if args.resume:
+        if args.output is None:
+            raise UserError("--resume needs --output naming the run directory to continue")
+        dalle, tokenizer, ckpt = load_dalle(resolve_latest(args.output))
+        resume_state = ckpt.training_state()
+        args.image_size = args.image_size or dalle.vae.image_size
+        args.text_seq_len = dalle.text_seq_len
+        source = ckpt.meta.get("vae_source")
+    elif args.dalle_path is not None:
+        dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
+        args.image_size = args.image_size or dalle.vae.image_size
+        args.text_seq_len = dalle.text_seq_len
+        source = ckpt.meta.get("vae_source")
+    else:
+        if args.vae_path is None:
+            raise UserError(
+                "train_dalle.py needs --vae_path (a train_vae.py run) or --dalle_path to start from"
+            )
+        vae, vae_ckpt = load_vae(args.vae_path)
+        args.image_size = args.image_size or vae.image_size
+        source = str(vae_ckpt.path)
+        dalle = None
+    dataset = build_dataset(args, args.image_text_folder, default_folder_size=args.image_size or 128)
+    vae_size = (dalle.vae if dalle is not None else vae).image_size
+    if args.image_size != vae_size:
+        raise UserError(
+            f"--image_size {args.image_size} does not match the VAE's {vae_size}: drop --image_size"
+        )
+    if dalle is None:
+        tokenizer = _tokenizer(args, dataset, backend)
+        try:
+            dalle = DALLE(vae=vae, num_text_tokens=tokenizer.vocab_size, **_model_kwargs(args))
+        except ValueError as e:
+            raise UserError(f"model flags: {e}") from None
+    fine_tuning = args.dalle_path is not None and not args.resume
+    if fine_tuning and args.output is not None and RunDirectory(args.output).holds_a_run():
+        raise UserError(
+            f"--output {args.output} already holds a run: to continue it use --resume --output "
+            f"{args.output} (--dalle_path starts a new run initialised from those weights)"
+        )
+    _check_captions(dataset, tokenizer, args)
+    run = prepare_run(args, "train_dalle", backend)
+    meta = {"vae_source": source, "data": dataset.describe()}
+    task = DALLETask(dalle.to(backend.device), tokenizer, args, meta)
+    final = run_training(task, args, backend, run, dataset, resume_state)
+    if backend.is_root:
+        print(f"DALL-E trained: {final}")
+    backend.shutdown()

@@ -1,0 +1,151 @@
+"""What both trainers do around the loop: parse, pick the backend, prepare the run directory, build the
+dataset, and turn bad input into one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import Dataset
+
+from ..data import DataError
+from ..data.sampler import split_indices
+from ..distributed import DistributedBackend, backend_from_name
+from ..errors import UserError
+from ..text import CaptionTooLongError
+from .checkpoint import RunDirectory
+from .loop import LoopSettings, Task, TrainingLoop
+from .schedule import LRSchedule
+
+
+def cli(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
+    """Run ``main``; bad input becomes ``error: <message>`` on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            main(argv)
+        except (UserError, DataError, CaptionTooLongError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(
+                "interrupted: the last checkpoint is intact; rerun with --resume to continue", file=sys.stderr
+            )
+            return 130
+        return 0
+
+    return wrapper
+
+
+def start_backend(args: argparse.Namespace) -> DistributedBackend:
+    # subnormal floats (e.g. Gumbel-softmax at low temperature) run ~10x slower on x86 CPUs
+    torch.set_flush_denormal(True)
+    backend = backend_from_name(args.distributed_backend, args.device)
+    backend.initialize()
+    return backend
+
+
+def prepare_run(args: argparse.Namespace, script: str, backend: DistributedBackend) -> RunDirectory:
+    """Pick and check ``--output``; the root rank writes the resolved flags and the command line."""
+    if args.output is None:
+        if args.resume:
+            raise UserError("--resume needs --output naming the run directory to continue")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        args.output = Path("runs") / f"{script}-{stamp}"
+    run = RunDirectory(args.output)
+    if backend.is_root:
+        run.prepare(resume=args.resume)
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "config"}
+        name = "config.yaml" if not args.resume else f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+        (run.root / name).write_text(yaml.safe_dump(config, sort_keys=True), encoding="utf-8")
+        with open(run.root / "command.txt", "a", encoding="utf-8") as f:
+            f.write(shlex.join([sys.executable, *sys.argv]) + "\n")
+    backend.barrier()
+    return run
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_dataset(args: argparse.Namespace, folder: Path | None, default_folder_size: int = 128) -> Dataset:
+    """The folder dataset when a folder is given, else the built-in shapes."""
+    from ..data import FolderDataset, ShapesDataset
+
+    if folder is not None:
+        if args.holdout:
+            raise UserError("--holdout applies to the built-in dataset only: drop it or drop the folder flag")
+        args.image_size = args.image_size or default_folder_size
+        return FolderDataset(folder, args.image_size, resize_ratio=args.random_resize_crop_lower_ratio)
+    args.image_size = args.image_size or 32
+    try:
+        return ShapesDataset(
+            image_size=args.image_size, length=args.dataset_size, seed=args.seed, holdout=args.holdout
+        )
+    except ValueError as e:
+        raise UserError(f"--holdout / --image_size: {e}") from None
+
+
+def load_item(dataset: Dataset, index: int, rng) -> tuple[torch.Tensor, list[str]]:
+    """``(image, captions)``; datasets with random augmentation draw it from ``rng``."""
+    getter = getattr(dataset, "get", None)
+    return getter(index, rng) if getter is not None else dataset[index]
+
+
+def run_training(
+    task: Task,
+    args: argparse.Namespace,
+    backend: DistributedBackend,
+    run: RunDirectory,
+    dataset: Dataset,
+    resume_state: dict[str, Any] | None,
+    epoch_decay: float = 1.0,
+) -> Path | None:
+    """Optimizer, engine wrapping, schedule and loop for ``task``; returns the ``final/`` checkpoint."""
+    train_idx, val_idx = split_indices(len(dataset), args.validation_fraction, args.seed)
+    params = [p for p in task.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate)
+    wrapped = backend.distribute(
+        task.model, optimizer, ga_steps=args.ga_steps, clip_grad_norm=args.clip_grad_norm
+    )
+    schedule = LRSchedule(
+        args.learning_rate,
+        kind=args.lr_schedule or ("plateau" if getattr(args, "lr_decay", False) else "constant"),
+        warmup_steps=args.warmup_steps,
+        epoch_decay=epoch_decay,
+    )
+    settings = LoopSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        ga_steps=args.ga_steps,
+        clip_grad_norm=args.clip_grad_norm,
+        save_every_n_steps=args.save_every_n_steps,
+        keep_n_checkpoints=args.keep_n_checkpoints,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        sample_every=args.sample_every,
+        num_workers=args.num_workers,
+    )
+    loop = TrainingLoop(task, backend, wrapped, schedule, run, settings, dataset, train_idx, val_idx)
+    if resume_state is not None:
+        loop.load_training_state(resume_state)
+        if backend.is_root:
+            print(
+                f"resuming {run.root} at step {loop.step} (epoch {loop.epoch}, batch {loop.batch_in_epoch})"
+            )
+    return loop.fit()

@@ -1,0 +1,337 @@
+"""The training loop both trainers share: step, accumulate, clip, log, evaluate, sample, checkpoint, resume.
+
+It knows a ``Task`` (what a sample is, what the loss is, what goes into a checkpoint) and a
+``DistributedBackend`` (how the model is wrapped and stepped); never which engine runs underneath.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.sampler import EpochBatches, EpochItems
+from ..distributed import DistributedBackend, Wrapped
+from .checkpoint import RunDirectory
+from .schedule import LRSchedule
+
+
+class Task(ABC):
+    """What a run trains: the model, how items become batches, the loss, and what a checkpoint holds."""
+
+    kind: str
+    model: nn.Module
+
+    @abstractmethod
+    def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> Any:
+        """One training sample from dataset item ``index`` (runs in data-loader workers)."""
+
+    @abstractmethod
+    def collate(self, items: list[Any]) -> Any: ...
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[Tensor, dict[str, float | Tensor]]:
+        """The loss to minimise and extra numbers worth logging (detached; read only when logging)."""
+
+    @abstractmethod
+    def checkpoint_args(self) -> dict[str, Any]:
+        """``kind``, ``meta`` and optionally ``tokenizer`` for ``save_checkpoint``."""
+
+    def save_samples(self, module: nn.Module, batch: Any, step: int, folder: Path) -> Path | None:
+        """Write pictures of the model's progress; return the file written."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    max_steps: int | None = None
+    ga_steps: int = 1
+    clip_grad_norm: float | None = None
+    save_every_n_steps: int = 1000
+    keep_n_checkpoints: int | None = None
+    log_every: int = 10
+    eval_every: int = 500
+    eval_batches: int = 8
+    sample_every: int = 1000
+    num_workers: int = 0
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
+class TrainingLoop:
+    """Runs a ``Task`` to the end, writing checkpoints into a ``RunDirectory``."""
+
+    def __init__(
+        self,
+        task: Task,
+        backend: DistributedBackend,
+        wrapped: Wrapped,
+        schedule: LRSchedule,
+        run: RunDirectory,
+        settings: LoopSettings,
+        dataset: Dataset,
+        train_indices: list[int],
+        val_indices: list[int],
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.task, self.backend, self.wrapped, self.schedule = task, backend, wrapped, schedule
+        self.run, self.s, self.log = run, settings, log
+        self.dataset, self.train_indices, self.val_indices = dataset, train_indices, val_indices
+        self.items = EpochItems(dataset, task.make_item, settings.seed)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        rank, world = backend.data_shard()
+        self.rank, self.world = rank, world
+        self.steps_per_epoch = math.ceil(
+            EpochBatches(
+                train_indices, settings.batch_size, seed=0, epoch=0, rank=rank, world_size=world
+            ).num_batches
+            / settings.ga_steps
+        )
+        if self.steps_per_epoch == 0:
+            from ..errors import UserError
+
+            raise UserError(
+                f"{len(train_indices)} training samples are fewer than one batch of "
+                f"{settings.batch_size} x {world} ranks: lower --batch_size or add data"
+            )
+        self.total_steps = self.steps_per_epoch * settings.epochs
+        if settings.max_steps is not None:
+            self.total_steps = min(self.total_steps, settings.max_steps)
+        if self.schedule.total_steps is None:
+            self.schedule.total_steps = self.total_steps
+
+    # --------------------------------------------------------------------------------- state
+    def training_state(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "engine": self.wrapped.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "task": self.task.state_dict(),
+            "rng": rng,
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.wrapped.load_state_dict(state["engine"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.task.load_state_dict(state["task"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def save(self, final: bool = False) -> Path | None:
+        self.backend.barrier()
+        path = None
+        if self.backend.is_root:
+            args = self.task.checkpoint_args()
+            args["meta"] = {**args["meta"], "step": self.step, "epoch": self.epoch}
+            if final:
+                path = self.run.save_final(module=self.wrapped.module, **args)
+            else:
+                path = self.run.save_step(
+                    self.step,
+                    keep=self.s.keep_n_checkpoints,
+                    module=self.wrapped.module,
+                    training_state=self.training_state(),
+                    **args,
+                )
+        self.backend.barrier()
+        return path
+
+    # --------------------------------------------------------------------------------- data
+    def _loader(self, indices: list[int], epoch: int, skip: int, shuffle: bool = True) -> DataLoader:
+        batches = EpochBatches(
+            indices,
+            self.s.batch_size,
+            seed=self.s.seed,
+            epoch=epoch,
+            skip=skip,
+            rank=self.rank,
+            world_size=self.world,
+            shuffle=shuffle,
+        )
+        return DataLoader(
+            self.items,
+            batch_sampler=batches,
+            num_workers=self.s.num_workers,
+            collate_fn=self.task.collate,
+            pin_memory=self.backend.device.type == "cuda",
+            # its own generator: making a loader (e.g. when resuming mid-epoch) must not draw from the
+            # global RNG, or a resumed run would diverge from the uninterrupted one
+            generator=torch.Generator().manual_seed(self.s.seed * 7919 + epoch),
+        )
+
+    # --------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean validation loss over up to ``eval_batches`` batches (fixed RNG: no effect on training)."""
+        if not self.val_indices:
+            return None
+        model = self.wrapped.model
+        was_training = model.training
+        model.eval()
+        losses = []
+        with torch.random.fork_rng(
+            devices=[self.backend.device] if self.backend.device.type == "cuda" else []
+        ):
+            torch.manual_seed(self.s.seed)
+            for i, batch in enumerate(self._loader(self.val_indices, epoch=0, skip=0, shuffle=False)):
+                if i >= self.s.eval_batches:
+                    break
+                loss, _ = self.task.loss(model, to_device(batch, self.backend.device), self.step)
+                losses.append(float(self.backend.average(loss.detach().float())))
+        model.train(was_training)
+        return sum(losses) / len(losses) if losses else None
+
+    def _samples(self, batch: Any) -> None:
+        if not self.backend.is_root:
+            return
+        with torch.random.fork_rng(
+            devices=[self.backend.device] if self.backend.device.type == "cuda" else []
+        ):
+            torch.manual_seed(self.s.seed)
+            path = self.task.save_samples(self.wrapped.module, batch, self.step, self.run.samples)
+        if path is not None:
+            self.log(f"step {self.step}: samples in {path}")
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self.backend.is_root:
+            with open(self.run.root / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # --------------------------------------------------------------------------------- the loop
+    def fit(self) -> Path | None:
+        """Train until ``epochs`` or ``max_steps``; write ``final/``; return its path (root rank)."""
+        s = self.s
+        model = self.wrapped.model
+        model.train()
+        device = self.backend.device
+        t0, seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+        if self.backend.is_root:
+            self.log(
+                f"training {self.task.kind}: {len(self.train_indices)} samples, "
+                f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps, batch {s.batch_size} x "
+                f"{self.world} ranks x {s.ga_steps} accumulation, device {device}"
+            )
+        last_batch = None
+        done = self.step >= self.total_steps
+        while not done and self.epoch < s.epochs:
+            epoch_losses = []
+            for batch in self._loader(self.train_indices, self.epoch, self.batch_in_epoch):
+                batch = to_device(batch, device)
+                last_batch = batch
+                self.schedule.apply(self.wrapped.optimizer, self.step)
+                loss, extra = self.task.loss(model, batch, self.step)
+                if not torch.isfinite(loss):
+                    from ..errors import UserError
+
+                    raise UserError(
+                        f"loss became {loss.item()} at step {self.step}: lower --learning_rate or enable "
+                        "--clip_grad_norm (the last checkpoint is intact)"
+                    )
+                self.wrapped.backward(loss)
+                stepped = self.wrapped.step()
+                self.batch_in_epoch += 1
+                seen += batch_size_of(batch) * self.world
+                value = loss.detach().float()
+                window_loss += float(value)
+                window_n += 1
+                epoch_losses.append(float(value))
+                if not stepped:
+                    continue
+                self.step += 1
+                if self.step % s.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - t0
+                    record = {
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        "loss": float(self.backend.average(torch.tensor(window_loss / window_n))),
+                        "lr": self.wrapped.optimizer.param_groups[0]["lr"],
+                        "samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
+                        **{k: float(v) for k, v in extra.items()},
+                    }
+                    if self.wrapped.last_grad_norm is not None:
+                        record["grad_norm"] = self.wrapped.last_grad_norm
+                    self._record(record)
+                    if self.backend.is_root:
+                        self.log(format_record(record, self.total_steps))
+                    t0, seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+                if self.step % s.eval_every == 0:
+                    val = self.evaluate()
+                    if val is not None:
+                        self.schedule.observe(val)
+                        self._record({"step": self.step, "val_loss": val})
+                        if self.backend.is_root:
+                            self.log(f"step {self.step}: validation loss {val:.4f}")
+                if self.step % s.sample_every == 0:
+                    self._samples(batch)
+                if self.step % s.save_every_n_steps == 0:
+                    self.save()
+                if self.step % s.eval_every == 0 or self.step % s.sample_every == 0:
+                    t0, seen = time.perf_counter(), 0  # throughput counts training only
+                if self.step >= self.total_steps:
+                    done = True
+                    break
+            if not done:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.schedule.end_of_epoch()
+                if not self.val_indices and epoch_losses:
+                    self.schedule.observe(sum(epoch_losses) / len(epoch_losses))
+        if last_batch is not None:
+            self._samples(last_batch)
+        val = self.evaluate()
+        if val is not None and self.backend.is_root:
+            self._record({"step": self.step, "val_loss": val})
+            self.log(f"final validation loss {val:.4f}")
+        self.save()  # the resumable state at the end, then the export
+        return self.save(final=True)
+
+
+def batch_size_of(batch: Any) -> int:
+    if isinstance(batch, Tensor):
+        return batch.shape[0]
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch_size_of(batch[0])
+    return 0
+
+
+def format_record(record: dict[str, Any], total_steps: int) -> str:
+    parts = [f"step {record['step']}/{total_steps}", f"epoch {record['epoch']}", f"loss {record['loss']:.4f}"]
+    for key, value in record.items():
+        if key not in ("step", "epoch", "loss") and isinstance(value, float):
+            parts.append(f"{key} {value:.3g}")
+    return " | ".join(parts)

@@ -1,0 +1,369 @@
+"""The three scripts end to end as subprocesses (tiny settings): layout, resume, generation, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+VAE_FLAGS = [
+    "--num_tokens",
+    "32",
+    "--num_layers",
+    "2",
+    "--hidden_dim",
+    "16",
+    "--emb_dim",
+    "16",
+    "--num_resnet_blocks",
+    "0",
+    "--batch_size",
+    "8",
+    "--dataset_size",
+    "64",
+    "--image_size",
+    "16",
+    "--log_every",
+    "2",
+    "--sample_every",
+    "4",
+]
+DALLE_FLAGS = [
+    "--dim",
+    "32",
+    "--depth",
+    "2",
+    "--heads",
+    "2",
+    "--dim_head",
+    "16",
+    "--text_seq_len",
+    "24",
+    "--batch_size",
+    "8",
+    "--dataset_size",
+    "64",
+    "--log_every",
+    "2",
+    "--sample_every",
+    "4",
+    "--attn_types",
+    "full,axial_row",
+    "--bpe_vocab_size",
+    "300",
+]
+
+
+def run(script: str, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == expect, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return proc
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "vae"
+    run("train_vae.py", "--output", out, "--max_steps", "6", "--save_every_n_steps", "3", *VAE_FLAGS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dalle_run(tmp_path_factory, vae_run) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "dalle"
+    run(
+        "train_dalle.py",
+        "--vae_path",
+        vae_run,
+        "--output",
+        out,
+        "--max_steps",
+        "6",
+        "--save_every_n_steps",
+        "3",
+        *DALLE_FLAGS,
+    )
+    return out
+
+
+def test_vae_run_directory_layout(vae_run):
+    assert (vae_run / "config.yaml").is_file() and (vae_run / "metrics.jsonl").is_file()
+    assert sorted(p.name for p in (vae_run / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+    assert (vae_run / "latest").read_text().strip() == "step-00000006"
+    meta = json.loads((vae_run / "final" / "meta.json").read_text())
+    assert meta["kind"] == "vae" and meta["step"] == 6 and meta["data"]["kind"] == "shapes"
+    assert set(meta["checksums"]) == {"model.safetensors"}
+    assert any((vae_run / "samples").glob("*.png"))
+
+
+def test_dalle_checkpoint_is_self_describing(dalle_run):
+    meta = json.loads((dalle_run / "final" / "meta.json").read_text())
+    assert meta["kind"] == "dalle" and meta["model"]["attn_types"] == ["full", "axial_row"]
+    assert meta["vae"]["kind"] == "discrete" and (dalle_run / "final" / "tokenizer.json").is_file()
+    assert any(k.startswith("vae.") for k in weights(dalle_run / "final"))
+
+
+def test_resume_continues_exactly(tmp_path, vae_run):
+    """Three steps, then --resume to six, equals six steps straight (weights, bit for bit)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ["--vae_path", vae_run, "--save_every_n_steps", "3", *DALLE_FLAGS]
+    run("train_dalle.py", "--output", straight, "--max_steps", "6", *common)
+    run("train_dalle.py", "--output", split, "--max_steps", "3", *common)
+    proc = run("train_dalle.py", "--output", split, "--max_steps", "6", "--resume", *common)
+    assert "resuming" in proc.stdout and "step 3" in proc.stdout
+    a, b = weights(straight / "final"), weights(split / "final")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_vae_resume_continues_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    flags = [*VAE_FLAGS, "--save_every_n_steps", "3", "--anneal_rate", "0.1"]
+    run("train_vae.py", "--output", straight, "--max_steps", "6", *flags)
+    run("train_vae.py", "--output", split, "--max_steps", "3", *flags)
+    run("train_vae.py", "--output", split, "--max_steps", "6", "--resume", *flags)
+    a, b = weights(straight / "final"), weights(split / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_writes_dalle_pytorch_layout(tmp_path, dalle_run):
+    out = tmp_path / "outputs"
+    proc = run(
+        "generate.py",
+        "--dalle_path",
+        dalle_run,
+        "--text",
+        "a red circle|a blue square",
+        "--num_images",
+        "3",
+        "--batch_size",
+        "2",
+        "--outputs_dir",
+        out,
+        "--seed",
+        "1",
+        "--cond_scale",
+        "2",
+    )
+    for prompt in ("a_red_circle", "a_blue_square"):
+        folder = out / prompt
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "0.png",
+            "1.png",
+            "2.png",
+            "caption.txt",
+            "grid.png",
+        ]
+        assert Image.open(folder / "0.png").size == (16, 16)
+        assert str(folder / "grid.png") in proc.stdout
+    assert (out / "a_red_circle" / "caption.txt").read_text().strip() == "a red circle"
+
+
+def test_generate_text_and_priming(tmp_path, dalle_run):
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "prime.png")
+    run(
+        "generate.py",
+        "--dalle_path",
+        dalle_run / "final",
+        "--text",
+        "a red",
+        "--gentxt",
+        "--num_images",
+        "1",
+        "--outputs_dir",
+        tmp_path / "o",
+        "--img",
+        tmp_path / "prime.png",
+        "--num_init_img_tokens",
+        "4",
+    )
+    assert len(list((tmp_path / "o").iterdir())) == 1
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def _folder(tmp_path: Path, pairs: int = 3, extra_image: bool = False, extra_caption: bool = False) -> Path:
+    root = tmp_path / "data"
+    (root / "nested").mkdir(parents=True)
+    for i in range(pairs):
+        Image.new("RGB", (20, 20), (10 * i, 100, 100)).save(root / "nested" / f"{i}.png")
+        (root / "nested" / f"{i}.txt").write_text(f"a picture number {i}\n")
+    if extra_image:
+        Image.new("RGB", (20, 20)).save(root / "lonely.png")
+    if extra_caption:
+        (root / "orphan.txt").write_text("no image here\n")
+    return root
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert err.startswith("error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        ("missing_folder", ["does not exist"]),
+        ("empty_folder", ["no image"]),
+        ("image_without_caption", ["lonely.png"]),
+        ("caption_without_image", ["orphan.txt"]),
+        ("unreadable_image", ["broken.png"]),
+    ],
+)
+def test_bad_folders_exit_2(tmp_path, vae_run, case, needles):
+    if case == "missing_folder":
+        folder = tmp_path / "nope"
+    elif case == "empty_folder":
+        folder = tmp_path / "empty"
+        folder.mkdir()
+    else:
+        folder = _folder(
+            tmp_path,
+            extra_image=case == "image_without_caption",
+            extra_caption=case == "caption_without_image",
+        )
+        if case == "unreadable_image":
+            (folder / "broken.png").write_bytes(b"\x89PNG not really")
+            (folder / "broken.txt").write_text("broken\n")
+    proc = run(
+        "train_dalle.py",
+        "--vae_path",
+        vae_run,
+        "--image_text_folder",
+        folder,
+        "--output",
+        tmp_path / "o",
+        *DALLE_FLAGS,
+        expect=2,
+    )
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "o").exists(), "a failed start must not leave a run directory"
+
+
+def test_caption_too_long_needs_truncate(tmp_path, vae_run):
+    folder = _folder(tmp_path)
+    (folder / "nested" / "0.txt").write_text("word " * 40 + "\n")
+    proc = run(
+        "train_dalle.py",
+        "--vae_path",
+        vae_run,
+        "--image_text_folder",
+        folder,
+        "--output",
+        tmp_path / "o",
+        *DALLE_FLAGS,
+        "--max_steps",
+        "1",
+        expect=2,
+    )
+    assert_one_line_error(proc, "--truncate_captions")
+    run(
+        "train_dalle.py",
+        "--vae_path",
+        vae_run,
+        "--image_text_folder",
+        folder,
+        "--output",
+        tmp_path / "o2",
+        *DALLE_FLAGS,
+        "--max_steps",
+        "1",
+        "--truncate_captions",
+        "--batch_size",
+        "2",
+    )
+
+
+def test_wrong_checkpoint_kind_and_version(tmp_path, vae_run, dalle_run):
+    proc = run("train_dalle.py", "--vae_path", dalle_run, "--output", tmp_path / "o", *DALLE_FLAGS, expect=2)
+    assert_one_line_error(proc, "dalle checkpoint", "--vae_path needs a vae checkpoint")
+    proc = run("train_dalle.py", "--vae_path", tmp_path, "--output", tmp_path / "o", *DALLE_FLAGS, expect=2)
+    assert_one_line_error(proc, "neither a run directory nor a checkpoint")
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = json.loads((vae_run / "final" / "meta.json").read_text())
+    meta["format_version"] = 99
+    (old / "meta.json").write_text(json.dumps(meta))
+    proc = run("train_dalle.py", "--vae_path", old, "--output", tmp_path / "o", *DALLE_FLAGS, expect=2)
+    assert_one_line_error(proc, "format version 99")
+    proc = run("generate.py", "--dalle_path", vae_run, "--text", "x", expect=2)
+    assert_one_line_error(proc, "--dalle_path needs a dalle checkpoint")
+
+
+def test_bad_flags_exit_2(tmp_path, vae_run):
+    proc = run(
+        "train_dalle.py",
+        "--vae_path",
+        vae_run,
+        "--output",
+        tmp_path / "o",
+        *DALLE_FLAGS,
+        "--attn_types",
+        "full,diagonal",
+        expect=2,
+    )
+    assert_one_line_error(proc, "unknown attention type 'diagonal'")
+    proc = run("train_vae.py", "--output", tmp_path / "o", "--batch_size", "0", expect=2)
+    assert "--batch_size: must be a positive integer" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("train_dalle.py", "--output", tmp_path / "o", *DALLE_FLAGS, expect=2)
+    assert_one_line_error(proc, "--vae_path")
+
+
+def test_output_holding_a_run_is_not_overwritten(tmp_path, vae_run):
+    before = {p: p.read_bytes() for p in vae_run.rglob("*") if p.is_file()}
+    proc = run("train_vae.py", "--output", vae_run, *VAE_FLAGS, "--max_steps", "2", expect=2)
+    assert_one_line_error(proc, "already holds a run", "--resume")
+    proc = run("train_dalle.py", "--dalle_path", vae_run, "--output", vae_run, *DALLE_FLAGS, expect=2)
+    assert "Traceback" not in proc.stderr
+    after = {p: p.read_bytes() for p in vae_run.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_dalle_path_into_its_own_run_points_to_resume(tmp_path, dalle_run):
+    proc = run("train_dalle.py", "--dalle_path", dalle_run, "--output", dalle_run, *DALLE_FLAGS, expect=2)
+    assert_one_line_error(proc, "--resume --output")
+
+
+def test_config_file_and_command_line_priority(tmp_path, vae_run):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("max_steps: 2\nlearning_rate: 0.01\nbatch_size: 4\n")
+    out = tmp_path / "o"
+    run(
+        "train_dalle.py",
+        "--config",
+        cfg,
+        "--vae_path",
+        vae_run,
+        "--output",
+        out,
+        *DALLE_FLAGS,
+        "--batch_size",
+        "2",
+    )
+    import yaml
+
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["max_steps"] == 2 and resolved["learning_rate"] == 0.01 and resolved["batch_size"] == 2
+    cfg.write_text("max_stepz: 2\n")
+    proc = run("train_dalle.py", "--config", cfg, "--vae_path", vae_run, "--output", tmp_path / "p", expect=2)
+    assert_one_line_error(proc, "unknown keys max_stepz")
