@@ -5,7 +5,7 @@ set -euo pipefail
 PY=${1:-.venv/bin/python}
 RUN=${2:-runs/demo}
 HOLDOUT="red triangle"
-PROMPTS="a red circle|a green square|a blue triangle|a yellow circle|a purple square|a cyan triangle|a red triangle"
+PROMPTS="a red circle|a green square|a blue triangle|a yellow circle|a purple square|a cyan triangle|an orange square|a pink circle|a red triangle"
 start=$(date +%s)
 rm -rf "$RUN"  # the demo always starts afresh; real runs keep their directories and use --resume
 echo "== 1/3 train_vae.py (built-in shapes, held out: $HOLDOUT)"
@@ -13,8 +13,8 @@ echo "== 1/3 train_vae.py (built-in shapes, held out: $HOLDOUT)"
 echo "== 2/3 train_dalle.py"
 "$PY" train_dalle.py --config configs/demo_dalle.yaml --vae_path "$RUN/vae" --output "$RUN/dalle"
 echo "== 3/3 generate.py"
-"$PY" generate.py --dalle_path "$RUN/dalle" --text "$PROMPTS" --num_images 8 --batch_size 8 \
-  --cond_scale 3 --top_k 0.9 --seed 0 --outputs_dir "$RUN/outputs"
+"$PY" generate.py --dalle_path "$RUN/dalle" --text "$PROMPTS" --num_images 16 --batch_size 16 \
+  --cond_scale 2.5 --top_k 0.9 --temperature 0.7 --seed 0 --outputs_dir "$RUN/outputs"
 echo "== scoring the images with the shapes judge"
 "$PY" -m dalle_dist.evaluation.score_outputs "$RUN/outputs" --holdout "$HOLDOUT" --json "$RUN/scores.json"
 echo "demo finished in $(( $(date +%s) - start )) s (training and generation; installs not included)"

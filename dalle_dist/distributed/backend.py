@@ -8,12 +8,46 @@ averaging across ranks). The loop never branches on the engine's name.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Precision:
+    """``fp32``, ``bf16`` or ``fp16`` autocast on ``device``."""
+
+    name: str
+    device: torch.device
+
+    @staticmethod
+    def from_flags(
+        device: torch.device, *, fp16: bool = False, bf16: bool = False, amp: bool = False
+    ) -> Precision:
+        """DALLE-pytorch's ``--fp16`` and ``--amp`` plus ``--bf16``: amp means bf16 on CPU, fp16 on CUDA."""
+        name = "bf16" if bf16 else "fp16" if fp16 else "fp32"
+        if amp and name == "fp32":
+            name = "fp16" if device.type == "cuda" else "bf16"
+        if name == "fp16" and device.type != "cuda":
+            from ..errors import UserError
+
+            raise UserError(
+                f"--fp16 needs a CUDA GPU (this run is on {device.type}): use --bf16 or --amp on CPU"
+            )
+        return Precision(name, device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
 
 @dataclass
@@ -31,32 +65,51 @@ class Wrapped:
     scheduler: Any
     ga_steps: int = 1
     clip_grad_norm: float | None = None
+    precision: Precision = field(default_factory=lambda: Precision("fp32", torch.device("cpu")))
     micro_step: int = 0
     last_grad_norm: float | None = None
 
+    def __post_init__(self) -> None:
+        # fp16 overflows without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = (
+            torch.amp.GradScaler(self.precision.device.type) if self.precision.name == "fp16" else None
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the forward pass runs in (mixed precision when asked for; weights stay fp32)."""
+        return self.precision.autocast()
+
     def backward(self, loss: Tensor) -> None:
-        """Accumulate gradients of ``loss`` (scaled for accumulation)."""
-        (loss / self.ga_steps).backward()
+        """Accumulate gradients of ``loss`` (scaled for accumulation, and for fp16)."""
+        loss = loss / self.ga_steps
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def step(self) -> bool:
         """Finish a micro-batch; on the last one of an accumulation window clip, step and zero grads."""
         self.micro_step += 1
         if self.micro_step % self.ga_steps != 0:
             return False
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.clip_grad_norm:
             params = [p for p in self.module.parameters() if p.grad is not None]
             self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm))
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
         return True
 
     def state_dict(self) -> dict[str, Any]:
-        """Optimizer and scheduler state, for a training checkpoint."""
+        """Optimizer, scheduler and loss-scaler state, for a training checkpoint."""
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "micro_step": self.micro_step,
         }
 
@@ -64,6 +117,8 @@ class Wrapped:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.micro_step = int(state.get("micro_step", 0))
 
 
@@ -125,9 +180,19 @@ class DistributedBackend(ABC):
         *,
         ga_steps: int = 1,
         clip_grad_norm: float | None = None,
+        precision: Precision | None = None,
     ) -> Wrapped:
         """Wrap model, optimizer and scheduler for training under this backend."""
-        return Wrapped(model, model, optimizer, scheduler, ga_steps=ga_steps, clip_grad_norm=clip_grad_norm)
+        precision = precision or Precision("fp32", self.device)
+        return Wrapped(
+            model,
+            model,
+            optimizer,
+            scheduler,
+            ga_steps=ga_steps,
+            clip_grad_norm=clip_grad_norm,
+            precision=precision,
+        )
 
     def shutdown(self) -> None:
         """Leave the process group."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,14 @@ class Checkpoint:
             raise UserError(
                 f"{self.path} holds no training state (it is an export): it cannot be resumed from"
             )
-        return torch.load(file, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            # weights_only refuses anything but tensors and plain containers: a crafted file stops here
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"refused to load {file}: it holds more than tensors and plain data ({first})"
+            ) from None
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = True) -> Checkpoint:

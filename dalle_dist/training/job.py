@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..data import DataError
 from ..data.sampler import split_indices
-from ..distributed import DistributedBackend, backend_from_name
+from ..distributed import DistributedBackend, Precision, backend_from_name
 from ..errors import UserError
 from ..text import CaptionTooLongError
 from .checkpoint import RunDirectory
@@ -117,8 +117,9 @@ def run_training(
     train_idx, val_idx = split_indices(len(dataset), args.validation_fraction, args.seed)
     params = [p for p in task.model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.learning_rate)
+    precision = Precision.from_flags(backend.device, fp16=args.fp16, bf16=args.bf16, amp=args.amp)
     wrapped = backend.distribute(
-        task.model, optimizer, ga_steps=args.ga_steps, clip_grad_norm=args.clip_grad_norm
+        task.model, optimizer, ga_steps=args.ga_steps, clip_grad_norm=args.clip_grad_norm, precision=precision
     )
     schedule = LRSchedule(
         args.learning_rate,

@@ -211,7 +211,8 @@ class TrainingLoop:
             for i, batch in enumerate(self._loader(self.val_indices, epoch=0, skip=0, shuffle=False)):
                 if i >= self.s.eval_batches:
                     break
-                loss, _ = self.task.loss(model, to_device(batch, self.backend.device), self.step)
+                with self.wrapped.autocast():
+                    loss, _ = self.task.loss(model, to_device(batch, self.backend.device), self.step)
                 losses.append(float(self.backend.average(loss.detach().float())))
         model.train(was_training)
         return sum(losses) / len(losses) if losses else None
@@ -254,7 +255,8 @@ class TrainingLoop:
                 batch = to_device(batch, device)
                 last_batch = batch
                 self.schedule.apply(self.wrapped.optimizer, self.step)
-                loss, extra = self.task.loss(model, batch, self.step)
+                with self.wrapped.autocast():
+                    loss, extra = self.task.loss(model, batch, self.step)
                 if not torch.isfinite(loss):
                     from ..errors import UserError
 

@@ -1,0 +1,161 @@
+"""Units of the training package: read order, learning-rate schedule, checkpoints and run directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dalle_dist.data.sampler import EpochBatches, split_indices
+from dalle_dist.errors import UserError
+from dalle_dist.generation import prompt_folder
+from dalle_dist.models import DiscreteVAE
+from dalle_dist.training.checkpoint import (
+    RunDirectory,
+    describe_vae,
+    load_checkpoint,
+    load_vae,
+    save_checkpoint,
+)
+from dalle_dist.training.schedule import LRSchedule
+
+
+def test_epoch_batches_are_seeded_and_resumable():
+    idx = list(range(50))
+    full = list(EpochBatches(idx, 8, seed=3, epoch=2))
+    assert full == list(EpochBatches(idx, 8, seed=3, epoch=2))
+    assert full != list(EpochBatches(idx, 8, seed=3, epoch=1))
+    assert sorted(i for batch in full for _, i in batch) == idx, "one epoch reads every item once"
+    assert list(EpochBatches(idx, 8, seed=3, epoch=2, skip=4)) == full[4:]
+    assert len(EpochBatches(idx, 8, seed=3, epoch=2, skip=4)) == len(full) - 4
+
+
+def test_ranks_read_disjoint_slices_of_each_global_batch():
+    idx = list(range(40))
+    ranks = [list(EpochBatches(idx, 4, seed=0, epoch=0, rank=r, world_size=3)) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1, "every rank steps the same number of times"
+    seen = [i for r in ranks for batch in r for _, i in batch]
+    assert len(seen) == len(set(seen)) == 36  # 40 // 12 global batches of 12
+    single = [i for batch in EpochBatches(idx, 12, seed=0, epoch=0) for _, i in batch][:36]
+    assert sorted(seen) == sorted(single), "ranks together read what one process would read"
+
+
+def test_split_indices_is_seeded_and_disjoint():
+    train, val = split_indices(100, 0.1, seed=0)
+    assert len(val) == 10 and not set(train) & set(val) and sorted(train + val) == list(range(100))
+    assert split_indices(100, 0.1, seed=0) == (train, val)
+    assert split_indices(100, 0.0, seed=0) == (list(range(100)), [])
+
+
+def test_lr_schedule_warmup_cosine_plateau_and_state():
+    s = LRSchedule(1.0, kind="cosine", warmup_steps=10, total_steps=110)
+    assert s.lr(0) == pytest.approx(0.1) and s.lr(9) == pytest.approx(1.0)
+    assert s.lr(60) == pytest.approx(0.5, abs=0.01) and s.lr(110) == pytest.approx(1e-6, abs=1e-6)
+    p = LRSchedule(1.0, kind="plateau", plateau_patience=2)
+    for loss in (1.0, 1.0, 1.0, 1.0):
+        p.observe(loss)
+    assert p.lr(0) == pytest.approx(0.5)
+    q = LRSchedule(1.0, kind="plateau", plateau_patience=2)
+    q.load_state_dict(p.state_dict())
+    assert q.lr(5) == p.lr(5)
+    e = LRSchedule(1.0, epoch_decay=0.5)
+    e.end_of_epoch()
+    e.end_of_epoch()
+    assert e.lr(0) == pytest.approx(0.25)
+
+
+def _vae() -> DiscreteVAE:
+    return DiscreteVAE(image_size=16, num_layers=2, num_tokens=8, codebook_dim=8, hidden_dim=8)
+
+
+def test_checkpoint_round_trip_and_checksum(tmp_path):
+    vae = _vae()
+    folder = save_checkpoint(
+        tmp_path / "ck",
+        kind="vae",
+        module=vae,
+        meta={"vae": describe_vae(vae), "step": 7},
+        training_state={"step": 7, "rng": torch.get_rng_state()},
+    )
+    loaded, ckpt = load_vae(folder)
+    assert ckpt.step == 7 and ckpt.training_state()["step"] == 7
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="does not match its checksum"):
+        load_checkpoint(folder)
+
+
+def test_training_state_is_loaded_without_unpickling_code(tmp_path):
+    vae = _vae()
+    folder = save_checkpoint(
+        tmp_path / "ck", kind="vae", module=vae, meta={"vae": describe_vae(vae)}, training_state={"step": 1}
+    )
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    torch.save({"step": Boom()}, folder / "training_state.pt")
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["checksums"].pop("training_state.pt")  # get past the checksum to reach the unpickler
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="refused to load"):
+        load_checkpoint(folder).training_state()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_run_directory_latest_keep_and_final(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.prepare(resume=False)
+    vae = _vae()
+    args = {"kind": "vae", "module": vae, "meta": {"vae": describe_vae(vae)}, "training_state": {"step": 0}}
+    for step in (1, 2, 3):
+        run.save_step(step, keep=2, **args)
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step-00000002", "step-00000003"]
+    assert run.latest() == run.checkpoints / "step-00000003"
+    run.save_final(kind="vae", module=vae, meta={"vae": describe_vae(vae)})
+    run.save_final(kind="vae", module=vae, meta={"vae": describe_vae(vae)})  # replacing final is atomic too
+    assert load_checkpoint(run.root).path == run.final
+    assert not [p for p in run.root.rglob(".tmp-*")] and not [p for p in run.root.rglob(".old-*")]
+    with pytest.raises(UserError, match="already holds a run"):
+        RunDirectory(tmp_path / "run").prepare(resume=False)
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        RunDirectory(tmp_path / "fresh").prepare(resume=True)
+
+
+def test_prompt_folder_follows_dalle_pytorch(tmp_path):
+    assert prompt_folder(tmp_path, "a red circle").name == "a_red_circle"
+    assert prompt_folder(tmp_path, "x" * 150).name == "x" * 100
+    assert prompt_folder(tmp_path, "a/b").parent == tmp_path
+
+
+def test_precision_flags():
+    from dalle_dist.distributed import Precision
+
+    cpu = torch.device("cpu")
+    assert Precision.from_flags(cpu).name == "fp32"
+    assert Precision.from_flags(cpu, amp=True).name == "bf16"
+    assert Precision.from_flags(cpu, bf16=True).dtype == torch.bfloat16
+    with pytest.raises(UserError, match=r"--fp16 needs a CUDA GPU.*--bf16"):
+        Precision.from_flags(cpu, fp16=True)
+
+
+def test_bf16_autocast_loss_matches_fp32():
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import small_dalle
+
+    from dalle_dist.distributed import Precision
+
+    dalle = small_dalle(dim=64, heads=4)
+    text, image = torch.randint(1, 50, (4, 6)), torch.randint(0, 32, (4, 16))
+    fp32 = dalle(text, image, return_loss=True)
+    with Precision("bf16", torch.device("cpu")).autocast():
+        bf16 = dalle(text, image, return_loss=True)
+    assert bf16.dtype == torch.float32  # the loss itself is computed in fp32
+    assert abs(bf16.item() - fp32.item()) / fp32.item() < 0.02
