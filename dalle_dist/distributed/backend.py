@@ -194,6 +194,10 @@ class DistributedBackend(ABC):
             precision=precision,
         )
 
+    def same_on_all_ranks(self, module: nn.Module) -> bool:
+        """Do all ranks hold the same weights? Trivially true for one process."""
+        return True
+
     def shutdown(self) -> None:
         """Leave the process group."""
 

@@ -319,6 +319,14 @@ class TrainingLoop:
         if val is not None and self.backend.is_root:
             self._record({"step": self.step, "val_loss": val})
             self.log(f"final validation loss {val:.4f}")
+        if self.world > 1:
+            same = self.backend.same_on_all_ranks(self.wrapped.module)
+            if self.backend.is_root:
+                self.log(f"weights identical on all {self.world} ranks: {'yes' if same else 'NO'}")
+            if not same:
+                raise RuntimeError(
+                    "ranks hold different weights at the end of training: the engine is broken"
+                )
         self.save()  # the resumable state at the end, then the export
         return self.save(final=True)
 

@@ -1,0 +1,106 @@
+"""torchrun + PyTorch DistributedDataParallel (gloo on CPU, NCCL on GPUs)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .backend import DistributedBackend, Precision, Wrapped
+
+
+class DDPBackend(DistributedBackend):
+    """One process per device, started by ``torchrun``; gradients averaged by DDP."""
+
+    name = "ddp"
+    aliases = ("torchrun",)
+
+    @classmethod
+    def launched_here(cls) -> bool:
+        return "TORCHELASTIC_RUN_ID" in os.environ or all(
+            k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
+        )
+
+    def initialize(self) -> None:
+        if not self.launched_here():
+            from ..errors import UserError
+
+            raise UserError(
+                "--distributed_backend ddp needs a launcher: "
+                "run `torchrun --nproc_per_node N train_dalle.py ...`"
+            )
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = self.pick_device(local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        self._local_rank = local_rank
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size()
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank()
+
+    @property
+    def local_rank(self) -> int:
+        return self._local_rank
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def average(self, value: Tensor) -> Tensor:
+        value = value.detach().clone().to(self.device, torch.float32)
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value / self.world_size
+
+    def distribute(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        ga_steps: int = 1,
+        clip_grad_norm: float | None = None,
+        precision: Precision | None = None,
+    ) -> Wrapped:
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # a frozen submodule (the VAE) has no gradients to reduce
+        ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+        precision = precision or Precision("fp32", self.device)
+        return Wrapped(
+            ddp,
+            model,
+            optimizer,
+            scheduler,
+            ga_steps=ga_steps,
+            clip_grad_norm=clip_grad_norm,
+            precision=precision,
+        )
+
+    def same_on_all_ranks(self, module: nn.Module) -> bool:
+        """Are the weights identical everywhere? (One float per tensor compared, at the end of a run.)"""
+        sums = torch.stack(
+            [p.detach().double().sum() for p in module.state_dict().values() if p.is_floating_point()]
+        )
+        sums = sums.to(self.device)
+        low, high = sums.clone(), sums.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        return bool(torch.equal(low, high))
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,170 @@
+"""Distributed training with real processes: torchrun + DDP (gloo on this CPU machine)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+VAE_FLAGS = [
+    "--num_tokens",
+    "32",
+    "--num_layers",
+    "2",
+    "--hidden_dim",
+    "16",
+    "--emb_dim",
+    "16",
+    "--num_resnet_blocks",
+    "0",
+    "--batch_size",
+    "8",
+    "--dataset_size",
+    "64",
+    "--image_size",
+    "16",
+]
+# no dropout and no caption dropout: the runs are deterministic, so DDP must equal one process exactly
+DALLE_FLAGS = [
+    "--dim",
+    "32",
+    "--depth",
+    "2",
+    "--heads",
+    "2",
+    "--dim_head",
+    "16",
+    "--text_seq_len",
+    "24",
+    "--dataset_size",
+    "64",
+    "--attn_types",
+    "full,axial_row",
+    "--bpe_vocab_size",
+    "300",
+    "--save_every_n_steps",
+    "3",
+    "--log_every",
+    "1",
+    "--sample_every",
+    "100",
+]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def torchrun(nproc: int, script: str, *args) -> subprocess.CompletedProcess:
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(ROOT / script),
+            *map(str, args),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "vae"
+    run([sys.executable, str(ROOT / "train_vae.py"), "--output", str(out), "--max_steps", "2", *VAE_FLAGS])
+    return out
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_equals_single_process(tmp_path, vae_run):
+    """2 ranks x batch 4 read the same global batches as 1 process x batch 8: same weights."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    run(
+        [
+            sys.executable,
+            str(ROOT / "train_dalle.py"),
+            "--vae_path",
+            str(vae_run),
+            "--output",
+            str(single),
+            "--batch_size",
+            "8",
+            "--max_steps",
+            "6",
+            *DALLE_FLAGS,
+        ]
+    )
+    proc = torchrun(
+        2,
+        "train_dalle.py",
+        "--vae_path",
+        vae_run,
+        "--output",
+        ddp,
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "6",
+        *DALLE_FLAGS,
+    )
+    assert "weights identical on all 2 ranks: yes" in proc.stdout
+    assert "batch 4 x 2 ranks" in proc.stdout
+    assert proc.stdout.count("DALL-E trained") == 1, "only the root rank reports"
+    a, b = load_file(single / "final" / "model.safetensors"), load_file(ddp / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+    halfway = load_file(ddp / "checkpoints" / "step-00000003" / "model.safetensors")
+    assert not torch.equal(halfway["to_logits.weight"], b["to_logits.weight"]), "the model kept training"
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_resume(tmp_path, vae_run):
+    """A 2-rank run stopped at step 3 and resumed equals an uninterrupted 2-rank run."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    flags = ["--vae_path", vae_run, "--batch_size", "4", *DALLE_FLAGS]
+    torchrun(2, "train_dalle.py", "--output", straight, "--max_steps", "6", *flags)
+    torchrun(2, "train_dalle.py", "--output", split, "--max_steps", "3", *flags)
+    proc = torchrun(2, "train_dalle.py", "--output", split, "--resume", "--max_steps", "6", *flags)
+    assert "resuming" in proc.stdout
+    a, b = (
+        load_file(straight / "final" / "model.safetensors"),
+        load_file(split / "final" / "model.safetensors"),
+    )
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_ddp_without_launcher_is_explained(tmp_path, vae_run):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train_dalle.py"),
+            "--vae_path",
+            str(vae_run),
+            "--output",
+            str(tmp_path / "o"),
+            "--distributed_backend",
+            "ddp",
+            "--max_steps",
+            "1",
+            *DALLE_FLAGS,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        proc.returncode == 2 and "torchrun --nproc_per_node" in proc.stderr and "Traceback" not in proc.stderr
+    )
