@@ -1,4 +1,6 @@
-"""Shared small models for the tests."""
+"""Shared small models and tiny script settings for the tests."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,3 +27,11 @@ def small_dalle(vae: DiscreteVAE | None = None, **overrides) -> DALLE:
 @pytest.fixture
 def vae() -> DiscreteVAE:
     return small_vae()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# the smallest settings the scripts accept: a 16 px VAE with a 4 x 4 token grid, a 2-layer DALL-E
+TINY_VAE = "--num_tokens 32 --num_layers 2 --hidden_dim 16 --emb_dim 16 --num_resnet_blocks 0 --batch_size 8 "
+TINY_VAE += "--dataset_size 64 --image_size 16"
+TINY_DALLE = "--dim 32 --depth 2 --heads 2 --dim_head 16 --text_seq_len 24 --dataset_size 64 "
+TINY_DALLE += "--attn_types full,axial_row --bpe_vocab_size 300"

@@ -9,52 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY_DALLE, TINY_VAE
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-VAE_FLAGS = [
-    "--num_tokens",
-    "32",
-    "--num_layers",
-    "2",
-    "--hidden_dim",
-    "16",
-    "--emb_dim",
-    "16",
-    "--num_resnet_blocks",
-    "0",
-    "--batch_size",
-    "8",
-    "--dataset_size",
-    "64",
-    "--image_size",
-    "16",
-]
+VAE_FLAGS = TINY_VAE.split()
 # no dropout and no caption dropout: the runs are deterministic, so DDP must equal one process exactly
-DALLE_FLAGS = [
-    "--dim",
-    "32",
-    "--depth",
-    "2",
-    "--heads",
-    "2",
-    "--dim_head",
-    "16",
-    "--text_seq_len",
-    "24",
-    "--dataset_size",
-    "64",
-    "--attn_types",
-    "full,axial_row",
-    "--bpe_vocab_size",
-    "300",
-    "--save_every_n_steps",
-    "3",
-    "--log_every",
-    "1",
-    "--sample_every",
-    "100",
-]
+DALLE_FLAGS = [*TINY_DALLE.split(), "--save_every_n_steps", "3", "--log_every", "1", "--sample_every", "100"]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:

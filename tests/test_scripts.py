@@ -9,56 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY_DALLE, TINY_VAE
 from PIL import Image
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-VAE_FLAGS = [
-    "--num_tokens",
-    "32",
-    "--num_layers",
-    "2",
-    "--hidden_dim",
-    "16",
-    "--emb_dim",
-    "16",
-    "--num_resnet_blocks",
-    "0",
-    "--batch_size",
-    "8",
-    "--dataset_size",
-    "64",
-    "--image_size",
-    "16",
-    "--log_every",
-    "2",
-    "--sample_every",
-    "4",
-]
-DALLE_FLAGS = [
-    "--dim",
-    "32",
-    "--depth",
-    "2",
-    "--heads",
-    "2",
-    "--dim_head",
-    "16",
-    "--text_seq_len",
-    "24",
-    "--batch_size",
-    "8",
-    "--dataset_size",
-    "64",
-    "--log_every",
-    "2",
-    "--sample_every",
-    "4",
-    "--attn_types",
-    "full,axial_row",
-    "--bpe_vocab_size",
-    "300",
-]
+VAE_FLAGS = [*TINY_VAE.split(), "--log_every", "2", "--sample_every", "4"]
+DALLE_FLAGS = [*TINY_DALLE.split(), "--batch_size", "8", "--log_every", "2", "--sample_every", "4"]
 
 
 def run(script: str, *args: str, expect: int = 0) -> subprocess.CompletedProcess:

@@ -172,6 +172,10 @@ class DistributedBackend(ABC):
         """``(shard index, number of shards)``: which part of every batch order this rank reads."""
         return self.rank, self.world_size
 
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """What the loop calls instead of ``model`` (e.g. a DDP wrapper); the model itself by default."""
+        return model
+
     def distribute(
         self,
         model: nn.Module,
@@ -185,7 +189,7 @@ class DistributedBackend(ABC):
         """Wrap model, optimizer and scheduler for training under this backend."""
         precision = precision or Precision("fp32", self.device)
         return Wrapped(
-            model,
+            self.wrap_model(model),
             model,
             optimizer,
             scheduler,

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .backend import DistributedBackend, Precision, Wrapped
+from .backend import DistributedBackend
 
 
 class DDPBackend(DistributedBackend):
@@ -66,29 +66,10 @@ class DDPBackend(DistributedBackend):
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         return value / self.world_size
 
-    def distribute(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any = None,
-        *,
-        ga_steps: int = 1,
-        clip_grad_norm: float | None = None,
-        precision: Precision | None = None,
-    ) -> Wrapped:
+    def wrap_model(self, model: nn.Module) -> nn.Module:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        # a frozen submodule (the VAE) has no gradients to reduce
-        ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
-        precision = precision or Precision("fp32", self.device)
-        return Wrapped(
-            ddp,
-            model,
-            optimizer,
-            scheduler,
-            ga_steps=ga_steps,
-            clip_grad_norm=clip_grad_norm,
-            precision=precision,
-        )
+        # frozen parameters (the VAE inside DALLE) are left out of gradient reduction by DDP itself
+        return DistributedDataParallel(model, device_ids=device_ids)
 
     def same_on_all_ranks(self, module: nn.Module) -> bool:
         """Are the weights identical everywhere? (One float per tensor compared, at the end of a run.)"""
