@@ -190,9 +190,16 @@ class FolderDataset(Dataset):
         return len(self._items)
 
     def __getitem__(self, i: int) -> tuple[Tensor, list[str]]:
-        path, captions = self._items[i]
         # torch's generator is seeded per DataLoader worker, so workers crop differently yet reproducibly
         rng = random.Random(int(torch.randint(2**62, ()))) if self.random_crop else None
+        return self.get(i, rng)
+
+    def get(self, i: int, rng: random.Random | None) -> tuple[Tensor, list[str]]:
+        """Item ``i`` cropped with ``rng`` (None: centre crop). The trainers pass a per-(epoch, item)
+        generator, so crops do not depend on which worker loads the item or on a resume."""
+        path, captions = self._items[i]
+        if not self.random_crop:
+            rng = None
         try:
             image = load_image(path, self.image_size, self.resize_ratio, rng)
         except Exception as error:
