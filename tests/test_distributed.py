@@ -128,3 +128,25 @@ def test_ddp_without_launcher_is_explained(tmp_path, vae_run):
     assert (
         proc.returncode == 2 and "torchrun --nproc_per_node" in proc.stderr and "Traceback" not in proc.stderr
     )
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_gradient_accumulation_equals_single_process(tmp_path, vae_run):
+    """ga_steps 2 under DDP (no_sync on the first micro-batch) equals one process with the same windows."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    flags = ["--vae_path", vae_run, "--max_steps", "3", "--ga_steps", "2", *DALLE_FLAGS]
+    run(
+        [
+            sys.executable,
+            str(ROOT / "train_dalle.py"),
+            "--output",
+            str(single),
+            "--batch_size",
+            "8",
+            *map(str, flags),
+        ]
+    )
+    torchrun(2, "train_dalle.py", "--output", ddp, "--batch_size", "4", *flags)
+    a, b = load_file(single / "final" / "model.safetensors"), load_file(ddp / "final" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)

@@ -79,6 +79,13 @@ class Wrapped:
         """The context the forward pass runs in (mixed precision when asked for; weights stay fp32)."""
         return self.precision.autocast()
 
+    def micro_batch(self) -> contextlib.AbstractContextManager:
+        """Context for one micro-batch's forward and backward: inside an accumulation window (not its
+        last micro-batch) gradients stay local when the engine can defer its reduction (DDP ``no_sync``)."""
+        last = (self.micro_step + 1) % self.ga_steps == 0
+        no_sync = getattr(self.model, "no_sync", None)
+        return no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+
     def backward(self, loss: Tensor) -> None:
         """Accumulate gradients of ``loss`` (scaled for accumulation, and for fp16)."""
         loss = loss / self.ga_steps

@@ -255,16 +255,17 @@ class TrainingLoop:
                 batch = to_device(batch, device)
                 last_batch = batch
                 self.schedule.apply(self.wrapped.optimizer, self.step)
-                with self.wrapped.autocast():
-                    loss, extra = self.task.loss(model, batch, self.step)
-                if not torch.isfinite(loss):
-                    from ..errors import UserError
+                with self.wrapped.micro_batch():
+                    with self.wrapped.autocast():
+                        loss, extra = self.task.loss(model, batch, self.step)
+                    if not torch.isfinite(loss):
+                        from ..errors import UserError
 
-                    raise UserError(
-                        f"loss became {loss.item()} at step {self.step}: lower --learning_rate or enable "
-                        "--clip_grad_norm (the last checkpoint is intact)"
-                    )
-                self.wrapped.backward(loss)
+                        raise UserError(
+                            f"loss became {loss.item()} at step {self.step}: lower --learning_rate or enable "
+                            "--clip_grad_norm (the last checkpoint is intact)"
+                        )
+                    self.wrapped.backward(loss)
                 stepped = self.wrapped.step()
                 self.batch_in_epoch += 1
                 seen += batch_size_of(batch) * self.world
