@@ -19,7 +19,17 @@ $(VENV)/.torch: | $(BIN)/python
 install: $(VENV)/.torch
 	$(PIP) install -q -e .
 
-install-dev: $(VENV)/.torch
+# Horovod builds from source against the installed CPU torch (Gloo controller, no MPI): ~2-3 min once.
+HOROVOD_ENV := HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 \
+	HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 CXX=$(CURDIR)/scripts/cxx17
+
+$(VENV)/.horovod: $(VENV)/.torch
+	$(BIN)/python -c "import horovod.torch" 2>/dev/null || ( \
+	  $(PIP) install -q cloudpickle psutil pyyaml packaging cffi wheel setuptools && \
+	  $(HOROVOD_ENV) $(PIP) install -q --no-build-isolation --no-cache-dir horovod==0.28.1 )
+	touch $@
+
+install-dev: $(VENV)/.torch $(VENV)/.horovod
 	$(PIP) install -q -e '.[dev]'
 
 test: install-dev

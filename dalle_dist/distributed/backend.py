@@ -96,20 +96,29 @@ class Wrapped:
         self.micro_step += 1
         if self.micro_step % self.ga_steps != 0:
             return False
+        self.reduce_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.clip_grad_norm:
             params = [p for p in self.module.parameters() if p.grad is not None]
             self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm))
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with self.stepping():
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        self.optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no arguments
         if self.scheduler is not None:
             self.scheduler.step()
         return True
+
+    def reduce_gradients(self) -> None:
+        """Finish the gradient reduction before clipping (engines that reduce inside the optimizer)."""
+
+    def stepping(self) -> contextlib.AbstractContextManager:
+        """Context of the optimizer step (e.g. telling the engine its reduction already happened)."""
+        return contextlib.nullcontext()
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer, scheduler and loss-scaler state, for a training checkpoint."""
@@ -206,8 +215,16 @@ class DistributedBackend(ABC):
         )
 
     def same_on_all_ranks(self, module: nn.Module) -> bool:
-        """Do all ranks hold the same weights? Trivially true for one process."""
-        return True
+        """Do all ranks hold the same weights? (One float per tensor compared, at the end of a run.)"""
+        sums = torch.stack(
+            [p.detach().double().sum() for p in module.state_dict().values() if p.is_floating_point()]
+        )
+        low, high = self.min_max(sums)
+        return bool(torch.equal(low, high))
+
+    def min_max(self, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Element-wise minimum and maximum of ``value`` across ranks."""
+        return value, value
 
     def shutdown(self) -> None:
         """Leave the process group."""

@@ -71,16 +71,11 @@ class DDPBackend(DistributedBackend):
         # frozen parameters (the VAE inside DALLE) are left out of gradient reduction by DDP itself
         return DistributedDataParallel(model, device_ids=device_ids)
 
-    def same_on_all_ranks(self, module: nn.Module) -> bool:
-        """Are the weights identical everywhere? (One float per tensor compared, at the end of a run.)"""
-        sums = torch.stack(
-            [p.detach().double().sum() for p in module.state_dict().values() if p.is_floating_point()]
-        )
-        sums = sums.to(self.device)
-        low, high = sums.clone(), sums.clone()
+    def min_max(self, value: Tensor) -> tuple[Tensor, Tensor]:
+        low, high = value.to(self.device), value.clone().to(self.device)
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        return bool(torch.equal(low, high))
+        return low.cpu(), high.cpu()
 
     def shutdown(self) -> None:
         if dist.is_initialized():

@@ -5,10 +5,13 @@ from __future__ import annotations
 from ..errors import UserError
 from .backend import DistributedBackend
 from .ddp import DDPBackend
+from .horovod import HorovodBackend
 from .single import SingleBackend
 
 # launchers are recognised in this order; single comes last as the fallback
-BACKENDS: dict[str, type[DistributedBackend]] = {cls.name: cls for cls in (DDPBackend, SingleBackend)}
+BACKENDS: dict[str, type[DistributedBackend]] = {
+    cls.name: cls for cls in (HorovodBackend, DDPBackend, SingleBackend)
+}
 
 
 def backend_from_name(name: str | None, device: str = "auto") -> DistributedBackend:

@@ -126,7 +126,7 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         "--distr_backend",
         dest="distributed_backend",
         default=None,
-        help="single (alias dummy) or ddp (alias torchrun); default: inferred from the launcher, else single",
+        help="single (alias dummy), ddp (alias torchrun) or horovod; default: the launcher's, else single",
     )
     g.add_argument("--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
     g.add_argument("--fp16", action="store_true", help="fp16 autocast with loss scaling (CUDA)")
