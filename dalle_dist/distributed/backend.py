@@ -143,6 +143,7 @@ class DistributedBackend(ABC):
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
+    wrapped_class: ClassVar[type[Wrapped]] = Wrapped
 
     def __init__(self, device: str = "auto") -> None:
         self.requested_device = device
@@ -192,6 +193,10 @@ class DistributedBackend(ABC):
         """What the loop calls instead of ``model`` (e.g. a DDP wrapper); the model itself by default."""
         return model
 
+    def wrap_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer, ga_steps: int):
+        """The optimizer the loop steps (e.g. Horovod's reducing wrapper); the optimizer itself by default."""
+        return optimizer
+
     def distribute(
         self,
         model: nn.Module,
@@ -203,15 +208,14 @@ class DistributedBackend(ABC):
         precision: Precision | None = None,
     ) -> Wrapped:
         """Wrap model, optimizer and scheduler for training under this backend."""
-        precision = precision or Precision("fp32", self.device)
-        return Wrapped(
+        return self.wrapped_class(
             self.wrap_model(model),
             model,
-            optimizer,
+            self.wrap_optimizer(model, optimizer, ga_steps),
             scheduler,
             ga_steps=ga_steps,
             clip_grad_norm=clip_grad_norm,
-            precision=precision,
+            precision=precision or Precision("fp32", self.device),
         )
 
     def same_on_all_ranks(self, module: nn.Module) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .backend import DistributedBackend, Precision, Wrapped
+from .backend import DistributedBackend, Wrapped
 
 
 def _hvd():
@@ -40,6 +40,7 @@ class HorovodBackend(DistributedBackend):
 
     name = "horovod"
     aliases = ("hvd",)
+    wrapped_class = HorovodWrapped
 
     @classmethod
     def launched_here(cls) -> bool:
@@ -75,34 +76,15 @@ class HorovodBackend(DistributedBackend):
         hvd = _hvd()
         return hvd.allreduce(value.detach().float().cpu(), op=hvd.Average)
 
-    def distribute(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any = None,
-        *,
-        ga_steps: int = 1,
-        clip_grad_norm: float | None = None,
-        precision: Precision | None = None,
-    ) -> Wrapped:
+    def wrap_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer, ga_steps: int):
         hvd = _hvd()
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        optimizer = hvd.DistributedOptimizer(
-            optimizer, named_parameters=trainable, backward_passes_per_step=ga_steps
-        )
         # no hvd.broadcast_optimizer_state: on a fresh Adam it runs a zero-gradient step to create the state,
         # which advances Adam's step count and changes the first real update. Every rank builds the same
         # optimizer (and a resume loads the same state file on every rank), so there is nothing to send.
-        precision = precision or Precision("fp32", self.device)
-        return HorovodWrapped(
-            model,
-            model,
-            optimizer,
-            scheduler,
-            ga_steps=ga_steps,
-            clip_grad_norm=clip_grad_norm,
-            precision=precision,
+        return hvd.DistributedOptimizer(
+            optimizer, named_parameters=trainable, backward_passes_per_step=ga_steps
         )
 
     def min_max(self, value: Tensor) -> tuple[Tensor, Tensor]:
