@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -33,8 +35,6 @@ class Precision:
         if amp and name == "fp32":
             name = "fp16" if device.type == "cuda" else "bf16"
         if name == "fp16" and device.type != "cuda":
-            from ..errors import UserError
-
             raise UserError(
                 f"--fp16 needs a CUDA GPU (this run is on {device.type}): use --bf16 or --amp on CPU"
             )
@@ -241,14 +241,10 @@ class DistributedBackend(ABC):
                 return torch.device("cuda", local_rank % torch.cuda.device_count())
             return torch.device("cpu")
         if requested == "cuda" and not torch.cuda.is_available():
-            from ..errors import UserError
-
             raise UserError(
                 "--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto"
             )
         if requested == "mps" and not torch.backends.mps.is_available():
-            from ..errors import UserError
-
             raise UserError("--device mps was asked for but MPS is not available: use --device cpu or auto")
         if requested == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())

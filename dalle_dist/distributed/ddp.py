@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import UserError
 from .backend import DistributedBackend
 
 
@@ -27,8 +28,6 @@ class DDPBackend(DistributedBackend):
 
     def initialize(self) -> None:
         if not self.launched_here():
-            from ..errors import UserError
-
             raise UserError(
                 "--distributed_backend ddp needs a launcher: "
                 "run `torchrun --nproc_per_node N train_dalle.py ...`"

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
 from .backend import DistributedBackend, Wrapped
 
 
@@ -16,8 +17,6 @@ def _hvd():
     try:
         import horovod.torch as hvd
     except ImportError:
-        from ..errors import UserError
-
         raise UserError(
             "--distributed_backend horovod needs Horovod: `make install-dev` or "
             "`pip install '.[horovod]'` (built with HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1)"

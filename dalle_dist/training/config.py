@@ -174,9 +174,3 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
     )
     t.add_argument("--ga_steps", type=positive_int, default=1, help="gradient accumulation steps")
     t.add_argument("--sample_every", type=positive_int, default=1000, help="steps between sample images")
-
-
-def check_run_flags(args: argparse.Namespace) -> None:
-    """Cross-flag checks argparse cannot express."""
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.sampler import EpochBatches, EpochItems
 from ..distributed import DistributedBackend, Wrapped
+from ..errors import UserError
 from .checkpoint import RunDirectory
 from .schedule import LRSchedule
 
@@ -115,8 +116,6 @@ class TrainingLoop:
             / settings.ga_steps
         )
         if self.steps_per_epoch == 0:
-            from ..errors import UserError
-
             raise UserError(
                 f"{len(train_indices)} training samples are fewer than one batch of "
                 f"{settings.batch_size} x {world} ranks: lower --batch_size or add data"
@@ -259,8 +258,6 @@ class TrainingLoop:
                     with self.wrapped.autocast():
                         loss, extra = self.task.loss(model, batch, self.step)
                     if not torch.isfinite(loss):
-                        from ..errors import UserError
-
                         raise UserError(
                             f"loss became {loss.item()} at step {self.step}: lower --learning_rate or enable "
                             "--clip_grad_norm (the last checkpoint is intact)"
@@ -269,10 +266,11 @@ class TrainingLoop:
                 stepped = self.wrapped.step()
                 self.batch_in_epoch += 1
                 seen += batch_size_of(batch) * self.world
+                # kept as tensors: reading a value every step would stall a GPU on the hot path
                 value = loss.detach().float()
-                window_loss += float(value)
+                window_loss = window_loss + value
                 window_n += 1
-                epoch_losses.append(float(value))
+                epoch_losses.append(value)
                 if not stepped:
                     continue
                 self.step += 1
@@ -281,7 +279,7 @@ class TrainingLoop:
                     record = {
                         "step": self.step,
                         "epoch": self.epoch,
-                        "loss": float(self.backend.average(torch.tensor(window_loss / window_n))),
+                        "loss": float(self.backend.average(window_loss / window_n)),
                         "lr": self.wrapped.optimizer.param_groups[0]["lr"],
                         "samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
                         **{k: float(v) for k, v in extra.items()},
@@ -313,7 +311,7 @@ class TrainingLoop:
                 self.batch_in_epoch = 0
                 self.schedule.end_of_epoch()
                 if not self.val_indices and epoch_losses:
-                    self.schedule.observe(sum(epoch_losses) / len(epoch_losses))
+                    self.schedule.observe(float(torch.stack(epoch_losses).mean()))
         if last_batch is not None:
             self._samples(last_batch)
         val = self.evaluate()
