@@ -19,17 +19,18 @@ $(VENV)/.torch: | $(BIN)/python
 install: $(VENV)/.torch
 	$(PIP) install -q -e .
 
-# Horovod builds from source against the installed CPU torch (Gloo controller, no MPI): ~2-3 min once.
-HOROVOD_ENV := HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 \
-	HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 CXX=$(CURDIR)/scripts/cxx17
-
+# The engines need special build settings, so scripts install them (an extra only declares requirements):
+# Horovod builds from source against the installed torch (~2-3 min once, then pip's wheel cache);
+# DeepSpeed installs after torch so its build sees it (~1 min with its shared-memory comm op).
 $(VENV)/.horovod: $(VENV)/.torch
-	$(BIN)/python -c "import horovod.torch" 2>/dev/null || ( \
-	  $(PIP) install -q cloudpickle psutil pyyaml packaging cffi wheel setuptools && \
-	  $(HOROVOD_ENV) $(PIP) install -q --no-build-isolation --no-cache-dir horovod==0.28.1 )
+	bash scripts/install_horovod.sh $(BIN)/python
 	touch $@
 
-install-dev: $(VENV)/.torch $(VENV)/.horovod
+$(VENV)/.deepspeed: $(VENV)/.torch
+	bash scripts/install_deepspeed.sh $(BIN)/python
+	touch $@
+
+install-dev: $(VENV)/.torch $(VENV)/.horovod $(VENV)/.deepspeed
 	$(PIP) install -q -e '.[dev]'
 
 test: install-dev

@@ -10,7 +10,7 @@ EXTRAS = {
     "yttm": ["youtokentome>=1.0.6"],
     "chinese": ["transformers>=4.40"],
     "tracking": ["wandb>=0.17", "tensorboard>=2.16", "matplotlib>=3.8"],
-    "dev": ["pytest>=8", "ruff>=0.6"],
+    "dev": ["pytest>=8", "ruff>=0.6", "psutil>=5.9"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -1,9 +1,8 @@
 #!/usr/bin/env python
 """Train DALL-E. See `python train_dalle.py --help`; the logic lives in dalle_dist.training.dalle_job."""
 
-import sys
-
 from dalle_dist.training.dalle_job import main
+from dalle_dist.training.job import exit_with
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -1,9 +1,8 @@
 #!/usr/bin/env python
 """Train a discrete VAE. See `python train_vae.py --help`; the logic lives in dalle_dist.training.vae_job."""
 
-import sys
-
+from dalle_dist.training.job import exit_with
 from dalle_dist.training.vae_job import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

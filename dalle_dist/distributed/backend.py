@@ -8,9 +8,12 @@ averaging across ranks). The loop never branches on the engine's name.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,13 +21,21 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 
+TORCH_FORMAT = "torch"  # optimizer state saved as torch state dicts (single, DDP, Horovod: interchangeable)
+
+
+def _ranks(n: int | None) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"
+
 
 @dataclass(frozen=True)
 class Precision:
-    """``fp32``, ``bf16`` or ``fp16`` autocast on ``device``."""
+    """``fp32``, ``bf16`` or ``fp16`` on ``device``; ``amp`` when asked for as ``--amp`` (engines with a
+    mode of their own, like DeepSpeed's bf16, use it for ``--bf16`` / ``--fp16`` and autocast for amp)."""
 
     name: str
     device: torch.device
+    amp: bool = False
 
     @staticmethod
     def from_flags(
@@ -34,11 +45,13 @@ class Precision:
         name = "bf16" if bf16 else "fp16" if fp16 else "fp32"
         if amp and name == "fp32":
             name = "fp16" if device.type == "cuda" else "bf16"
+        elif amp:
+            amp = True  # --amp --bf16: autocast in bf16
         if name == "fp16" and device.type != "cuda":
             raise UserError(
                 f"--fp16 needs a CUDA GPU (this run is on {device.type}): use --bf16 or --amp on CPU"
             )
-        return Precision(name, device)
+        return Precision(name, device, amp=amp)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -78,6 +91,11 @@ class Wrapped:
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context the forward pass runs in (mixed precision when asked for; weights stay fp32)."""
         return self.precision.autocast()
+
+    @property
+    def input_dtype(self) -> torch.dtype | None:
+        """The dtype float inputs are cast to (engines that cast the weights); None keeps them as they are."""
+        return None
 
     def micro_batch(self) -> contextlib.AbstractContextManager:
         """Context for one micro-batch's forward and backward: inside an accumulation window (not its
@@ -120,9 +138,39 @@ class Wrapped:
         """Context of the optimizer step (e.g. telling the engine its reduction already happened)."""
         return contextlib.nullcontext()
 
+    # ----------------------------------------------------------------- checkpoints (collective calls)
+    def full_state_dict(self) -> dict[str, Tensor]:
+        """The model's complete fp32 weights on every rank (engines that partition them gather here)."""
+        return self.module.state_dict()
+
+    @contextlib.contextmanager
+    def sampling_module(self) -> Iterator[nn.Module | None]:
+        """A collective context giving the root rank a plain module with all the trained weights, to draw
+        samples from (engines that partition the weights assemble a copy); other ranks get None."""
+        yield self.module
+
+    def save_engine(self, folder: Path) -> None:
+        """Write the engine's own checkpoint files into ``folder`` (engines that keep state outside torch)."""
+
+    def load_state(self, state: dict[str, Any], folder: Path) -> None:
+        """Restore what ``state_dict`` saved; ``folder`` holds what ``save_engine`` wrote."""
+        if state.get("format", TORCH_FORMAT) != TORCH_FORMAT:
+            raise UserError(
+                f"{folder.parent} was written by {state.get('format')} (ZeRO-{state.get('zero_stage')}, "
+                f"{_ranks(state.get('world_size'))}): resume it with --deepspeed under the launcher it ran "
+                "with (e.g. `deepspeed --num_gpus N train_dalle.py --deepspeed ... --resume`), or start "
+                "a new run from its weights with --dalle_path / --vae_path"
+            )
+        self.load_state_dict(state)
+
+    def describe(self) -> dict[str, Any]:
+        """How the training state is stored (recorded in checkpoints; resuming checks it)."""
+        return {"format": TORCH_FORMAT}
+
     def state_dict(self) -> dict[str, Any]:
         """Optimizer, scheduler and loss-scaler state, for a training checkpoint."""
         return {
+            **self.describe(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -153,6 +201,9 @@ class DistributedBackend(ABC):
     def launched_here(cls) -> bool:
         """Does the environment show this engine's launcher started the process?"""
         return False
+
+    def configure(self, args: argparse.Namespace) -> None:
+        """Read this engine's own flags (before ``initialize``); may adjust shared ones it overrides."""
 
     @abstractmethod
     def initialize(self) -> None:
@@ -206,8 +257,10 @@ class DistributedBackend(ABC):
         ga_steps: int = 1,
         clip_grad_norm: float | None = None,
         precision: Precision | None = None,
+        micro_batch_size: int = 1,
     ) -> Wrapped:
-        """Wrap model, optimizer and scheduler for training under this backend."""
+        """Wrap model, optimizer and scheduler for training under this backend (``micro_batch_size`` is
+        one rank's batch, for engines that want to know it)."""
         return self.wrapped_class(
             self.wrap_model(model),
             model,
@@ -218,10 +271,15 @@ class DistributedBackend(ABC):
             precision=precision or Precision("fp32", self.device),
         )
 
-    def same_on_all_ranks(self, module: nn.Module) -> bool:
-        """Do all ranks hold the same weights? (One float per tensor compared, at the end of a run.)"""
+    def same_on_all_ranks(self, weights: dict[str, Tensor]) -> bool:
+        """Do all ranks hold bit-identical weights? (One integer per tensor compared, at the end of a run.)"""
+        # the sum of each tensor's fp32 bit patterns: any differing bit changes it (unlike a float sum)
         sums = torch.stack(
-            [p.detach().double().sum() for p in module.state_dict().values() if p.is_floating_point()]
+            [
+                p.detach().float().contiguous().view(torch.int32).to(torch.int64).sum()
+                for p in weights.values()
+                if p.is_floating_point()
+            ]
         )
         low, high = self.min_max(sums)
         return bool(torch.equal(low, high))

@@ -24,6 +24,12 @@ def _hvd():
     return hvd
 
 
+def _horovod_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("horovod") is not None
+
+
 class HorovodWrapped(Wrapped):
     """Horovod reduces gradients inside the optimizer: synchronise before clipping, then step without it."""
 
@@ -43,7 +49,8 @@ class HorovodBackend(DistributedBackend):
 
     @classmethod
     def launched_here(cls) -> bool:
-        return "HOROVOD_RANK" in os.environ
+        # horovodrun sets HOROVOD_RANK with Gloo; with MPI (its default when built with MPI) Open MPI's own
+        return "HOROVOD_RANK" in os.environ or ("OMPI_COMM_WORLD_RANK" in os.environ and _horovod_installed())
 
     def initialize(self) -> None:
         hvd = _hvd()

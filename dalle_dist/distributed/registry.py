@@ -5,12 +5,13 @@ from __future__ import annotations
 from ..errors import UserError
 from .backend import DistributedBackend
 from .ddp import DDPBackend
+from .deepspeed import DeepSpeedBackend
 from .horovod import HorovodBackend
 from .single import SingleBackend
 
 # launchers are recognised in this order; single comes last as the fallback
 BACKENDS: dict[str, type[DistributedBackend]] = {
-    cls.name: cls for cls in (HorovodBackend, DDPBackend, SingleBackend)
+    cls.name: cls for cls in (HorovodBackend, DeepSpeedBackend, DDPBackend, SingleBackend)
 }
 
 

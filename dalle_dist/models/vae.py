@@ -126,7 +126,8 @@ class DiscreteVAE(nn.Module):
         """Images in [0, 1] -> the normalised space the networks work in."""
         if self.norm_mean is None:
             return images
-        return (images - self.norm_mean) / self.norm_std
+        # in the images' dtype: under bf16 weights the fp32 buffers must not promote the input back
+        return ((images - self.norm_mean) / self.norm_std).to(images.dtype)
 
     def denormalize(self, images: Tensor) -> Tensor:
         """The inverse of ``norm``: decoder outputs back to [0, 1] pixels (not clamped)."""

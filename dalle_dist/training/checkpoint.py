@@ -7,6 +7,8 @@ A checkpoint is a folder:
     model.safetensors      weights (a DALL-E checkpoint embeds its VAE's weights under ``vae.``)
     tokenizer.json         DALL-E only: the tokenizer, as data
     training_state.pt      optimizer, scheduler, step, RNG and data position; read with weights_only=True
+    engine/                an engine's own files when it keeps state outside torch (DeepSpeed's ZeRO
+                           partitions, for resuming); every rank writes its part
 
 It is written to a temporary folder, fsynced and renamed into place, so a crash leaves either the old
 checkpoint or the new one, never half of one. A run directory holds ``config.yaml``, ``checkpoints/``,
@@ -34,6 +36,7 @@ from ..text import Tokenizer, load_tokenizer
 
 FORMAT = "dalle_dist"
 FORMAT_VERSION = 1
+ENGINE_FOLDER = "engine"
 VAE_CLASSES: dict[str, type[nn.Module]] = {"discrete": DiscreteVAE}
 
 
@@ -70,41 +73,68 @@ def describe_vae(vae: nn.Module) -> dict[str, Any]:
     raise TypeError(f"cannot describe a VAE of type {type(vae).__name__} in a checkpoint")
 
 
+def staging_folder(folder: Path) -> Path:
+    """Where ``folder`` is assembled before it is renamed into place (the same path on every rank)."""
+    return folder.with_name(f".tmp-{folder.name}")
+
+
+def start_staging(folder: Path) -> Path:
+    """An empty staging folder for ``folder`` (left-overs of a crashed write are removed)."""
+    tmp = staging_folder(folder)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(
+            f"could not write checkpoint {folder}: {e.strerror or e} (check free space and permissions)"
+        ) from None
+    return tmp
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
 def save_checkpoint(
     folder: Path,
     *,
     kind: str,
-    module: nn.Module,
     meta: dict[str, Any],
+    module: nn.Module | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
     tokenizer: Tokenizer | None = None,
     training_state: dict[str, Any] | None = None,
+    staged: bool = False,
 ) -> Path:
-    """Write a checkpoint folder atomically (replacing an existing one) and return its path."""
+    """Write a checkpoint folder atomically (replacing an existing one) and return its path.
+
+    The weights are ``weights`` or ``module``'s. With ``staged``, ``staging_folder(folder)`` already holds
+    files other ranks wrote (an engine's own checkpoint) and they become part of the checkpoint.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = staging_folder(folder) if staged else start_staging(folder)
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        if weights is None:
+            weights = module.state_dict()
+        weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         save_file(weights, tmp / "model.safetensors")
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer.json")
         if training_state is not None:
             torch.save(training_state, tmp / "training_state.pt")
-        files = sorted(p.name for p in tmp.iterdir())
+        files = _files(tmp)
         full_meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "kind": kind,
             **meta,
-            "checksums": {name: _sha256(tmp / name) for name in files},
+            "checksums": {p.relative_to(tmp).as_posix(): _sha256(p) for p in files},
         }
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True), encoding="utf-8")
-        for p in tmp.iterdir():
+        for p in [*_files(tmp), *sorted(d for d in tmp.rglob("*") if d.is_dir()), tmp]:
             _fsync(p)
-        _fsync(tmp)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -297,9 +327,12 @@ class RunDirectory:
         target = self.checkpoints / file.read_text(encoding="utf-8").strip()
         return target if (target / "meta.json").is_file() else None
 
+    def step_folder(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}"
+
     def save_step(self, step: int, keep: int | None = None, **checkpoint_args: Any) -> Path:
         """Write ``checkpoints/step-XXXXXXXX``, point ``latest`` at it, prune to the newest ``keep``."""
-        folder = save_checkpoint(self.checkpoints / f"step-{step:08d}", **checkpoint_args)
+        folder = save_checkpoint(self.step_folder(step), **checkpoint_args)
         write_text_atomic(self.root / "latest", folder.name + "\n")
         if keep is not None and keep > 0:
             done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "meta.json").is_file())

@@ -126,8 +126,36 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         "--distr_backend",
         dest="distributed_backend",
         default=None,
-        help="single (alias dummy), ddp (alias torchrun) or horovod; default: the launcher's, else single",
+        help="single (alias dummy), ddp (alias torchrun), horovod or deepspeed; default: the launcher's, "
+        "else single",
     )
+    g.add_argument(
+        "--deepspeed",
+        dest="distributed_backend",
+        action="store_const",
+        const="deepspeed",
+        help="same as --distributed_backend deepspeed",
+    )
+    g.add_argument(
+        "--deepspeed_config",
+        type=Path,
+        default=None,
+        help="DeepSpeed JSON config whose keys override the ones built from the flags",
+    )
+    g.add_argument(
+        "--zero_stage",
+        type=int,
+        choices=(0, 1, 2, 3),
+        default=1,
+        help="DeepSpeed ZeRO stage: 1 partitions optimizer state, 2 also gradients, 3 also weights",
+    )
+    g.add_argument(
+        "--cpu_offload",
+        action="store_true",
+        help="DeepSpeed: keep optimizer state (ZeRO-3: weights too) in CPU memory",
+    )
+    # the deepspeed launcher appends --local_rank=N to the script's arguments (LOCAL_RANK is read instead)
+    g.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
     g.add_argument("--fp16", action="store_true", help="fp16 autocast with loss scaling (CUDA)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU or GPU); weights stay fp32")

@@ -179,12 +179,12 @@ def main(argv: list[str] | None = None) -> None:
             )
     backend = start_backend(args)
     seed_everything(args.seed)
-    resume_state = None
+    resume = None
     if args.resume:
         if args.output is None:
             raise UserError("--resume needs --output naming the run directory to continue")
         dalle, tokenizer, ckpt = load_dalle(resolve_latest(args.output))
-        resume_state = ckpt.training_state()
+        resume = ckpt
         args.image_size = args.image_size or dalle.vae.image_size
         args.text_seq_len = dalle.text_seq_len
         source = ckpt.meta.get("vae_source")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     run = prepare_run(args, "train_dalle", backend)
     meta = {"vae_source": source, "data": dataset.describe()}
     task = DALLETask(dalle.to(backend.device), tokenizer, args, meta)
-    final = run_training(task, args, backend, run, dataset, resume_state)
+    final = run_training(task, args, backend, run, dataset, resume)
     if backend.is_root:
         print(f"DALL-E trained: {final}")
     backend.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import shlex
 import sys
 import time
@@ -21,7 +22,7 @@ from ..data.sampler import split_indices
 from ..distributed import DistributedBackend, Precision, backend_from_name
 from ..errors import UserError
 from ..text import CaptionTooLongError
-from .checkpoint import RunDirectory
+from .checkpoint import Checkpoint, RunDirectory
 from .loop import LoopSettings, Task, TrainingLoop
 from .schedule import LRSchedule
 
@@ -46,10 +47,19 @@ def cli(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None],
     return wrapper
 
 
+def exit_with(code: int) -> None:
+    """End the process with ``code`` and skip interpreter teardown, where engines' native threads have
+    crashed after a finished run (DeepSpeed with gloo: exit 250), turning a success into a failure."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def start_backend(args: argparse.Namespace) -> DistributedBackend:
     # subnormal floats (e.g. Gumbel-softmax at low temperature) run ~10x slower on x86 CPUs
     torch.set_flush_denormal(True)
     backend = backend_from_name(args.distributed_backend, args.device)
+    backend.configure(args)
     backend.initialize()
     return backend
 
@@ -110,7 +120,7 @@ def run_training(
     backend: DistributedBackend,
     run: RunDirectory,
     dataset: Dataset,
-    resume_state: dict[str, Any] | None,
+    resume: Checkpoint | None,
     epoch_decay: float = 1.0,
 ) -> Path | None:
     """Optimizer, engine wrapping, schedule and loop for ``task``; returns the ``final/`` checkpoint."""
@@ -119,7 +129,12 @@ def run_training(
     optimizer = torch.optim.Adam(params, lr=args.learning_rate)
     precision = Precision.from_flags(backend.device, fp16=args.fp16, bf16=args.bf16, amp=args.amp)
     wrapped = backend.distribute(
-        task.model, optimizer, ga_steps=args.ga_steps, clip_grad_norm=args.clip_grad_norm, precision=precision
+        task.model,
+        optimizer,
+        ga_steps=args.ga_steps,
+        clip_grad_norm=args.clip_grad_norm,
+        precision=precision,
+        micro_batch_size=args.batch_size,
     )
     schedule = LRSchedule(
         args.learning_rate,
@@ -143,8 +158,8 @@ def run_training(
         num_workers=args.num_workers,
     )
     loop = TrainingLoop(task, backend, wrapped, schedule, run, settings, dataset, train_idx, val_idx)
-    if resume_state is not None:
-        loop.load_training_state(resume_state)
+    if resume is not None:
+        loop.load_training_state(resume)
         if backend.is_root:
             print(
                 f"resuming {run.root} at step {loop.step} (epoch {loop.epoch}, batch {loop.batch_in_epoch})"

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.sampler import EpochBatches, EpochItems
 from ..distributed import DistributedBackend, Wrapped
 from ..errors import UserError
-from .checkpoint import RunDirectory
+from .checkpoint import ENGINE_FOLDER, Checkpoint, RunDirectory, staging_folder, start_staging
 from .schedule import LRSchedule
 
 
@@ -76,11 +76,14 @@ class LoopSettings:
     num_workers: int = 0
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None = None) -> Any:
+    """``batch`` on ``device``; float tensors cast to ``float_dtype`` when given (ids stay integers)."""
     if isinstance(batch, Tensor):
+        if float_dtype is not None and batch.is_floating_point():
+            return batch.to(device, float_dtype, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
+        return type(batch)(to_device(b, device, float_dtype) for b in batch)
     return batch
 
 
@@ -141,9 +144,11 @@ class TrainingLoop:
             "rng": rng,
         }
 
-    def load_training_state(self, state: dict[str, Any]) -> None:
+    def load_training_state(self, checkpoint: Checkpoint) -> None:
+        """Continue from ``checkpoint``: every rank reads it (engines load their own files collectively)."""
+        state = checkpoint.training_state()
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.wrapped.load_state_dict(state["engine"])
+        self.wrapped.load_state(state["engine"], checkpoint.path / ENGINE_FOLDER)
         self.schedule.load_state_dict(state["schedule"])
         self.task.load_state_dict(state["task"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -151,20 +156,36 @@ class TrainingLoop:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
-    def save(self, final: bool = False) -> Path | None:
+    def save(self, final: bool = False, weights: dict[str, Tensor] | None = None) -> Path | None:
+        """Write a step checkpoint (or ``final/``); a collective call: every rank adds its engine files,
+        the root rank the portable weights and the rest. Returns the folder on the root rank."""
+        folder = self.run.final if final else self.run.step_folder(self.step)
+        self.backend.barrier()
+        if self.backend.is_root:
+            start_staging(folder)
+        self.backend.barrier()
+        self.wrapped.save_engine(staging_folder(folder) / ENGINE_FOLDER)
+        if weights is None:
+            weights = self.wrapped.full_state_dict()
         self.backend.barrier()
         path = None
         if self.backend.is_root:
             args = self.task.checkpoint_args()
-            args["meta"] = {**args["meta"], "step": self.step, "epoch": self.epoch}
+            args["meta"] = {
+                **args["meta"],
+                "step": self.step,
+                "epoch": self.epoch,
+                "engine": self.wrapped.describe(),
+            }
             if final:
-                path = self.run.save_final(module=self.wrapped.module, **args)
+                path = self.run.save_final(weights=weights, staged=True, **args)
             else:
                 path = self.run.save_step(
                     self.step,
                     keep=self.s.keep_n_checkpoints,
-                    module=self.wrapped.module,
+                    weights=weights,
                     training_state=self.training_state(),
+                    staged=True,
                     **args,
                 )
         self.backend.barrier()
@@ -211,19 +232,22 @@ class TrainingLoop:
                 if i >= self.s.eval_batches:
                     break
                 with self.wrapped.autocast():
-                    loss, _ = self.task.loss(model, to_device(batch, self.backend.device), self.step)
+                    batch = to_device(batch, self.backend.device, self.wrapped.input_dtype)
+                    loss, _ = self.task.loss(model, batch, self.step)
                 losses.append(float(self.backend.average(loss.detach().float())))
         model.train(was_training)
         return sum(losses) / len(losses) if losses else None
 
     def _samples(self, batch: Any) -> None:
-        if not self.backend.is_root:
-            return
-        with torch.random.fork_rng(
-            devices=[self.backend.device] if self.backend.device.type == "cuda" else []
-        ):
-            torch.manual_seed(self.s.seed)
-            path = self.task.save_samples(self.wrapped.module, batch, self.step, self.run.samples)
+        # every rank enters (engines that partition the weights gather them); the root draws
+        with self.wrapped.sampling_module() as module:
+            if not self.backend.is_root:
+                return
+            with torch.random.fork_rng(
+                devices=[self.backend.device] if self.backend.device.type == "cuda" else []
+            ):
+                torch.manual_seed(self.s.seed)
+                path = self.task.save_samples(module, batch, self.step, self.run.samples)
         if path is not None:
             self.log(f"step {self.step}: samples in {path}")
 
@@ -251,7 +275,7 @@ class TrainingLoop:
         while not done and self.epoch < s.epochs:
             epoch_losses = []
             for batch in self._loader(self.train_indices, self.epoch, self.batch_in_epoch):
-                batch = to_device(batch, device)
+                batch = to_device(batch, device, self.wrapped.input_dtype)
                 last_batch = batch
                 self.schedule.apply(self.wrapped.optimizer, self.step)
                 with self.wrapped.micro_batch():
@@ -318,16 +342,17 @@ class TrainingLoop:
         if val is not None and self.backend.is_root:
             self._record({"step": self.step, "val_loss": val})
             self.log(f"final validation loss {val:.4f}")
+        weights = self.wrapped.full_state_dict()
         if self.world > 1:
-            same = self.backend.same_on_all_ranks(self.wrapped.module)
+            same = self.backend.same_on_all_ranks(weights)
             if self.backend.is_root:
                 self.log(f"weights identical on all {self.world} ranks: {'yes' if same else 'NO'}")
             if not same:
                 raise RuntimeError(
                     "ranks hold different weights at the end of training: the engine is broken"
                 )
-        self.save()  # the resumable state at the end, then the export
-        return self.save(final=True)
+        self.save(weights=weights)  # the resumable state at the end, then the export
+        return self.save(final=True, weights=weights)
 
 
 def batch_size_of(batch: Any) -> int:

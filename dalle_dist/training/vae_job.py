@@ -94,12 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     backend = start_backend(args)
     seed_everything(args.seed)
     dataset = build_dataset(args, args.image_folder)
-    resume_state = None
+    resume = None
     if args.resume:
         if args.output is None:
             raise UserError("--resume needs --output naming the run directory to continue")
         vae, ckpt = load_vae(resolve_latest(args.output))
-        resume_state = ckpt.training_state()
+        resume = ckpt
     else:
         try:
             vae = DiscreteVAE(
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--image_size / --num_layers: {e}") from None
     run = prepare_run(args, "train_vae", backend)
     task = VAETask(vae.to(backend.device), args, dataset.describe())
-    final = run_training(task, args, backend, run, dataset, resume_state, epoch_decay=args.lr_decay_rate)
+    final = run_training(task, args, backend, run, dataset, resume, epoch_decay=args.lr_decay_rate)
     if backend.is_root:
         print(f"VAE trained: {final}")
     backend.shutdown()

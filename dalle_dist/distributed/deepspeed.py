@@ -1,0 +1,441 @@
+"""DeepSpeed (``deepspeed`` launcher or ``torchrun``): ZeRO 0-3, bf16 / fp16 / autocast, its own checkpoints.
+
+The engine owns gradient accumulation, clipping, loss scaling and the optimizer's partitions. What the
+rest of dalle_dist needs from it goes through ``DeepSpeedWrapped``: full fp32 weights gathered from the
+partitions (the portable checkpoint), DeepSpeed's own checkpoint files (resume), and a context that
+gathers ZeRO-3 parameters so the root rank can draw samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..errors import UserError
+from .backend import Precision, Wrapped, _ranks
+from .ddp import DDPBackend
+
+TAG = "state"  # the one tag a checkpoint folder's engine files are saved under
+ENGINE_FORMAT = "deepspeed"
+
+
+def _deepspeed():
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would pick it anyway, with a warning
+    try:
+        import deepspeed
+    except ImportError:
+        raise UserError(
+            "--deepspeed needs DeepSpeed: run `make install-dev` or `bash scripts/install_deepspeed.sh`"
+        ) from None
+    return deepspeed
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s keys replacing its own, recursing into nested sections."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A ``--deepspeed_config`` file (DeepSpeed's own JSON format), read as data."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--deepspeed_config {path} does not exist") from None
+    except ValueError as e:
+        raise UserError(f"--deepspeed_config {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--deepspeed_config {path} must hold a JSON object (DeepSpeed's config format)")
+    if "scheduler" in data:
+        raise UserError(
+            f"--deepspeed_config {path} has a 'scheduler' section: dalle_dist sets the learning rate itself "
+            "(--lr_schedule, --warmup_steps); remove the section"
+        )
+    return data
+
+
+class _SafeLoading(contextlib.AbstractContextManager):
+    """Make every ``torch.load`` inside (DeepSpeed's loaders ask for ``weights_only=False``) refuse
+    pickled code: only tensors, plain containers and the three DeepSpeed classes its checkpoints hold."""
+
+    def __enter__(self) -> None:
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        self._previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+        self._globals = torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address])
+        self._globals.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._globals.__exit__(*exc)
+        if self._previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = self._previous
+
+
+def convert_to_universal(source: str, target: str) -> None:
+    """DeepSpeed's universal checkpoint of the engine files in ``source`` (loadable on any world size and
+    ZeRO stage), written to ``target``; every file is read without running pickled code."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=source,
+        output_folder=target,
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # the marker Megatron-style trainers add; nothing else is missing
+    )
+    with _SafeLoading():
+        ds_to_universal.main(args)
+
+
+class DeepSpeedWrapped(Wrapped):
+    """A DeepSpeed engine stepped by the loop: it accumulates, clips, scales and steps by itself."""
+
+    def __init__(
+        self,
+        engine: Any,
+        frozen: dict[str, Tensor],
+        buffers: dict[str, Tensor],
+        description: dict[str, Any],
+        template: nn.Module | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(engine, engine.module, engine.optimizer, None, **kw)
+        self.engine = engine
+        # frozen weights (the VAE inside DALLE) never change, and bf16 / fp16 modes keep only a rounded copy
+        # of them and of float buffers in the module: the export takes them from before the engine
+        self.frozen, self.buffers = frozen, buffers
+        self.description = description
+        self.template = template
+
+    def __post_init__(self) -> None:
+        self.scaler = None  # the engine scales fp16 losses itself
+
+    @property
+    def input_dtype(self) -> torch.dtype | None:
+        # bf16 / fp16 modes cast the module's weights, so its float inputs must follow (autocast needs not)
+        if self.precision.name == "fp32" or self.precision.amp:
+            return None
+        return self.precision.dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the engine's forward enters its torch_autocast section itself
+
+    def micro_batch(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def backward(self, loss: Tensor) -> None:
+        self.engine.backward(loss)  # divides by the accumulation steps itself
+
+    def step(self) -> bool:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        self.micro_step += 1
+        if boundary:
+            norm = self.engine.get_global_grad_norm()
+            self.last_grad_norm = float(norm) if norm is not None else None
+        return boundary
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        params = dict(self.module.named_parameters(remove_duplicate=False))
+        buffers = dict(self.module.named_buffers(remove_duplicate=False))
+        gathered: dict[int, Tensor] = {}  # shared weights are gathered once
+        weights: dict[str, Tensor] = {}
+        for name in self.module.state_dict():  # cheap under ZeRO-3: partitions are not gathered
+            if name in self.frozen:
+                weights[name] = self.frozen[name]
+            elif name in params:
+                param = params[name]
+                if id(param) not in gathered:
+                    full = safe_get_full_fp32_param(param)  # collective: the fp32 master from every rank
+                    gathered[id(param)] = (param if full is None else full).detach().float().cpu().clone()
+                weights[name] = gathered[id(param)]
+            elif name in buffers:
+                weights[name] = self.buffers.get(name, buffers[name].detach().cpu().clone())
+        return weights
+
+    @contextlib.contextmanager
+    def sampling_module(self) -> Iterator[nn.Module | None]:
+        if self.description["zero_stage"] != 3:  # every rank holds the whole module
+            yield self.module
+            return
+        # the engine's hooks would partition a ZeRO-3 module again inside any forward pass: the root rank
+        # samples from its plain copy instead, loaded with the gathered weights
+        weights = self.full_state_dict()
+        if dist.get_rank() != 0:
+            yield None
+            return
+        self.template.load_state_dict(weights)
+        self.template.to(self.engine.device).eval()
+        try:
+            yield self.template
+        finally:
+            self.template.to("cpu")
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": ENGINE_FORMAT, **self.description}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.describe(), "micro_step": self.micro_step}
+
+    def save_engine(self, folder: Path) -> None:
+        from deepspeed.checkpoint.constants import (
+            UNIVERSAL_CHECKPOINT_INFO,
+            UNIVERSAL_CHECKPOINT_VERSION_KEY,
+            UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+        )
+
+        # the universal-checkpoint marker lets the files be converted for a different world size later
+        info = {
+            UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
+        }
+        self.engine.save_checkpoint(str(folder), tag=TAG, client_state=info)
+
+    def load_state(self, state: dict[str, Any], folder: Path) -> None:
+        if state.get("format") != ENGINE_FORMAT:
+            raise UserError(
+                f"{folder.parent} was written without DeepSpeed (backend {state.get('backend', 'single')}): "
+                "resume it with the backend it was trained with (drop --deepspeed), or start a new "
+                "DeepSpeed run from its weights with --dalle_path / --vae_path"
+            )
+        if not (folder / TAG).is_dir():
+            raise UserError(f"{folder} holds no DeepSpeed state (no {TAG}/): the checkpoint is damaged")
+        world = dist.get_world_size()
+        stage, saved_stage = self.description["zero_stage"], state.get("zero_stage")
+        if stage != saved_stage and not (stage in (1, 2) and saved_stage in (1, 2)):
+            raise UserError(
+                f"{folder.parent} was trained with ZeRO-{saved_stage}: resume it with --zero_stage "
+                f"{saved_stage} (DeepSpeed converts between stages 1 and 2 only)"
+            )
+        # ZeRO 1-3 partition the optimizer state by rank: another world size (or 1 <-> 2) needs a conversion
+        universal = stage > 0 and (state.get("world_size") != world or stage != saved_stage)
+        load_from = self._universal(folder, state) if universal else folder
+        # DeepSpeed reads this switch when loading, not when the engine is built
+        self.engine._config.load_universal_checkpoint = universal
+        try:
+            with _SafeLoading():
+                path, _ = self.engine.load_checkpoint(
+                    str(load_from), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+                )
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"refused to load the DeepSpeed state in {folder}: it holds more than tensors and plain data "
+                f"({first})"
+            ) from None
+        finally:
+            self.engine._config.load_universal_checkpoint = False
+        if universal:
+            dist.barrier()
+            if dist.get_rank() == 0:
+                shutil.rmtree(load_from, ignore_errors=True)
+        if path is None:
+            raise UserError(f"DeepSpeed could not load its state from {load_from}: the checkpoint is damaged")
+        self.micro_step = int(state.get("micro_step", 0))
+
+    def _universal(self, folder: Path, state: dict[str, Any]) -> Path:
+        """Convert the engine files to DeepSpeed's universal checkpoint (root rank; shared by all)."""
+        stage, world = self.description["zero_stage"], dist.get_world_size()
+        # next to the checkpoint, so that every node sees it
+        target = folder.parent.with_name(f".universal-{folder.parent.name}")
+        if dist.get_rank() == 0:
+            print(
+                f"resuming a {state.get('world_size')}-rank ZeRO-{state.get('zero_stage')} checkpoint on "
+                f"{_ranks(world)} with ZeRO-{stage}: converting it to DeepSpeed's universal format",
+                flush=True,
+            )
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            # a child process: the converter forks workers and prints a lot; its loads are kept safe too
+            command = [
+                sys.executable,
+                "-c",
+                "import sys; from dalle_dist.distributed.deepspeed import convert_to_universal; "
+                "convert_to_universal(sys.argv[1], sys.argv[2])",
+                str(folder / TAG),
+                str(target / TAG),
+            ]
+            result = subprocess.run(command, capture_output=True, text=True)
+            ok = result.returncode == 0
+            if ok:
+                (target / "latest").write_text(TAG)
+        else:
+            ok = True
+        flag = torch.tensor([int(ok)])
+        dist.broadcast(flag, src=0)
+        if not flag.item():
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] if dist.get_rank() == 0 else []
+            raise UserError(
+                f"could not convert {folder} for {world} ranks ({' '.join(tail) or 'conversion failed'}): "
+                f"resume on {_ranks(state.get('world_size'))} with ZeRO-{state.get('zero_stage')}, or start "
+                "a new run from the checkpoint's weights"
+            )
+        return target
+
+
+class DeepSpeedBackend(DDPBackend):
+    """One process per device, started by ``deepspeed`` (or ``torchrun``) and run by a DeepSpeed engine."""
+
+    name = "deepspeed"
+    aliases = ()
+
+    def __init__(self, device: str = "auto") -> None:
+        super().__init__(device)
+        self.zero_stage = 1
+        self.cpu_offload = False
+        self.file_config: dict[str, Any] = {}
+
+    @classmethod
+    def launched_here(cls) -> bool:
+        # the deepspeed launcher (not torchrun) sets these next to RANK / WORLD_SIZE
+        return "CROSS_RANK" in os.environ and "LOCAL_SIZE" in os.environ
+
+    def configure(self, args: argparse.Namespace) -> None:
+        self.zero_stage = args.zero_stage
+        self.cpu_offload = args.cpu_offload
+        if args.deepspeed_config is not None:
+            self.file_config = read_config_file(args.deepspeed_config)
+            zero = self.file_config.get("zero_optimization", {})
+            if isinstance(zero, dict) and "stage" in zero:
+                self.zero_stage = int(zero["stage"])
+            # the file's batch settings win: the data loader must feed what the engine expects
+            if "train_micro_batch_size_per_gpu" in self.file_config:
+                args.batch_size = int(self.file_config["train_micro_batch_size_per_gpu"])
+            if "gradient_accumulation_steps" in self.file_config:
+                args.ga_steps = int(self.file_config["gradient_accumulation_steps"])
+        if self.cpu_offload and self.zero_stage == 0:
+            raise UserError("--cpu_offload needs ZeRO stage 1, 2 or 3: add --zero_stage 2 (or 3)")
+
+    def initialize(self) -> None:
+        deepspeed = _deepspeed()
+        if not self.launched_here() and not DDPBackend.launched_here():
+            # one process without a launcher: a world of one, no MPI discovery
+            os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
+            os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        self._local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = self.pick_device(self._local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if not dist.is_initialized():
+            deepspeed.init_distributed(
+                dist_backend="nccl" if self.device.type == "cuda" else "gloo",
+                auto_mpi_discovery=False,
+                verbose=False,
+                timeout=timedelta(minutes=30),
+            )
+
+    def build_config(
+        self, micro_batch_size: int, ga_steps: int, clip_grad_norm: float | None, precision: Precision
+    ) -> dict[str, Any]:
+        """DeepSpeed's config from the flags, then ``--deepspeed_config`` on top."""
+        config: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": micro_batch_size,
+            "gradient_accumulation_steps": ga_steps,
+            # DeepSpeed clips at 1.0 unless told otherwise; 0 turns clipping off
+            "gradient_clipping": float(clip_grad_norm or 0.0),
+            "zero_optimization": {"stage": self.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if precision.name != "fp32":
+            dtype = "bfloat16" if precision.name == "bf16" else "float16"
+            if precision.amp:
+                config["torch_autocast"] = {"enabled": True, "dtype": dtype}
+            elif precision.name == "bf16":
+                config["bf16"] = {"enabled": True}
+            else:
+                config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+        if self.cpu_offload:
+            config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+            if self.zero_stage == 3:
+                config["zero_optimization"]["offload_param"] = {"device": "cpu"}
+            config["zero_force_ds_cpu_optimizer"] = False  # torch's Adam runs on the CPU copy as well
+        return deep_merge(config, self.file_config)
+
+    def distribute(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        ga_steps: int = 1,
+        clip_grad_norm: float | None = None,
+        precision: Precision | None = None,
+        micro_batch_size: int = 1,
+    ) -> Wrapped:
+        deepspeed = _deepspeed()
+        precision = precision or Precision("fp32", self.device)
+        config = self.build_config(micro_batch_size, ga_steps, clip_grad_norm, precision)
+        frozen = {
+            n: p.detach().cpu().clone()
+            for n, p in model.named_parameters(remove_duplicate=False)
+            if not p.requires_grad
+        }
+        buffers = {}
+        if config.get("bf16", {}).get("enabled") or config.get("fp16", {}).get("enabled"):
+            buffers = {n: b.detach().cpu().clone() for n, b in model.named_buffers() if b.is_floating_point()}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        zero3 = config["zero_optimization"].get("stage") == 3
+        # a plain copy of the model on the root rank, to draw samples from (see sampling_module)
+        template = copy.deepcopy(model).cpu() if zero3 and self.rank == 0 else None
+        own_optimizer = "optimizer" in config  # the file names DeepSpeed's optimizer: it replaces ours
+        try:
+            engine, _, _, _ = deepspeed.initialize(
+                model=model,
+                optimizer=None if own_optimizer else optimizer,
+                model_parameters=trainable,
+                config=config,
+                dist_init_required=False,
+            )
+        except ValueError as e:
+            if "not supported on your device" in str(e):
+                raise UserError(
+                    f"DeepSpeed: {e} Use --bf16 (or --amp) for mixed precision on this device"
+                ) from None
+            raise
+        description = {
+            "backend": self.name,
+            "world_size": self.world_size,
+            "zero_stage": int(engine.zero_optimization_stage()),
+            "precision": precision.name,
+        }
+        return DeepSpeedWrapped(
+            engine,
+            frozen,
+            buffers,
+            description,
+            template,
+            ga_steps=ga_steps,
+            clip_grad_norm=clip_grad_norm,
+            precision=precision,
+        )

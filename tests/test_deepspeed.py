@@ -1,0 +1,290 @@
+"""DeepSpeed with real processes: the `deepspeed` launcher and torchrun, 2 ranks, gloo on this CPU machine.
+
+Each launch asserts several things at once (CI time): ranks bit-identical (the loop checks and logs it),
+equality with one process on the same global batches, the checkpoint layout, and what generate.py loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_DALLE, TINY_VAE
+from safetensors.torch import load_file
+
+pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install-dev installs it)")
+
+BIN = Path(sys.executable).parent
+DALLE_FLAGS = [*TINY_DALLE.split(), "--save_every_n_steps", "3", "--log_every", "1", "--sample_every", "100"]
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",  # the deepspeed launcher does not set it: 2 ranks would fight for 2 cores
+    "DS_ACCELERATOR": "cpu",
+    "PATH": f"{BIN}:{os.environ['PATH']}",
+}
+_port = [29700 + os.getpid() % 200]
+
+
+def run(cmd: list, expect: int = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV
+    )
+    assert proc.returncode == expect, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return proc
+
+
+def next_port() -> str:
+    _port[0] += 1
+    return str(_port[0])
+
+
+def deepspeed_launch(script: str, *args) -> list:
+    return [BIN / "deepspeed", "--num_gpus", "2", "--master_port", next_port(), ROOT / script, *args]
+
+
+def torchrun_launch(script: str, *args) -> list:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={next_port()}",
+        ROOT / script,
+        *args,
+    ]
+
+
+def single(script: str, *args) -> list:
+    return [sys.executable, ROOT / script, *args]
+
+
+def weights(run_dir: Path, which: str = "final") -> dict[str, torch.Tensor]:
+    folder = run_dir / which if which == "final" else run_dir / "checkpoints" / which
+    return load_file(folder / "model.safetensors")
+
+
+def assert_same(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=key)
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "vae"
+    run(single("train_vae.py", "--output", out, "--max_steps", "2", *TINY_VAE.split()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, vae_run) -> Path:
+    """One process, batch 8, fp32: what every 2-rank x batch 4 run must reproduce."""
+    out = tmp_path_factory.mktemp("ds") / "single"
+    run(
+        single(
+            "train_dalle.py",
+            "--vae_path",
+            vae_run,
+            "--output",
+            out,
+            "--batch_size",
+            "8",
+            "--max_steps",
+            "6",
+            *DALLE_FLAGS,
+        )
+    )
+    return out
+
+
+def dalle_flags(vae_run: Path, out: Path, *extra) -> list:
+    return [
+        "--vae_path",
+        vae_run,
+        "--output",
+        out,
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "6",
+        *DALLE_FLAGS,
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("launcher", "stage"), [("deepspeed", 1), ("torchrun", 2), ("deepspeed", 3), ("torchrun", 0)]
+)
+def test_zero_stages_equal_single_process(tmp_path, vae_run, reference, launcher, stage):
+    out = tmp_path / f"zero{stage}"
+    launch = deepspeed_launch if launcher == "deepspeed" else torchrun_launch
+    proc = run(launch("train_dalle.py", *dalle_flags(vae_run, out, "--deepspeed", "--zero_stage", stage)))
+    assert "batch 4 x 2 ranks" in proc.stdout
+    assert "weights identical on all 2 ranks: yes" in proc.stdout
+    assert proc.stdout.count("DALL-E trained") == 1, "only the root rank reports"
+    assert_same(weights(reference), weights(out))
+    # every checkpoint holds the portable weights next to DeepSpeed's own files (one optimizer shard per
+    # rank when ZeRO partitions it), and meta.json says how it was trained
+    step3 = out / "checkpoints" / "step-00000003"
+    assert_same(weights(reference, "step-00000003"), weights(out, "step-00000003"))
+    meta = json.loads((step3 / "meta.json").read_text())
+    assert meta["engine"] == {
+        "format": "deepspeed",
+        "backend": "deepspeed",
+        "world_size": 2,
+        "zero_stage": stage,
+        "precision": "fp32",
+    }
+    shards = sorted(p.name for p in (step3 / "engine" / "state").glob("*optim_states.pt"))
+    assert len(shards) == (2 if stage > 0 else 0), shards
+    assert any(name.startswith("engine/state/") for name in meta["checksums"])
+    if stage == 3:
+        # generate.py reads a ZeRO-3 run directly: no export step
+        gen = run(
+            single(
+                "generate.py",
+                "--dalle_path",
+                out,
+                "--text",
+                "red circle",
+                "--num_images",
+                "2",
+                "--outputs_dir",
+                tmp_path / "gen",
+            )
+        )
+        assert "loaded" in gen.stdout and (tmp_path / "gen" / "red_circle" / "grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_bf16_and_gradient_accumulation(tmp_path, vae_run, reference):
+    """bf16 (ZeRO-2): ranks identical; the fp32 master weights follow the fp32 run closely. ga_steps 2 with
+    2 ranks x 4 equals one process with the same accumulation windows (fp32)."""
+    bf16 = tmp_path / "bf16"
+    proc = run(
+        deepspeed_launch(
+            "train_dalle.py", *dalle_flags(vae_run, bf16, "--deepspeed", "--zero_stage", "2", "--bf16")
+        )
+    )
+    assert "weights identical on all 2 ranks: yes" in proc.stdout
+    # bf16 rounds activations and gradients to 8 bits of mantissa (relative error 2^-8 = 0.4% per
+    # operation): each step's loss stays within 2% of the fp32 run's, and the fp32 master weights move by
+    # about as much as fp32's do (steps 3 -> 6)
+    losses = [
+        [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for run_dir in (reference, bf16)
+    ]
+    assert len(losses[0]) == len(losses[1]) == 6
+    for fp32_loss, bf16_loss in zip(*losses, strict=True):
+        assert abs(bf16_loss - fp32_loss) < 0.02 * fp32_loss, losses
+    ref, ref3, got, got3 = (weights(r, w) for r in (reference, bf16) for w in ("final", "step-00000003"))
+    moved_fp32 = torch.cat([(ref[k] - ref3[k]).flatten() for k in ref]).norm()
+    moved_bf16 = torch.cat([(got[k] - got3[k]).flatten() for k in got]).norm()
+    assert 0.5 < moved_bf16 / moved_fp32 < 2, (moved_bf16, moved_fp32)
+    assert all(v.dtype == torch.float32 for v in got.values() if v.is_floating_point()), "exported as fp32"
+
+    ga_single, ga_ds = tmp_path / "ga_single", tmp_path / "ga_ds"
+    common = ["--vae_path", vae_run, "--max_steps", "3", "--ga_steps", "2", *DALLE_FLAGS]
+    run(single("train_dalle.py", "--output", ga_single, "--batch_size", "8", *common))
+    run(torchrun_launch("train_dalle.py", "--output", ga_ds, "--batch_size", "4", "--deepspeed", *common))
+    assert_same(weights(ga_single), weights(ga_ds))
+
+
+@pytest.mark.slow
+def test_resume_same_and_other_world_size(tmp_path, vae_run):
+    """ZeRO-2, 2 ranks: stopped at step 3 and resumed equals an uninterrupted run, both on 2 ranks and on 1
+    rank reading the same global batches (DeepSpeed's universal checkpoint, converted on resume)."""
+    straight, split, one = tmp_path / "straight", tmp_path / "split", tmp_path / "one"
+    ds = ["--deepspeed", "--zero_stage", "2"]
+    run(torchrun_launch("train_dalle.py", *dalle_flags(vae_run, straight, *ds)))
+    run(deepspeed_launch("train_dalle.py", *dalle_flags(vae_run, split, *ds, "--max_steps", "3")))
+    subprocess.run(["cp", "-r", str(split), str(one)], check=True)
+    proc = run(deepspeed_launch("train_dalle.py", *dalle_flags(vae_run, split, *ds, "--resume")))
+    assert "resuming" in proc.stdout
+    assert_same(weights(straight), weights(split), atol=1e-6)
+
+    flags = dalle_flags(vae_run, one, *ds, "--resume")
+    flags[flags.index("--batch_size") + 1] = "8"
+    proc = run(single("train_dalle.py", *flags))
+    assert "converting it to DeepSpeed's universal format" in proc.stdout
+    assert_same(weights(straight), weights(one))
+    assert not list(one.glob("checkpoints/.universal-*")), "the converted copy is removed"
+
+    # the trap users fall into: resuming without the engine that wrote the state, and changing ZeRO 2 -> 3
+    plain = run(
+        single("train_dalle.py", *dalle_flags(vae_run, one, "--resume", "--max_steps", "9")), expect=2
+    )
+    assert "written by deepspeed (ZeRO-2, 1 rank): resume it with --deepspeed" in plain.stderr
+    assert "Traceback" not in plain.stderr
+    stage = run(
+        single(
+            "train_dalle.py",
+            *dalle_flags(vae_run, one, "--deepspeed", "--zero_stage", "3", "--resume", "--max_steps", "9"),
+        ),
+        expect=2,
+    )
+    assert "trained with ZeRO-2: resume it with --zero_stage 2" in stage.stderr
+
+
+def test_deepspeed_flags_and_bad_input(tmp_path, vae_run):
+    """One process (no launcher): --deepspeed_config overrides the flags; the reverse trap; bad config files;
+    fp16 on a CPU names bf16."""
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 2}))
+    out = tmp_path / "cfg"
+    proc = run(
+        single(
+            "train_dalle.py",
+            *dalle_flags(vae_run, out, "--deepspeed", "--deepspeed_config", config, "--max_steps", "2"),
+        )
+    )
+    assert "batch 2 x 1 ranks" in proc.stdout
+    meta = json.loads((out / "final" / "meta.json").read_text())
+    assert meta["engine"]["zero_stage"] == 2 and (out / "final" / "engine" / "state").is_dir()
+
+    plain = tmp_path / "plain"
+    run(single("train_dalle.py", *dalle_flags(vae_run, plain, "--max_steps", "2")))
+    proc = run(
+        single("train_dalle.py", *dalle_flags(vae_run, plain, "--deepspeed", "--resume", "--max_steps", "3")),
+        expect=2,
+    )
+    assert "written without DeepSpeed" in proc.stderr and "Traceback" not in proc.stderr
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for extra, message in [
+        (["--deepspeed_config", bad], "is not valid JSON"),
+        (["--deepspeed_config", tmp_path / "missing.json"], "does not exist"),
+        (["--fp16"], "use --bf16"),
+        (["--zero_stage", "0", "--cpu_offload"], "--cpu_offload needs ZeRO stage 1, 2 or 3"),
+    ]:
+        proc = run(
+            single("train_dalle.py", *dalle_flags(vae_run, tmp_path / "x", "--deepspeed", *extra)), expect=2
+        )
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_vae_amp_and_cpu_offload(tmp_path):
+    """train_vae.py under DeepSpeed with --amp (DeepSpeed's torch_autocast section) and ZeRO-2 with the
+    optimizer state offloaded to CPU memory: trains, ranks identical, resumable portable result."""
+    out = tmp_path / "vae"
+    flags = ["--output", out, "--max_steps", "4", *TINY_VAE.split(), "--batch_size", "4", "--deepspeed"]
+    proc = run(deepspeed_launch("train_vae.py", *flags, "--amp", "--zero_stage", "2", "--cpu_offload"))
+    assert "weights identical on all 2 ranks: yes" in proc.stdout
+    meta = json.loads((out / "final" / "meta.json").read_text())
+    assert meta["engine"]["precision"] == "bf16" and meta["kind"] == "vae"
+    gen = run(
+        single(
+            "train_dalle.py", "--vae_path", out, "--output", tmp_path / "d", "--max_steps", "1", *DALLE_FLAGS
+        )
+    )
+    assert "DALL-E trained" in gen.stdout

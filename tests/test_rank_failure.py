@@ -1,0 +1,115 @@
+"""A rank killed mid-run (kill -9) ends the whole job with an error, under each launcher, within 60 s."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import ROOT, TINY_DALLE, TINY_VAE
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PATH": f"{BIN}:{os.environ['PATH']}"}
+PORT = 29900 + os.getpid() % 90
+
+
+def launch(launcher: str, *args) -> list[str]:
+    script = [str(ROOT / "train_dalle.py"), *map(str, args)]
+    if launcher == "torchrun":
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={PORT}",
+            *script,
+        ]
+    if launcher == "deepspeed":
+        return [
+            str(BIN / "deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(PORT + 1),
+            *script,
+            "--deepspeed",
+        ]
+    return [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *script]
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fail") / "vae"
+    cmd = [
+        sys.executable,
+        str(ROOT / "train_vae.py"),
+        "--output",
+        str(out),
+        "--max_steps",
+        "2",
+        *TINY_VAE.split(),
+    ]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=ENV, timeout=300)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed", "horovodrun"])
+def test_killed_rank_ends_the_job(tmp_path, vae_run, launcher):
+    engine = {"torchrun": "torch", "deepspeed": "deepspeed", "horovodrun": "horovod"}[launcher]
+    if importlib.util.find_spec(engine) is None:
+        pytest.skip(f"{engine} is not installed (make install-dev installs it)")
+    flags = [
+        "--vae_path",
+        vae_run,
+        "--output",
+        tmp_path / "run",
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "100000",
+        "--epochs",
+        "1000",
+    ]
+    proc = subprocess.Popen(
+        launch(launcher, *flags, *TINY_DALLE.split(), "--log_every", "1", "--sample_every", "100000"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "step 5/" in line:
+                break
+        else:
+            pytest.fail("the run ended before step 5:\n" + "".join(seen[-30:]))
+        ranks = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "-m" not in p.cmdline() and any(part.endswith("train_dalle.py") for part in p.cmdline())
+        ]
+        assert len(ranks) == 2, [p.cmdline() for p in ranks]
+        start = time.monotonic()
+        max(ranks, key=lambda p: p.pid).send_signal(signal.SIGKILL)
+        tail = proc.stdout.read()
+        code = proc.wait(timeout=90)
+        elapsed = time.monotonic() - start
+        assert code != 0, tail[-2000:]
+        assert elapsed < 60, elapsed
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks), (
+            "no rank left behind"
+        )
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
