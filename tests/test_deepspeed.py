@@ -125,8 +125,14 @@ def dalle_flags(vae_run: Path, out: Path, *extra) -> list:
 )
 def test_zero_stages_equal_single_process(tmp_path, vae_run, reference, launcher, stage):
     out = tmp_path / f"zero{stage}"
-    launch = deepspeed_launch if launcher == "deepspeed" else torchrun_launch
-    proc = run(launch("train_dalle.py", *dalle_flags(vae_run, out, "--deepspeed", "--zero_stage", stage)))
+    if launcher == "deepspeed":  # the backend is inferred from the deepspeed launcher's environment
+        proc = run(deepspeed_launch("train_dalle.py", *dalle_flags(vae_run, out, "--zero_stage", stage)))
+    else:
+        proc = run(
+            torchrun_launch(
+                "train_dalle.py", *dalle_flags(vae_run, out, "--deepspeed", "--zero_stage", stage)
+            )
+        )
     assert "batch 4 x 2 ranks" in proc.stdout
     assert "weights identical on all 2 ranks: yes" in proc.stdout
     assert proc.stdout.count("DALL-E trained") == 1, "only the root rank reports"

@@ -86,6 +86,9 @@ def test_torchrun_ddp_equals_single_process(tmp_path, vae_run):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
     halfway = load_file(ddp / "checkpoints" / "step-00000003" / "model.safetensors")
     assert not torch.equal(halfway["to_logits.weight"], b["to_logits.weight"]), "the model kept training"
+    run([sys.executable, str(ROOT / "generate.py"), "--dalle_path", str(ddp), "--text", "red circle",
+         "--num_images", "2", "--outputs_dir", str(tmp_path / "gen")])  # fmt: skip
+    assert (tmp_path / "gen" / "red_circle" / "grid.png").is_file()
 
 
 @pytest.mark.slow

@@ -157,9 +157,24 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
     # the deepspeed launcher appends --local_rank=N to the script's arguments (LOCAL_RANK is read instead)
     g.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
-    g.add_argument("--fp16", action="store_true", help="fp16 autocast with loss scaling (CUDA)")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU or GPU); weights stay fp32")
-    g.add_argument("--amp", action="store_true", help="automatic mixed precision: bf16 on CPU, fp16 on CUDA")
+    g.add_argument(
+        "--fp16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="fp16 autocast with loss scaling (CUDA)",
+    )
+    g.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast (CPU or GPU); weights stay fp32",
+    )
+    g.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="automatic mixed precision: bf16 on CPU, fp16 on CUDA",
+    )
     g.add_argument("--log_every", type=positive_int, default=10, help="steps between log lines")
     g.add_argument("--save_every_n_steps", type=positive_int, default=1000)
     g.add_argument("--keep_n_checkpoints", type=positive_int, default=None, help="keep only the newest N")
