@@ -41,7 +41,8 @@ def env(threads: int) -> dict[str, str]:
 
 
 def rate(run_dir: Path, skip: int) -> float:
-    """Mean samples/s over the log lines after the first ``skip`` steps (the loop logs every 10 steps)."""
+    """Mean samples/s over the log lines after the first ``skip`` steps (the loop logs every 10 steps;
+    a multi-rank run logs the samples of all ranks)."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["samples_per_s"] for r in records if "samples_per_s" in r and r["step"] > skip]
     return sum(rates) / len(rates)
@@ -89,17 +90,15 @@ def main() -> None:
     results["2 x 1, no comm"] = sum(rate(work / f"alone{i}", skip) for i in range(2))
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29811"]
-    results["ddp 2 x 1 (torchrun)"] = 2 * rate(train("ddp", torchrun, 1), skip)
+    results["ddp 2 x 1 (torchrun)"] = rate(train("ddp", torchrun, 1), skip)
     if shutil.which("horovodrun", path=env(1)["PATH"]):
         hvd = [BIN / "horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
-        results["horovod 2 x 1 (horovodrun)"] = 2 * rate(train("hvd", hvd, 1), skip)
+        results["horovod 2 x 1 (horovodrun)"] = rate(train("hvd", hvd, 1), skip)
     if (BIN / "deepspeed").exists():
         for stage in (1, 2):
             ds = [BIN / "deepspeed", "--num_gpus", "2", "--master_port", str(29820 + stage)]
             name = f"deepspeed ZeRO-{stage} 2 x 1"
-            results[name] = 2 * rate(
-                train(f"ds{stage}", ds, 1, "--deepspeed", "--zero_stage", str(stage)), skip
-            )
+            results[name] = rate(train(f"ds{stage}", ds, 1, "--deepspeed", "--zero_stage", str(stage)), skip)
 
     base, alone = results["1 x 2 threads (baseline)"], results["2 x 1, no comm"]
     print(

@@ -22,7 +22,7 @@ if command -v mpicxx >/dev/null 2>&1; then
 else
   export HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo
 fi
-if "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
+if "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null \
    && command -v nvcc >/dev/null 2>&1; then
   export HOROVOD_GPU_OPERATIONS=NCCL  # GPU tensors reduced by NCCL
 fi
