@@ -290,7 +290,7 @@ class DeepSpeedWrapped(Wrapped):
                 (target / "latest").write_text(TAG)
         else:
             ok = True
-        flag = torch.tensor([int(ok)])
+        flag = torch.tensor([int(ok)], device=self.engine.device)  # NCCL broadcasts GPU tensors only
         dist.broadcast(flag, src=0)
         if not flag.item():
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] if dist.get_rank() == 0 else []
