@@ -30,7 +30,12 @@ $(VENV)/.deepspeed: $(VENV)/.torch
 	bash scripts/install_deepspeed.sh $(BIN)/python
 	touch $@
 
-install-dev: $(VENV)/.torch $(VENV)/.horovod $(VENV)/.deepspeed
+# YouTokenToMe (--bpe_path x.model) has no wheel and builds only against Cython < 3.
+$(VENV)/.yttm: | $(BIN)/python
+	bash scripts/install_yttm.sh $(BIN)/python
+	touch $@
+
+install-dev: $(VENV)/.torch $(VENV)/.horovod $(VENV)/.deepspeed $(VENV)/.yttm
 	$(PIP) install -q -e '.[dev]'
 
 test: install-dev

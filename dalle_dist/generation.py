@@ -14,6 +14,7 @@ import torch
 from .data import image_grid, load_image
 from .errors import UserError
 from .text import CaptionTooLongError
+from .text.options import check_matches
 from .training.checkpoint import load_dalle
 from .training.config import Parser, positive_float, positive_int, unit_interval
 from .training.job import cli
@@ -44,6 +45,16 @@ def build_parser() -> Parser:
     parser.add_argument("--gentxt", action="store_true", help="let the model complete the prompt text first")
     parser.add_argument("--truncate_captions", action="store_true")
     parser.add_argument("--seed", type=int, default=None)
+    # the checkpoint carries its tokenizer; these are accepted, and checked, so DALLE-pytorch commands work
+    tok = parser.add_argument_group("tokenizer (not needed: must match the checkpoint's when given)")
+    tok.add_argument(
+        "--bpe_path", type=Path, default=None, help="the tokenizer file the model was trained with"
+    )
+    tok.add_argument("--hug", action="store_true", help="the model was trained with a Hugging Face tokenizer")
+    tok.add_argument("--chinese", action="store_true", help="the model was trained with --chinese")
+    tok.add_argument(
+        "--chinese_vocab", type=str, default=None, help="the --chinese_vocab it was trained with"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--no_cache", action="store_true", help="recompute every step (slow; for checking)")
     return parser
@@ -70,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("give --text 'a prompt' (or --gentxt to let the model write one)")
     device = _device(args.device)
     dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
+    try:
+        check_matches(tokenizer, args.bpe_path, args.hug, args.chinese, args.chinese_vocab)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     dalle.to(device).eval()
     if args.seed is not None:
         torch.manual_seed(args.seed)

@@ -204,7 +204,14 @@ class Checkpoint:
 
     def tokenizer(self) -> Tokenizer | None:
         file = self.path / "tokenizer.json"
-        return load_tokenizer(file) if file.exists() else None
+        if not file.exists():
+            return None
+        try:
+            return load_tokenizer(file)
+        except ImportError as e:  # a family whose package this machine lacks (e.g. youtokentome)
+            raise UserError(f"{file}: {e}") from None
+        except ValueError as e:
+            raise UserError(f"{file} is damaged: {e}") from None
 
     def training_state(self) -> dict[str, Any]:
         file = self.path / "training_state.pt"

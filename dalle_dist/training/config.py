@@ -217,3 +217,31 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
     )
     t.add_argument("--ga_steps", type=positive_int, default=1, help="gradient accumulation steps")
     t.add_argument("--sample_every", type=positive_int, default=1000, help="steps between sample images")
+
+
+def add_shard_flags(group: argparse._ArgumentGroup) -> None:
+    """WebDataset streaming (DALLE-pytorch's ``--wds``)."""
+    group.add_argument(
+        "--wds",
+        type=str,
+        default="",
+        help="read --image_text_folder as WebDataset shards; the image and caption keys, e.g. jpg,txt "
+        "(img2dataset: jpg,txt); 'jpg;png,json' tries jpg then png and reads captions from JSON",
+    )
+    group.add_argument(
+        "--wds_caption_field", default="caption", help="--wds ...,json: the JSON field holding the caption"
+    )
+    group.add_argument(
+        "--wds_resampled",
+        action="store_true",
+        help="--wds: each worker draws whole shards at random with replacement (large runs, no global order)",
+    )
+    group.add_argument(
+        "--shuffle_buffer", type=positive_int, default=1000, help="--wds: samples each worker shuffles among"
+    )
+    group.add_argument(
+        "--bpe_train_captions",
+        type=positive_int,
+        default=100_000,
+        help="--wds: the default BPE is trained on this many captions from the start of the stream",
+    )

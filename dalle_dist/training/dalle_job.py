@@ -13,11 +13,22 @@ from torch.utils.data import Dataset
 
 from ..attention import PATTERNS
 from ..data import image_grid
+from ..data.shards import ShardDataset
 from ..errors import UserError
 from ..models import DALLE
-from ..text import BPETokenizer, Tokenizer, load_tokenizer
+from ..text import BPETokenizer, Tokenizer
+from ..text.options import check_matches, tokenizer_from_options
 from .checkpoint import RunDirectory, describe_vae, load_dalle, load_vae, resolve_latest
-from .config import Parser, add_common_flags, int_list, positive_float, positive_int, str_list, unit_interval
+from .config import (
+    Parser,
+    add_common_flags,
+    add_shard_flags,
+    int_list,
+    positive_float,
+    positive_int,
+    str_list,
+    unit_interval,
+)
 from .job import build_dataset, cli, load_item, prepare_run, run_training, seed_everything, start_backend
 from .loop import Task
 
@@ -30,15 +41,32 @@ def build_parser() -> Parser:
     src.add_argument("--dalle_path", type=Path, default=None, help="start from this DALL-E (fine-tuning)")
     src.add_argument(
         "--image_text_folder",
-        type=Path,
+        type=str,
         default=None,
-        help="folder of images + same-named .txt captions (default: built-in dataset)",
+        help="folder of images + same-named .txt captions, or with --wds shards: a .tar, a folder of them, "
+        "a brace pattern, an http(s) URL or pipe: command (default: built-in dataset)",
     )
+    add_shard_flags(src)
     src.add_argument(
         "--truncate_captions", action="store_true", help="cut captions longer than --text_seq_len"
     )
     src.add_argument(
-        "--bpe_path", type=Path, default=None, help="tokenizer file to use instead of training one"
+        "--bpe_path",
+        type=Path,
+        default=None,
+        help="tokenizer to use instead of training a BPE: a .json from python -m dalle_dist.text.train_bpe, "
+        "a Hugging Face tokenizer.json, or a YouTokenToMe .model",
+    )
+    src.add_argument("--hug", action="store_true", help="--bpe_path is a Hugging Face tokenizer.json")
+    src.add_argument(
+        "--chinese", action="store_true", help="BERT Chinese tokenizer (transformers; see --chinese_vocab)"
+    )
+    src.add_argument(
+        "--chinese_vocab",
+        type=str,
+        default=None,
+        help="for --chinese (implies it): a folder or file with BERT's vocab.txt, or a hub model name; "
+        "None: bert-base-chinese from the hub",
     )
     src.add_argument(
         "--bpe_vocab_size", type=positive_int, default=1024, help="size of the BPE trained on captions"
@@ -90,7 +118,9 @@ class DALLETask(Task):
         self.model, self.tokenizer, self.args, self.meta = dalle, tokenizer, args, meta
 
     def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
-        image, captions = load_item(dataset, index, rng)
+        return self.make_sample(*load_item(dataset, index, rng), rng)
+
+    def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> tuple[Tensor, Tensor]:
         caption = rng.choice(captions)
         text = self.tokenizer.tokenize(
             [caption], self.args.text_seq_len, truncate_text=self.args.truncate_captions
@@ -147,23 +177,22 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _tokenizer(args: argparse.Namespace, dataset: Dataset, backend) -> Tokenizer:
-    """A given tokenizer file, or a BPE the root rank trains on the captions and sends to the others."""
-    if args.bpe_path is not None:
-        if not args.bpe_path.is_file():
-            raise UserError(f"--bpe_path {args.bpe_path} does not exist")
-        try:
-            return load_tokenizer(args.bpe_path)
-        except ValueError as e:
-            raise UserError(f"--bpe_path: {e}") from None
-    tokenizer = None
+    """The tokenizer the flags name, or a BPE the root rank trains on the captions and sends to the others."""
+    try:
+        tokenizer = tokenizer_from_options(args.bpe_path, args.hug, args.chinese, args.chinese_vocab)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if tokenizer is not None:
+        return tokenizer
     if backend.is_root:
         tokenizer = BPETokenizer.train(dataset.captions(), vocab_size=args.bpe_vocab_size)
     return backend.broadcast_object(tokenizer)
 
 
 def _check_captions(dataset: Dataset, tokenizer: Tokenizer, args: argparse.Namespace) -> None:
-    """Fail before the first step when a caption is too long and truncation was not asked for."""
-    if args.truncate_captions:
+    """Fail before the first step when a caption is too long and truncation was not asked for (a stream is
+    not read ahead: there such captions are skipped and reported)."""
+    if args.truncate_captions or isinstance(dataset, ShardDataset):
         return
     for caption in dataset.captions():
         tokenizer.tokenize([caption], args.text_seq_len, truncate_text=False)
@@ -202,7 +231,14 @@ def main(argv: list[str] | None = None) -> None:
         args.image_size = args.image_size or vae.image_size
         source = str(vae_ckpt.path)
         dalle = None
-    dataset = build_dataset(args, args.image_text_folder, default_folder_size=args.image_size or 128)
+    if dalle is not None:  # resumed or fine-tuned: the checkpoint's tokenizer; flags may only confirm it
+        try:
+            check_matches(
+                tokenizer, args.bpe_path, args.hug, args.chinese, args.chinese_vocab, "train_dalle.py"
+            )
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    dataset = build_dataset(args, args.image_text_folder, args.image_size or 128, backend)
     vae_size = (dalle.vae if dalle is not None else vae).image_size
     if args.image_size != vae_size:
         raise UserError(

@@ -90,11 +90,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_dataset(args: argparse.Namespace, folder: Path | None, default_folder_size: int = 128) -> Dataset:
-    """The folder dataset when a folder is given, else the built-in shapes."""
+def build_dataset(
+    args: argparse.Namespace,
+    folder: str | Path | None,
+    default_folder_size: int = 128,
+    backend: DistributedBackend | None = None,
+) -> Dataset:
+    """Shards with ``--wds``, the folder dataset when a folder is given, else the built-in shapes. With a
+    ``backend``, shards are counted on the root rank only."""
     from ..data import FolderDataset, ShapesDataset
+    from ..data.shards import Keys, ShardDataset, count_shards, resolve_shards
 
+    if getattr(args, "wds", ""):
+        if folder is None:
+            raise UserError(
+                "--wds needs --image_text_folder naming the shards (a .tar, folder, pattern or URL)"
+            )
+        if args.validation_fraction > 0:
+            raise UserError("--validation_fraction is not supported with --wds yet: drop it")
+        args.image_size = args.image_size or default_folder_size
+        counted = None
+        if backend is not None:
+            counted = count_shards(resolve_shards(folder)) if backend.is_root else None
+            counted = backend.broadcast_object(counted)
+        return ShardDataset(
+            folder,
+            Keys.parse(args.wds, args.wds_caption_field),
+            args.image_size,
+            resize_ratio=args.random_resize_crop_lower_ratio,
+            seed=args.seed,
+            shuffle_buffer=args.shuffle_buffer,
+            caption_limit=args.bpe_train_captions,
+            resampled=args.wds_resampled,
+            counted=counted,
+        )
     if folder is not None:
+        folder = Path(folder)
         if args.holdout:
             raise UserError("--holdout applies to the built-in dataset only: drop it or drop the folder flag")
         args.image_size = args.image_size or default_folder_size

@@ -6,12 +6,14 @@ It knows a ``Task`` (what a sample is, what the loss is, what goes into a checkp
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data import shards
 from ..data.sampler import EpochBatches, EpochItems
+from ..data.shards import ShardDataset
 from ..distributed import DistributedBackend, Wrapped
 from ..errors import UserError
 from .checkpoint import ENGINE_FOLDER, Checkpoint, RunDirectory, staging_folder, start_staging
@@ -47,6 +51,10 @@ class Task(ABC):
     @abstractmethod
     def checkpoint_args(self) -> dict[str, Any]:
         """``kind``, ``meta`` and optionally ``tokenizer`` for ``save_checkpoint``."""
+
+    def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> Any:
+        """One training sample from a decoded (image, captions) pair of a stream (runs in workers)."""
+        raise UserError(f"{self.kind} training does not read shards: use an image folder")
 
     def save_samples(self, module: nn.Module, batch: Any, step: int, folder: Path) -> Path | None:
         """Write pictures of the model's progress; return the file written."""
@@ -112,15 +120,28 @@ class TrainingLoop:
         self.batch_in_epoch = 0
         rank, world = backend.data_shard()
         self.rank, self.world = rank, world
-        self.steps_per_epoch = math.ceil(
-            EpochBatches(
+        self.streaming = isinstance(dataset, ShardDataset)
+        self.skipped: Counter[str] = Counter()
+        if self.streaming:
+            self.batches_per_epoch = shards.num_batches(dataset, settings.batch_size, world)
+            for problem in dataset.shard_problems:
+                self._skip(problem)
+            readers = world * max(settings.num_workers, 1)
+            if len(dataset.urls) < readers and self.backend.is_root:
+                log(
+                    f"note: {len(dataset.urls)} shards for {world} ranks x {max(settings.num_workers, 1)} "
+                    "workers: shards are split between readers, so this works, but smaller shards "
+                    "(make_shards --maxcount) let every worker read its own"
+                )
+        else:
+            self.batches_per_epoch = EpochBatches(
                 train_indices, settings.batch_size, seed=0, epoch=0, rank=rank, world_size=world
             ).num_batches
-            / settings.ga_steps
-        )
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / settings.ga_steps)
         if self.steps_per_epoch == 0:
+            count = len(dataset) if self.streaming else len(train_indices)
             raise UserError(
-                f"{len(train_indices)} training samples are fewer than one batch of "
+                f"{count} training samples are fewer than one batch of "
                 f"{settings.batch_size} x {world} ranks: lower --batch_size or add data"
             )
         self.total_steps = self.steps_per_epoch * settings.epochs
@@ -214,6 +235,29 @@ class TrainingLoop:
             generator=torch.Generator().manual_seed(self.s.seed * 7919 + epoch),
         )
 
+    def _stream(self, epoch: int, skip: int) -> Iterator[Any]:
+        """Batches of this rank's share of the shards in ``epoch``, from batch ``skip`` on."""
+        dataset: ShardDataset = self.dataset
+        dataset.set_epoch(epoch, self.rank, self.world, skip * self.s.batch_size)
+        dataset.make_item = self.task.make_sample
+        loader = DataLoader(
+            dataset,
+            batch_size=None,  # slots one by one from the workers, batched here (see shards.batches)
+            num_workers=self.s.num_workers,
+            pin_memory=self.backend.device.type == "cuda",
+        )
+        # the workers drop whole rounds of the slots to skip; the main process the last few
+        stream = itertools.islice(iter(loader), dataset.skip_plan(self.s.num_workers)[1], None)
+        return shards.batches(
+            stream, self.s.batch_size, self.batches_per_epoch - skip, self.task.collate, self._skip
+        )
+
+    def _skip(self, slot: shards.Skipped) -> None:
+        self.skipped[slot.kind] += 1
+        if self.skipped[slot.kind] <= 3 and self.backend.is_root:  # the first few of each kind, by name
+            detail = f": {slot.detail}" if slot.detail else ""
+            self.log(f"skipped ({slot.kind}) {slot.shard} {slot.key}{detail}")
+
     # --------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -274,7 +318,18 @@ class TrainingLoop:
         done = self.step >= self.total_steps
         while not done and self.epoch < s.epochs:
             epoch_losses = []
-            for batch in self._loader(self.train_indices, self.epoch, self.batch_in_epoch):
+            if self.streaming:
+                epoch_batches = self._stream(self.epoch, self.batch_in_epoch)
+            else:
+                epoch_batches = self._loader(self.train_indices, self.epoch, self.batch_in_epoch)
+            for batch in epoch_batches:
+                weight = 1.0
+                if batch is None:  # every slot of this batch was broken: other ranks still step
+                    if last_batch is None:
+                        raise UserError(
+                            "the first batch of the stream holds only broken samples: check the data"
+                        )
+                    batch, weight = last_batch, 0.0
                 batch = to_device(batch, device, self.wrapped.input_dtype)
                 last_batch = batch
                 self.schedule.apply(self.wrapped.optimizer, self.step)
@@ -286,7 +341,7 @@ class TrainingLoop:
                             f"loss became {loss.item()} at step {self.step}: lower --learning_rate or enable "
                             "--clip_grad_norm (the last checkpoint is intact)"
                         )
-                    self.wrapped.backward(loss)
+                    self.wrapped.backward(loss * weight if weight != 1.0 else loss)
                 stepped = self.wrapped.step()
                 self.batch_in_epoch += 1
                 seen += batch_size_of(batch) * self.world
@@ -310,6 +365,8 @@ class TrainingLoop:
                     }
                     if self.wrapped.last_grad_norm is not None:
                         record["grad_norm"] = self.wrapped.last_grad_norm
+                    if self.skipped:
+                        record["skipped"] = sum(self.skipped.values())
                     self._record(record)
                     if self.backend.is_root:
                         self.log(format_record(record, self.total_steps))
@@ -336,6 +393,10 @@ class TrainingLoop:
                 self.schedule.end_of_epoch()
                 if not self.val_indices and epoch_losses:
                     self.schedule.observe(float(torch.stack(epoch_losses).mean()))
+        if self.skipped and self.backend.is_root:
+            kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.skipped.items()))
+            self.log(f"data: skipped {sum(self.skipped.values())} broken samples on this rank ({kinds})")
+            self._record({"step": self.step, "skipped_by_kind": dict(self.skipped)})
         if last_batch is not None:
             self._samples(last_batch)
         val = self.evaluate()

@@ -1,0 +1,57 @@
+"""Turn an image + caption folder into WebDataset shards.
+
+    python -m dalle_dist.data.make_shards SRC DST --maxcount 10000
+
+Each image with a same-named ``.txt`` becomes one sample (``key.jpg`` / ``key.png`` ... as it is, not
+re-encoded, + ``key.txt``) in ``DST/shard-000000.tar``, ``shard-000001.tar`` ... (webdataset's
+ShardWriter). Images without captions are left out and counted. Train with
+``train_dalle.py --wds jpg;png;jpeg;webp;bmp,txt --image_text_folder DST``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .folder import _scan
+
+
+def make_shards(source: Path, target: Path, maxcount: int = 10000, maxsize: float = 3e9) -> tuple[int, int]:
+    """Write the shards; return ``(samples written, images skipped for want of a caption)``."""
+    from webdataset import ShardWriter
+
+    if not source.is_dir():
+        raise SystemExit(f"error: {source} is not a folder of images and .txt captions")
+    images, texts = _scan(source)
+    keys = sorted(k for k in images if k in texts)
+    if not keys:
+        raise SystemExit(f"error: {source} has no image with a same-named .txt caption file")
+    target.mkdir(parents=True, exist_ok=True)
+    with ShardWriter(str(target / "shard-%06d.tar"), maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
+        for key in keys:
+            image = images[key][0]
+            # webdataset splits member names at the first dot of the file name: keep dots out of keys
+            sample = {"__key__": key.replace(".", "_"), image.suffix.lower().lstrip("."): image.read_bytes()}
+            sample["txt"] = texts[key].read_bytes()
+            sink.write(sample)
+    return len(keys), len(images) - len(keys)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dalle_dist.data.make_shards", description=__doc__)
+    parser.add_argument("source", type=Path, help="folder of images and same-named .txt captions")
+    parser.add_argument("target", type=Path, help="folder to write shard-XXXXXX.tar files into")
+    parser.add_argument("--maxcount", type=int, default=10000, help="samples per shard")
+    parser.add_argument("--maxsize", type=float, default=3e9, help="bytes per shard")
+    args = parser.parse_args(argv)
+    if args.maxcount < 1:
+        parser.error("--maxcount must be >= 1")
+    written, skipped = make_shards(args.source, args.target, args.maxcount, args.maxsize)
+    shards = len(list(args.target.glob("shard-*.tar")))
+    print(f"wrote {written} samples into {shards} shards in {args.target}; {skipped} images had no caption")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
