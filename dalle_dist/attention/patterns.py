@@ -63,6 +63,11 @@ class AttentionPattern:
         """Parameters beyond the layout, as recorded in checkpoints."""
         return {}
 
+    def image_groups(self) -> Tensor | None:
+        """``[G, Qg]`` grid indices of image queries that share most of their keys (the structured
+        executor gives each group one key list); None: no structure worth exploiting (full)."""
+        return None
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
@@ -82,6 +87,10 @@ class AxialRowPattern(AttentionPattern):
 
     name = "axial_row"
 
+    def image_groups(self) -> Tensor:
+        f = self.layout.fmap_size
+        return torch.arange(f * f).view(f, f)  # one group per grid row
+
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
         f = self.layout.fmap_size
         return torch.div(qi, f, rounding_mode="floor") == torch.div(ki, f, rounding_mode="floor")
@@ -91,6 +100,10 @@ class AxialColPattern(AttentionPattern):
     """Image positions see earlier positions of their own grid column."""
 
     name = "axial_col"
+
+    def image_groups(self) -> Tensor:
+        f = self.layout.fmap_size
+        return torch.arange(f * f).view(f, f).t()  # one group per grid column
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
         f = self.layout.fmap_size
@@ -109,6 +122,10 @@ class ConvLikePattern(AttentionPattern):
         if dilation < 1:
             raise ValueError(f"conv_like dilation must be positive, got {dilation}")
         self.kernel_size, self.dilation = kernel_size, dilation
+
+    def image_groups(self) -> Tensor:
+        f = self.layout.fmap_size
+        return torch.arange(f * f).view(f, f)  # a row's queries see the same few rows above
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
         f, d = self.layout.fmap_size, self.dilation
@@ -138,6 +155,11 @@ class BlockSparsePattern(AttentionPattern):
         if global_stride < 0:
             raise ValueError(f"sparse global_stride must be >= 0 (0 = no global blocks), got {global_stride}")
         self.block_size, self.local_blocks, self.global_stride = block_size, local_blocks, global_stride
+
+    def image_groups(self) -> Tensor:
+        n, b = self.layout.image_len, self.block_size
+        index = torch.arange(-(-n // b) * b)
+        return torch.where(index < n, index, -1).view(-1, b)  # one group per block; -1 pads the last
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
         bq = torch.div(qi, self.block_size, rounding_mode="floor")

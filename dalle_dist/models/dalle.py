@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import PATTERNS, MaskSpec, SequenceLayout, make_pattern
+from ..attention import PATTERNS, GroupPlan, MaskSpec, SequenceLayout, group_plan, make_pattern
 from .sampling import KVCache, sample, top_k_filter, top_p_filter
 from .transformer import Rotary, TokenShift, Transformer
 
@@ -34,6 +34,20 @@ def _eval_mode(fn):
 
     wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
     return wrapper
+
+
+# how patterned layers run full passes: "structured" computes only the allowed blocks (see
+# attention/kernels.py), "dense" masks a full score matrix; "auto" picks the faster one measured
+# (bench/attention_layers.py, CPU): structured for axial patterns from a 32 x 32 grid on, dense otherwise
+ATTN_IMPLS = ("auto", "structured", "dense")
+_AUTO_STRUCTURED = ("axial_row", "axial_col")
+_AUTO_MIN_IMAGE_LEN = 1024
+
+
+def _structured(attn_impl: str, pattern: Any) -> bool:
+    if attn_impl == "auto":
+        return pattern.name in _AUTO_STRUCTURED and pattern.layout.image_len >= _AUTO_MIN_IMAGE_LEN
+    return attn_impl == "structured"
 
 
 class DALLE(nn.Module):
@@ -69,6 +83,7 @@ class DALLE(nn.Module):
         sparse_block_size: int = 16,
         sparse_local_blocks: int = 4,
         sparse_global_stride: int = 4,
+        attn_impl: str = "auto",
     ) -> None:
         super().__init__()
         # the constructor arguments (taken before any other local exists) rebuild this model from a checkpoint
@@ -115,9 +130,17 @@ class DALLE(nn.Module):
         self.patterns = {
             name: make_pattern(name, self.layout, **options) for name in dict.fromkeys(self.attn_types)
         }
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {attn_impl!r}")
+        self.attn_impl = attn_impl
         for name, pattern in self.patterns.items():
             if name != "full":
                 self.register_buffer(f"mask_{name}", pattern.dense_mask(), persistent=False)
+            # training passes see every position but the last: that length gets the structured plan
+            plan = group_plan(pattern, self.total_seq_len - 1) if _structured(attn_impl, pattern) else None
+            if plan is not None:
+                for part in ("queries", "keys", "mask"):
+                    self.register_buffer(f"plan_{name}_{part}", getattr(plan, part), persistent=False)
 
         self.to_logits_norm = nn.LayerNorm(dim)
         self.to_logits = nn.Linear(dim, self.total_tokens)
@@ -181,10 +204,16 @@ class DALLE(nn.Module):
 
     def mask_specs(self) -> list[MaskSpec]:
         """One mask spec per layer, from the layer's attention pattern."""
-        specs = {
-            name: MaskSpec(causal=True) if name == "full" else MaskSpec(pattern=getattr(self, f"mask_{name}"))
-            for name in self.patterns
-        }
+        specs = {}
+        for name in self.patterns:
+            if name == "full":
+                specs[name] = MaskSpec(causal=True)
+                continue
+            plan = None
+            if hasattr(self, f"plan_{name}_queries"):
+                parts = (getattr(self, f"plan_{name}_{part}") for part in ("queries", "keys", "mask"))
+                plan = GroupPlan(self.total_seq_len - 1, self.layout.text_len, *parts)
+            specs[name] = MaskSpec(pattern=getattr(self, f"mask_{name}"), plan=plan)
         return [specs[name] for name in self.attn_types]
 
     # ----------------------------------------------------------------------------------- tokens

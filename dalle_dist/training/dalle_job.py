@@ -106,6 +106,13 @@ def build_parser() -> Parser:
     m.add_argument("--shared_ff_ids", type=int_list, default=None)
     m.add_argument("--share_input_output_emb", action="store_true")
     m.add_argument("--stable_softmax", action="store_true")
+    m.add_argument(
+        "--attn_impl",
+        choices=("auto", "structured", "dense"),
+        default="auto",
+        help="how patterned attention runs: structured computes only the allowed blocks, dense masks a "
+        "full score matrix; auto picks the faster one measured for this device",
+    )
     return parser
 
 
@@ -173,6 +180,7 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         shared_ff_ids=tuple(args.shared_ff_ids) if args.shared_ff_ids else None,
         share_input_output_emb=args.share_input_output_emb,
         stable=args.stable_softmax,
+        attn_impl=args.attn_impl,
     )
 
 
