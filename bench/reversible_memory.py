@@ -1,4 +1,4 @@
-"""Peak training memory of DALLE at depth 16 vs depth 4, reversible and not.
+"""Peak training memory of DALLE at depth 16 vs depth 4: standard, activation-checkpointed, reversible.
 
 Two measures, each a ratio printed against the depth-4 baseline of the same run:
 - activation bytes autograd keeps for backward (exact, from saved-tensor hooks);
@@ -22,8 +22,10 @@ import torch
 
 from dalle_dist import DALLE, DiscreteVAE
 
+MODES = ("standard", "checkpointed", "reversible")
 
-def build(depth: int, reversible: bool, args: argparse.Namespace) -> DALLE:
+
+def build(depth: int, mode: str, args: argparse.Namespace) -> DALLE:
     torch.manual_seed(0)
     vae = DiscreteVAE(
         image_size=args.image_size, num_layers=3, num_tokens=512, codebook_dim=64, hidden_dim=16
@@ -36,13 +38,14 @@ def build(depth: int, reversible: bool, args: argparse.Namespace) -> DALLE:
         depth=depth,
         heads=8,
         dim_head=args.dim // 8,
-        reversible=reversible,
+        reversible=mode == "reversible",
+        activation_checkpointing=mode == "checkpointed",
     )
 
 
-def measure(depth: int, reversible: bool, args: argparse.Namespace) -> dict:
+def measure(depth: int, mode: str, args: argparse.Namespace) -> dict:
     """Run one forward + backward and report saved-activation bytes and added peak RSS (KiB)."""
-    dalle = build(depth, reversible, args)
+    dalle = build(depth, mode, args)
     text = torch.randint(1, 1000, (args.batch, args.text_seq_len))
     image = torch.randint(0, 512, (args.batch, dalle.image_seq_len))
     storages: dict[int, int] = {}
@@ -69,10 +72,10 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--text_seq_len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--child", nargs=2, metavar=("DEPTH", "REVERSIBLE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("DEPTH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(int(args.child[0]), args.child[1] == "1", args)))
+        print(json.dumps(measure(int(args.child[0]), args.child[1], args)))
         return
 
     flags = [
@@ -86,16 +89,16 @@ def main() -> None:
         str(args.batch),
     ]
     results = {}
-    for reversible in (False, True):
+    for mode in MODES:
         for depth in (4, 16):
             out = subprocess.run(
-                [sys.executable, __file__, *flags, "--child", str(depth), str(int(reversible))],
+                [sys.executable, __file__, *flags, "--child", str(depth), mode],
                 check=True,
                 capture_output=True,
                 text=True,
                 env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
             ).stdout
-            results[reversible, depth] = json.loads(out.strip().splitlines()[-1])
+            results[mode, depth] = json.loads(out.strip().splitlines()[-1])
     print(
         f"dim {args.dim}, {args.image_size}px ({(args.image_size // 8) ** 2} image tokens), "
         f"text {args.text_seq_len}, batch {args.batch}"
@@ -103,10 +106,10 @@ def main() -> None:
     header = ("layers", "depth", "saved MiB", "peak+ MiB", "grads MiB")
     header += ("saved x d4", "peak x d4", "peak-grads x d4")
     print(f"{header[0]:<12}" + "".join(f"{h:>{len(h) + 3}}" for h in header[1:]))
-    for reversible in (False, True):
-        base = results[reversible, 4]
+    for mode in MODES:
+        base = results[mode, 4]
         for depth in (4, 16):
-            r = results[reversible, depth]
+            r = results[mode, depth]
             cells = (
                 f"{depth}",
                 f"{r['saved_bytes'] / 2**20:.1f}",
@@ -116,7 +119,7 @@ def main() -> None:
                 f"{r['peak_added_kib'] / base['peak_added_kib']:.2f}",
                 f"{(r['peak_added_kib'] - r['grad_kib']) / (base['peak_added_kib'] - base['grad_kib']):.2f}",
             )
-            name = "reversible" if reversible else "standard"
+            name = mode
             widths = [len(h) + 3 for h in header[1:]]
             print(f"{name:<12}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
 

@@ -84,6 +84,7 @@ class DALLE(nn.Module):
         sparse_local_blocks: int = 4,
         sparse_global_stride: int = 4,
         attn_impl: str = "auto",
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         # the constructor arguments (taken before any other local exists) rebuild this model from a checkpoint
@@ -168,6 +169,7 @@ class DALLE(nn.Module):
             token_shift=TokenShift(self.layout) if shift_tokens else None,
             shared_attn_ids=shared_attn_ids,
             shared_ff_ids=shared_ff_ids,
+            activation_checkpointing=activation_checkpointing,
         )
 
     # ----------------------------------------------------------------------------------------- set-up

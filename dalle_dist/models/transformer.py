@@ -13,6 +13,7 @@ from itertools import cycle, islice
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..attention import MaskSpec, SequenceLayout, attention
 from .reversible import reversible_sequence
@@ -156,11 +157,14 @@ class Transformer(nn.Module):
         token_shift: TokenShift | None = None,
         shared_attn_ids: int | Sequence[int] | None = None,
         shared_ff_ids: int | Sequence[int] | None = None,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.depth, self.reversible = depth, reversible
+        # recompute each block's activations in backward (torch.utils.checkpoint): reversible's alternative
+        self.activation_checkpointing = activation_checkpointing
         self.attn_ids, self.ff_ids = layer_ids(shared_attn_ids, depth), layer_ids(shared_ff_ids, depth)
         self.attns = nn.ModuleDict(
             {
@@ -227,7 +231,13 @@ class Transformer(nn.Module):
         if self.reversible:
             y1, y2 = reversible_sequence(x, x, blocks, memory_saving=self.memory_saving)
             return (y1 + y2) / 2
+        checkpointing = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for f, g in blocks:
-            x = x + f(x)
-            x = x + g(x)
+            # under checkpointing the block's RNG (dropout) is replayed in the recomputation: same gradients
+            x = checkpoint(_block, x, f, g, use_reentrant=False) if checkpointing else _block(x, f, g)
         return x
+
+
+def _block(x: Tensor, f, g) -> Tensor:
+    x = x + f(x)
+    return x + g(x)

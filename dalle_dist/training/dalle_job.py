@@ -107,6 +107,12 @@ def build_parser() -> Parser:
     m.add_argument("--share_input_output_emb", action="store_true")
     m.add_argument("--stable_softmax", action="store_true")
     m.add_argument(
+        "--activation_checkpointing",
+        action="store_true",
+        help="recompute each block's activations during backward (less memory, ~1/3 more compute); "
+        "the alternative to --reversible",
+    )
+    m.add_argument(
         "--attn_impl",
         choices=("auto", "structured", "dense"),
         default="auto",
@@ -181,6 +187,7 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         share_input_output_emb=args.share_input_output_emb,
         stable=args.stable_softmax,
         attn_impl=args.attn_impl,
+        activation_checkpointing=args.activation_checkpointing,
     )
 
 
