@@ -31,6 +31,7 @@ from .config import (
 )
 from .job import build_dataset, cli, load_item, prepare_run, run_training, seed_everything, start_backend
 from .loop import Task
+from .throughput import dalle_flops_per_sample
 
 
 def build_parser() -> Parser:
@@ -162,6 +163,12 @@ class DALLETask(Task):
         captions = [self.tokenizer.decode(t) for t in text.tolist()]
         path.with_suffix(".txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
         return path
+
+    def flops_per_sample(self) -> float:
+        return dalle_flops_per_sample(self.model)
+
+    def tokens_per_sample(self) -> int:
+        return self.model.total_seq_len - 1
 
     def checkpoint_args(self) -> dict[str, Any]:
         meta = {"model": self.model.config(), "vae": describe_vae(self.model.vae), **self.meta}

@@ -29,6 +29,7 @@ from ..distributed import DistributedBackend, Wrapped
 from ..errors import UserError
 from .checkpoint import ENGINE_FOLDER, Checkpoint, RunDirectory, staging_folder, start_staging
 from .schedule import LRSchedule
+from .throughput import matmul_peak
 
 
 class Task(ABC):
@@ -58,6 +59,13 @@ class Task(ABC):
 
     def save_samples(self, module: nn.Module, batch: Any, step: int, folder: Path) -> Path | None:
         """Write pictures of the model's progress; return the file written."""
+        return None
+
+    def flops_per_sample(self) -> float | None:
+        """Useful training FLOPs of one sample, for tokens/s and MFU in the log (None: not estimated)."""
+        return None
+
+    def tokens_per_sample(self) -> int | None:
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -314,6 +322,14 @@ class TrainingLoop:
                 f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps, batch {s.batch_size} x "
                 f"{self.world} ranks x {s.ga_steps} accumulation, device {device}"
             )
+        flops, peak = self.task.flops_per_sample(), None
+        if flops and self.backend.is_root:
+            dtype = self.wrapped.precision.dtype
+            peak = matmul_peak(device, dtype)
+            self.log(
+                f"model: {flops / 1e9:.2f} GFLOP per training sample; {device} {self.wrapped.precision.name} "
+                f"matmul peak {peak / 1e9:.0f} GFLOP/s (MFU is measured against it)"
+            )
         last_batch = None
         done = self.step >= self.total_steps
         while not done and self.epoch < s.epochs:
@@ -367,6 +383,11 @@ class TrainingLoop:
                         record["grad_norm"] = self.wrapped.last_grad_norm
                     if self.skipped:
                         record["skipped"] = sum(self.skipped.values())
+                    tokens = self.task.tokens_per_sample()
+                    if tokens:
+                        record["tokens_per_s"] = record["samples_per_s"] * tokens
+                    if peak:
+                        record["mfu"] = record["samples_per_s"] / self.world * flops / peak
                     self._record(record)
                     if self.backend.is_root:
                         self.log(format_record(record, self.total_steps))
