@@ -24,11 +24,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dalle_dist.data.make_shards import make_shards
+from dalle_dist.data.shards import Keys, ShardDataset
 
-from dalle_dist.data.make_shards import make_shards  # noqa: E402
-from dalle_dist.data.shards import Keys, ShardDataset  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def photos(folder: Path, n: int) -> None:

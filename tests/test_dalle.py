@@ -293,3 +293,13 @@ def test_tiny_dalle_memorises_pairs(vae):
     vae.decode = lambda ids: decoded.append(ids) or decode(ids)
     dalle.generate_images(text[:1], filter_thres=1.0)
     assert torch.equal(decoded[0], image[:1])
+
+
+def test_mask_specs_are_built_once_and_follow_the_buffers(vae):
+    """The per-layer specs are cached (hot path) but rebuilt when .to() replaces the mask buffers."""
+    dalle = small_dalle(vae, attn_types=("full", "axial_row"))
+    first = dalle.mask_specs()
+    assert dalle.mask_specs() is first
+    dalle.to(torch.float64)  # any _apply replaces buffers (a device move does the same)
+    assert dalle.mask_specs() is not first
+    assert dalle.mask_specs()[1].pattern is dalle.mask_axial_row

@@ -39,7 +39,7 @@ def _examples(paths: list[str]) -> str:
     return ", ".join(paths[:_EXAMPLES]) + more
 
 
-def _scan(root: Path) -> tuple[dict[str, list[Path]], dict[str, Path]]:
+def scan_folder(root: Path) -> tuple[dict[str, list[Path]], dict[str, Path]]:
     """Images and caption files by relative path without suffix; hidden files and folders are skipped."""
     images: dict[str, list[Path]] = {}
     texts: dict[str, Path] = {}
@@ -118,7 +118,7 @@ class FolderDataset(Dataset):
                 f"image folder {str(root)!r} {what}: "
                 "pass the folder that holds your images and their .txt captions"
             )
-        images, texts = _scan(root)
+        images, texts = scan_folder(root)
         paired = sorted(images.keys() & texts.keys())
         if not paired:
             raise DataError(

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .folder import _scan
+from .folder import scan_folder
 
 
 def make_shards(source: Path, target: Path, maxcount: int = 10000, maxsize: float = 3e9) -> tuple[int, int]:
@@ -23,7 +23,7 @@ def make_shards(source: Path, target: Path, maxcount: int = 10000, maxsize: floa
 
     if not source.is_dir():
         raise SystemExit(f"error: {source} is not a folder of images and .txt captions")
-    images, texts = _scan(source)
+    images, texts = scan_folder(source)
     keys = sorted(k for k in images if k in texts)
     if not keys:
         raise SystemExit(f"error: {source} has no image with a same-named .txt caption file")

@@ -24,7 +24,8 @@ from ..errors import UserError
 TORCH_FORMAT = "torch"  # optimizer state saved as torch state dicts (single, DDP, Horovod: interchangeable)
 
 
-def _ranks(n: int | None) -> str:
+def ranks_text(n: int | None) -> str:
+    """``1 rank`` / ``N ranks``, for messages."""
     return f"{n} rank" if n == 1 else f"{n} ranks"
 
 
@@ -157,8 +158,8 @@ class Wrapped:
         if state.get("format", TORCH_FORMAT) != TORCH_FORMAT:
             raise UserError(
                 f"{folder.parent} was written by {state.get('format')} (ZeRO-{state.get('zero_stage')}, "
-                f"{_ranks(state.get('world_size'))}): resume it with --deepspeed under the launcher it ran "
-                "with (e.g. `deepspeed --num_gpus N train_dalle.py --deepspeed ... --resume`), or start "
+                f"{ranks_text(state.get('world_size'))}): resume it with --deepspeed under the launcher it "
+                "ran with (e.g. `deepspeed --num_gpus N train_dalle.py --deepspeed ... --resume`), or start "
                 "a new run from its weights with --dalle_path / --vae_path"
             )
         self.load_state_dict(state)

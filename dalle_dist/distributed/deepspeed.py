@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .backend import Precision, Wrapped, _ranks
+from .backend import Precision, Wrapped, ranks_text
 from .ddp import DDPBackend
 
 TAG = "state"  # the one tag a checkpoint folder's engine files are saved under
@@ -270,7 +270,7 @@ class DeepSpeedWrapped(Wrapped):
         if dist.get_rank() == 0:
             print(
                 f"resuming a {state.get('world_size')}-rank ZeRO-{state.get('zero_stage')} checkpoint on "
-                f"{_ranks(world)} with ZeRO-{stage}: converting it to DeepSpeed's universal format",
+                f"{ranks_text(world)} with ZeRO-{stage}: converting it to DeepSpeed's universal format",
                 flush=True,
             )
             shutil.rmtree(target, ignore_errors=True)
@@ -296,8 +296,8 @@ class DeepSpeedWrapped(Wrapped):
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] if dist.get_rank() == 0 else []
             raise UserError(
                 f"could not convert {folder} for {world} ranks ({' '.join(tail) or 'conversion failed'}): "
-                f"resume on {_ranks(state.get('world_size'))} with ZeRO-{state.get('zero_stage')}, or start "
-                "a new run from the checkpoint's weights"
+                f"resume on {ranks_text(state.get('world_size'))} with ZeRO-{state.get('zero_stage')}, or "
+                "start a new run from the checkpoint's weights"
             )
         return target
 

@@ -204,8 +204,18 @@ class DALLE(nn.Module):
         """Constructor arguments except the VAE, JSON-serialisable, to rebuild this model."""
         return dict(self._config)
 
+    def _apply(self, fn, *args, **kwargs):
+        self._mask_specs = None  # .to() / .half() replace the mask buffers the cached specs hold
+        return super()._apply(fn, *args, **kwargs)
+
     def mask_specs(self) -> list[MaskSpec]:
-        """One mask spec per layer, from the layer's attention pattern."""
+        """One mask spec per layer, from the layer's attention pattern (built once: every training and
+        decode step asks for them)."""
+        if getattr(self, "_mask_specs", None) is None:
+            self._mask_specs = self._build_mask_specs()
+        return self._mask_specs
+
+    def _build_mask_specs(self) -> list[MaskSpec]:
         specs = {}
         for name in self.patterns:
             if name == "full":
