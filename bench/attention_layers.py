@@ -1,9 +1,9 @@
 """One attention call (forward + backward) per pattern and executor, as ratios in one run.
 
 For image grids of 8 x 8, 16 x 16 and 32 x 32 tokens after 64 text positions (batch 4, 8 heads x 32,
-fp32, the training length: all positions but the last), it times the structured executor (only the
-allowed blocks) and the dense-mask SDPA executor against plain causal SDPA over the same sequence (what
-``full`` costs). Median of 7 after 2 warm-up runs.
+fp32, the training length: all positions but the last), it times the band executor (only the pattern's
+band of keys; ``attn_impl="structured"``) and the dense-mask SDPA executor against plain causal SDPA over
+the same sequence (what ``full`` costs). Median of 7 after 2 warm-up runs.
 
     .venv/bin/python bench/attention_layers.py
 """
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from dalle_dist.attention import SequenceLayout, group_plan, make_pattern, structured_attention
+from dalle_dist.attention import SequenceLayout, band_attention, band_plan, make_pattern
 from dalle_dist.attention.kernels import MaskSpec, attention
 
 PATTERNS = [("axial_row", {}), ("axial_col", {}), ("conv_like", {}), ("sparse", {})]
@@ -41,7 +41,7 @@ def step(qkv: tuple, run) -> None:
 def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; time per forward+backward")
-    print(f"{'grid':>6} {'tokens':>6} {'pattern':>10} {'dense x full':>13} {'structured x full':>18}")
+    print(f"{'grid':>6} {'tokens':>6} {'pattern':>10} {'dense x full':>13} {'band x full':>12}")
     causal = MaskSpec(causal=True)
     for fmap in (8, 16, 32):
         layout = SequenceLayout(64, fmap)
@@ -51,12 +51,10 @@ def main() -> None:
         for name, options in PATTERNS:
             pattern = make_pattern(name, layout, **options)
             spec = MaskSpec(pattern=pattern.dense_mask(n))
-            plan = group_plan(pattern, n)
+            plan = band_plan(pattern, n)
             dense = timed(lambda qkv=qkv, spec=spec: step(qkv, lambda a, b, c: attention(a, b, c, spec)))
-            fast = timed(
-                lambda qkv=qkv, plan=plan: step(qkv, lambda a, b, c: structured_attention(a, b, c, plan))
-            )
-            print(f"{fmap:>4}^2 {n:>6} {name:>10} {dense / full:>13.2f} {fast / full:>18.2f}")
+            fast = timed(lambda qkv=qkv, plan=plan: step(qkv, lambda a, b, c: band_attention(a, b, c, plan)))
+            print(f"{fmap:>4}^2 {n:>6} {name:>10} {dense / full:>13.2f} {fast / full:>12.2f}")
 
     # a whole training step: DALLE (dim 256, depth 4, axial_row / axial_col layers) at a 32 x 32 grid
     from dalle_dist.models import DALLE, DiscreteVAE

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .data import image_grid, load_image
+from .devices import pick_device
 from .errors import UserError
 from .text import CaptionTooLongError
 from .text.options import check_matches
@@ -57,6 +58,12 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--no_cache", action="store_true", help="recompute every step (slow; for checking)")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="sample with the transformer's weights and cache in bf16 (decoding reads every weight and "
+        "cached key per token: half the bytes); the VAE decodes in fp32",
+    )
     return parser
 
 
@@ -66,26 +73,20 @@ def prompt_folder(outputs_dir: Path, prompt: str) -> Path:
     return outputs_dir / name
 
 
-def _device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
-    return torch.device(choice)
-
-
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse(argv)
     if args.text is None and not args.gentxt:
         raise UserError("give --text 'a prompt' (or --gentxt to let the model write one)")
-    device = _device(args.device)
+    device = pick_device(args.device)
     dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
     try:
         check_matches(tokenizer, args.bpe_path, args.hug, args.chinese, args.chinese_vocab)
     except ValueError as e:
         raise UserError(str(e)) from None
     dalle.to(device).eval()
+    if args.bf16:
+        dalle.to(torch.bfloat16).vae.float()
     if args.seed is not None:
         torch.manual_seed(args.seed)
     prime = None

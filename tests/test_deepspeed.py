@@ -264,6 +264,12 @@ def test_deepspeed_flags_and_bad_input(tmp_path, vae_run):
     )
     assert "written without DeepSpeed" in proc.stderr and "Traceback" not in proc.stderr
 
+    # --flops_profiler under DeepSpeed is DeepSpeed's profiler: its per-module table, then a stop
+    prof = tmp_path / "prof"
+    proc = run(single("train_dalle.py", *dalle_flags(vae_run, prof, "--deepspeed", "--flops_profiler")))
+    assert "DeepSpeed Flops Profiler" in proc.stdout and "(transformer): Transformer(" in proc.stdout
+    assert "stopped (no checkpoint)" in proc.stdout and not (prof / "final").exists()
+
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     for extra, message in [

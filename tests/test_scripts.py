@@ -349,3 +349,23 @@ def test_folder_training_with_workers_resumes_exactly(tmp_path, vae_run):
     run("train_dalle.py", "--output", split, "--max_steps", "6", "--resume", *common)
     a, b = weights(straight / "final"), weights(split / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_flops_profiler_prints_tables_and_stops(tmp_path, vae_run):
+    """Without DeepSpeed: torch.profiler's operator times, then forward FLOPs per module (exact for a
+    linear layer: 2 x tokens x in x out), and no checkpoint."""
+    out = tmp_path / "prof"
+    proc = run("train_dalle.py", "--vae_path", vae_run, "--output", out, "--flops_profiler", *DALLE_FLAGS)
+    assert "time per operator in one training step" in proc.stdout and "aten::mm" in proc.stdout
+    rows = dict(line.split()[:2] for line in proc.stdout.splitlines() if line.startswith("transformer."))
+    tokens = 8 * (24 + 1 + 16 - 1)  # batch x (bos + text + 4x4 image tokens - the last, never an input)
+    assert float(rows["transformer.ffs.0.fn.proj_in"]) * 1e6 == pytest.approx(2 * tokens * 32 * 256, rel=1e-3)
+    assert "stopped (no checkpoint)" in proc.stdout and not (out / "final").exists()
+
+
+def test_generate_in_bf16(tmp_path, dalle_run):
+    """--bf16 samples with bf16 weights and cache (the VAE stays fp32) and writes the same layout."""
+    out = tmp_path / "outputs"
+    flags = ["--num_images", "2", "--outputs_dir", out, "--seed", "1", "--bf16", "--cond_scale", "2"]
+    run("generate.py", "--dalle_path", dalle_run, "--text", "a red circle", *flags)
+    assert Image.open(out / "a_red_circle" / "1.png").size == (16, 16)

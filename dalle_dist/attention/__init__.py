@@ -1,17 +1,18 @@
 """Attention patterns (one mask function each) and the kernels that execute them."""
 
-from .kernels import GroupPlan, MaskSpec, attention, group_plan, reference_attention, structured_attention
-from .patterns import PATTERNS, AttentionPattern, SequenceLayout, make_pattern
+from .kernels import BandPlan, MaskSpec, attention, band_attention, band_plan, reference_attention
+from .patterns import PATTERNS, AttentionPattern, Band, SequenceLayout, make_pattern
 
 __all__ = [
     "PATTERNS",
     "AttentionPattern",
-    "GroupPlan",
+    "Band",
+    "BandPlan",
     "MaskSpec",
     "SequenceLayout",
     "attention",
-    "group_plan",
+    "band_attention",
+    "band_plan",
     "make_pattern",
     "reference_attention",
-    "structured_attention",
 ]

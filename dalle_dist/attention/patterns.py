@@ -35,6 +35,22 @@ class SequenceLayout:
         return self.text_len + self.image_len
 
 
+@dataclass(frozen=True)
+class Band:
+    """Where an image query's keys can lie, for executors that skip the rest of the sequence.
+
+    Image positions are cut into consecutive groups of ``group`` (in column-major grid order when
+    ``column_major``); a group's queries may only see the text, the ``width`` positions (same order) that
+    end with the group's last one, and the image positions ``global_keys`` (raster order). Which of those
+    they do see is still decided by ``mask_mod`` alone.
+    """
+
+    group: int
+    width: int
+    column_major: bool = False
+    global_keys: tuple[int, ...] = ()
+
+
 class AttentionPattern:
     """Base class: text is causal, image sees all text, ``image_rule`` decides image -> image."""
 
@@ -63,9 +79,8 @@ class AttentionPattern:
         """Parameters beyond the layout, as recorded in checkpoints."""
         return {}
 
-    def image_groups(self) -> Tensor | None:
-        """``[G, Qg]`` grid indices of image queries that share most of their keys (the structured
-        executor gives each group one key list); None: no structure worth exploiting (full)."""
+    def band(self) -> Band | None:
+        """The band the image keys lie in (see ``Band``); None: no structure worth exploiting (full)."""
         return None
 
     def __repr__(self) -> str:
@@ -87,9 +102,9 @@ class AxialRowPattern(AttentionPattern):
 
     name = "axial_row"
 
-    def image_groups(self) -> Tensor:
+    def band(self) -> Band:
         f = self.layout.fmap_size
-        return torch.arange(f * f).view(f, f)  # one group per grid row
+        return Band(group=f, width=f)  # a grid row sees its own row
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
         f = self.layout.fmap_size
@@ -101,9 +116,9 @@ class AxialColPattern(AttentionPattern):
 
     name = "axial_col"
 
-    def image_groups(self) -> Tensor:
+    def band(self) -> Band:
         f = self.layout.fmap_size
-        return torch.arange(f * f).view(f, f).t()  # one group per grid column
+        return Band(group=f, width=f, column_major=True)  # a grid column sees its own column
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
         f = self.layout.fmap_size
@@ -123,9 +138,10 @@ class ConvLikePattern(AttentionPattern):
             raise ValueError(f"conv_like dilation must be positive, got {dilation}")
         self.kernel_size, self.dilation = kernel_size, dilation
 
-    def image_groups(self) -> Tensor:
+    def band(self) -> Band:
         f = self.layout.fmap_size
-        return torch.arange(f * f).view(f, f)  # a row's queries see the same few rows above
+        reach = (self.kernel_size // 2) * self.dilation
+        return Band(group=f, width=(reach + 1) * f)  # a grid row sees its own row and `reach` rows above
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
         f, d = self.layout.fmap_size, self.dilation
@@ -156,10 +172,11 @@ class BlockSparsePattern(AttentionPattern):
             raise ValueError(f"sparse global_stride must be >= 0 (0 = no global blocks), got {global_stride}")
         self.block_size, self.local_blocks, self.global_stride = block_size, local_blocks, global_stride
 
-    def image_groups(self) -> Tensor:
-        n, b = self.layout.image_len, self.block_size
-        index = torch.arange(-(-n // b) * b)
-        return torch.where(index < n, index, -1).view(-1, b)  # one group per block; -1 pads the last
+    def band(self) -> Band:
+        b, n = self.block_size, self.layout.image_len
+        stride = self.global_stride
+        global_keys = tuple(i for i in range(n) if stride > 0 and (i // b) % stride == stride - 1)
+        return Band(group=b, width=self.local_blocks * b, global_keys=global_keys)
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
         bq = torch.div(qi, self.block_size, rounding_mode="floor")

@@ -206,6 +206,12 @@ class FolderDataset(Dataset):
             raise DataError(f"cannot read image {path}: {error}: replace or remove it") from error
         return image, list(captions)
 
+    def entry(self, i: int) -> tuple[str, list[str]]:
+        """Item ``i``'s stable key (its image's path relative to the root, so the folder may move) and its
+        captions, without reading the image."""
+        path, captions = self._items[i]
+        return path.relative_to(self.root).as_posix(), list(captions)
+
     def captions(self) -> list[str]:
         """Every caption line of every item (e.g. to train a tokenizer)."""
         return [line for _, lines in self._items for line in lines]

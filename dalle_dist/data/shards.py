@@ -81,6 +81,16 @@ class Piece:
 
 
 # ------------------------------------------------------------------------------------------- locations
+def shard_name(url: str) -> str:
+    """A shard's file name: what names it across runs and machines (its folder or host may change)."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def sample_key(url: str, key: str) -> str:
+    """A sample's stable name: its shard's file name and its key in that shard."""
+    return f"{shard_name(url)}/{key}"
+
+
 def _expand(pattern: str) -> list[str]:
     from braceexpand import braceexpand
 
@@ -265,6 +275,9 @@ class ShardDataset(IterableDataset):
         if self.num_slots == 0:
             raise DataError(f"{location}: no samples in {len(self.urls)} shard(s) (missing or empty shards)")
         self.make_item: Callable[[torch.Tensor, list[str], random.Random], Any] = lambda i, c, r: (i, c)
+        # when set, called as (url, key, captions, rng) instead of decoding the image: cached image
+        # tokens (token_cache.py); may return a Skipped or raise ValueError like make_item
+        self.make_item_from_key: Callable[[str, str, list[str], random.Random], Any] | None = None
         self.epoch, self.rank, self.world, self.skip = 0, 0, 1, 0
 
     def __len__(self) -> int:
@@ -298,6 +311,25 @@ class ShardDataset(IterableDataset):
                 if len(found) >= self.caption_limit:
                     return found[: self.caption_limit]
         return found
+
+    def centre_crops(self, url: str) -> Iterator[tuple[str, torch.Tensor] | Skipped]:
+        """Shard ``url``'s slots in order as ``(sample_key, image)`` with the deterministic centre crop (no
+        augmentation), or a ``Skipped``: for one pass over the data (``encode_tokens``)."""
+        for group in _groups(url, with_data=True):
+            if isinstance(group, Skipped):
+                yield group
+                continue
+            key, members = group
+            image_ext = next((k for k in self.keys.image if k in members), None)
+            if image_ext is None:
+                yield Skipped("missing image", url, key, f"no {'/'.join(self.keys.image)} member")
+                continue
+            try:
+                image = load_image(io.BytesIO(members[image_ext]), self.image_size, self.resize_ratio, None)
+            except Exception as e:  # Pillow raises many types for broken files
+                yield Skipped("broken image", url, key, f"{type(e).__name__}: {e}")
+                continue
+            yield sample_key(url, key), image
 
     # ----------------------------------------------------------------------------------- workers
     def _pieces(self, worker: int, workers: int) -> list[Piece]:
@@ -382,6 +414,11 @@ class ShardDataset(IterableDataset):
         if image_ext is None:
             return Skipped("missing image", url, key, f"no {'/'.join(self.keys.image)} member")
         rng = random.Random(f"{self.seed}/{self.epoch}/{url}/{key}")
+        if self.make_item_from_key is not None:
+            try:
+                return self.make_item_from_key(url, key, captions, rng)
+            except ValueError as e:
+                return Skipped(type(e).__name__, url, key, str(e).splitlines()[0])
         try:
             image = load_image(io.BytesIO(members[image_ext]), self.image_size, self.resize_ratio, rng)
         except Exception as e:  # Pillow raises many types for broken files

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -134,6 +134,11 @@ class Wrapped:
 
     def reduce_gradients(self) -> None:
         """Finish the gradient reduction before clipping (engines that reduce inside the optimizer)."""
+
+    def profiler(self, log: Callable[[str], None]) -> contextlib.AbstractContextManager | None:
+        """The engine's own profiler around one training step (printing through ``log`` on the root rank),
+        or None: the loop then uses torch's (``training/profiler.py``)."""
+        return None
 
     def stepping(self) -> contextlib.AbstractContextManager:
         """Context of the optimizer step (e.g. telling the engine its reduction already happened)."""

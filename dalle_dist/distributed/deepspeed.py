@@ -17,7 +17,7 @@ import pickle
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,9 @@ class DeepSpeedWrapped(Wrapped):
             norm = self.engine.get_global_grad_norm()
             self.last_grad_norm = float(norm) if norm is not None else None
         return boundary
+
+    def profiler(self, log: Callable[[str], None]) -> contextlib.AbstractContextManager:
+        return _flops_profile(self.engine, root=dist.get_rank() == 0)
 
     def full_state_dict(self) -> dict[str, Tensor]:
         from deepspeed.utils import safe_get_full_fp32_param
@@ -464,3 +467,20 @@ class DeepSpeedBackend(DDPBackend):
             clip_grad_norm=clip_grad_norm,
             precision=precision,
         )
+
+
+@contextlib.contextmanager
+def _flops_profile(engine: Any, root: bool) -> Iterator[None]:
+    """DeepSpeed's flops profiler (DALLE-pytorch's ``--flops_profiler``) around one step: its per-module
+    table of parameters, forward FLOPs and latency, printed by the root rank."""
+    from deepspeed.profiling.flops_profiler import FlopsProfiler
+
+    profiler = FlopsProfiler(engine.module, ds_engine=engine)
+    profiler.start_profile()
+    try:
+        yield
+        profiler.stop_profile()
+        if root:
+            profiler.print_model_profile(profile_step=engine.global_steps, module_depth=-1, top_modules=3)
+    finally:
+        profiler.end_profile()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import PATTERNS, GroupPlan, MaskSpec, SequenceLayout, group_plan, make_pattern
+from ..attention import PATTERNS, BandPlan, MaskSpec, SequenceLayout, band_plan, make_pattern
 from .sampling import KVCache, sample, top_k_filter, top_p_filter
 from .transformer import Rotary, TokenShift, Transformer
 
@@ -36,17 +36,17 @@ def _eval_mode(fn):
     return wrapper
 
 
-# how patterned layers run full passes: "structured" computes only the allowed blocks (see
+# how patterned layers run full passes: "structured" computes only the pattern's band (see
 # attention/kernels.py), "dense" masks a full score matrix; "auto" picks the faster one measured
-# (bench/attention_layers.py, CPU): structured for axial patterns from a 32 x 32 grid on, dense otherwise
+# (bench/attention_layers.py, CPU): the band from these image sizes on, dense below them and for `sparse`
+# (its global keys make the band wide: the materialised scores cost more than the flash kernel saves)
 ATTN_IMPLS = ("auto", "structured", "dense")
-_AUTO_STRUCTURED = ("axial_row", "axial_col")
-_AUTO_MIN_IMAGE_LEN = 1024
+_AUTO_MIN_IMAGE_LEN = {"axial_row": 256, "axial_col": 256, "conv_like": 1024}
 
 
 def _structured(attn_impl: str, pattern: Any) -> bool:
     if attn_impl == "auto":
-        return pattern.name in _AUTO_STRUCTURED and pattern.layout.image_len >= _AUTO_MIN_IMAGE_LEN
+        return pattern.layout.image_len >= _AUTO_MIN_IMAGE_LEN.get(pattern.name, float("inf"))
     return attn_impl == "structured"
 
 
@@ -134,14 +134,16 @@ class DALLE(nn.Module):
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {attn_impl!r}")
         self.attn_impl = attn_impl
+        self._plans: dict[str, BandPlan] = {}
         for name, pattern in self.patterns.items():
             if name != "full":
                 self.register_buffer(f"mask_{name}", pattern.dense_mask(), persistent=False)
             # training passes see every position but the last: that length gets the structured plan
-            plan = group_plan(pattern, self.total_seq_len - 1) if _structured(attn_impl, pattern) else None
+            plan = band_plan(pattern, self.total_seq_len - 1) if _structured(attn_impl, pattern) else None
             if plan is not None:
-                for part in ("queries", "keys", "mask"):
-                    self.register_buffer(f"plan_{name}_{part}", getattr(plan, part), persistent=False)
+                self._plans[name] = plan  # its tensors as buffers, so that they follow .to(device)
+                self.register_buffer(f"plan_{name}_global_keys", plan.global_keys, persistent=False)
+                self.register_buffer(f"plan_{name}_mask", plan.mask, persistent=False)
 
         self.to_logits_norm = nn.LayerNorm(dim)
         self.to_logits = nn.Linear(dim, self.total_tokens)
@@ -221,10 +223,11 @@ class DALLE(nn.Module):
             if name == "full":
                 specs[name] = MaskSpec(causal=True)
                 continue
-            plan = None
-            if hasattr(self, f"plan_{name}_queries"):
-                parts = (getattr(self, f"plan_{name}_{part}") for part in ("queries", "keys", "mask"))
-                plan = GroupPlan(self.total_seq_len - 1, self.layout.text_len, *parts)
+            plan = self._plans.get(name)
+            if plan is not None:
+                plan = plan.with_tensors(
+                    getattr(self, f"plan_{name}_global_keys"), getattr(self, f"plan_{name}_mask")
+                )
             specs[name] = MaskSpec(pattern=getattr(self, f"mask_{name}"), plan=plan)
         return [specs[name] for name in self.attn_types]
 
@@ -296,14 +299,21 @@ class DALLE(nn.Module):
             h = h / h.abs().amax(dim=-1, keepdim=True).detach().clamp_min(1e-6)
         return h
 
+    def _logit_weights(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """``(weight, bias)`` of the text logits and of the image logits.
+
+        One split for both, not two slices: backward then concatenates the parts' gradients instead of
+        zero-filling a whole ``[total_tokens, dim]`` gradient per part."""
+        sizes = [self.num_text_tokens, self.num_image_tokens]
+        w_text, w_image = self.to_logits.weight.split(sizes)
+        b_text, b_image = self.to_logits.bias.split(sizes)
+        return (w_text, b_text), (w_image, b_image)
+
     def _text_logits(self, h: Tensor) -> Tensor:
-        return F.linear(
-            h, self.to_logits.weight[: self.num_text_tokens], self.to_logits.bias[: self.num_text_tokens]
-        )
+        return F.linear(h, *self._logit_weights()[0])
 
     def _image_logits(self, h: Tensor) -> Tensor:
-        n = self.num_text_tokens
-        return F.linear(h, self.to_logits.weight[n:], self.to_logits.bias[n:])
+        return F.linear(h, *self._logit_weights()[1])
 
     # ----------------------------------------------------------------------------------- training
     def forward(
@@ -334,15 +344,17 @@ class DALLE(nn.Module):
             raise ValueError(f"the loss needs the whole image ({self.image_seq_len} tokens)")
         h = self._hidden(ids[:, : self.total_seq_len - 1])
         s = self.text_seq_len  # the output at position p predicts token p + 1: text up to s - 1
+        text_part, image_part = self._logit_weights()
+        h_text, h_image = h.split([s, h.shape[1] - s], dim=1)
         if not return_loss:
             logits = h.new_full((*h.shape[:2], self.total_tokens), torch.finfo(h.dtype).min)
-            logits[:, :s, : self.num_text_tokens] = self._text_logits(h[:, :s])
-            logits[:, s:, self.num_text_tokens :] = self._image_logits(h[:, s:])
+            logits[:, :s, : self.num_text_tokens] = F.linear(h_text, *text_part)
+            logits[:, s:, self.num_text_tokens :] = F.linear(h_image, *image_part)
             return logits
-        loss_text = F.cross_entropy(
-            self._text_logits(h[:, :s]).flatten(0, 1).float(), ids[:, 1 : s + 1].flatten()
-        )
-        loss_img = F.cross_entropy(self._image_logits(h[:, s:]).flatten(0, 1).float(), image_ids.flatten())
+        text_logits = F.linear(h_text, *text_part)
+        loss_text = F.cross_entropy(text_logits.flatten(0, 1).float(), ids[:, 1 : s + 1].flatten())
+        image_logits = F.linear(h_image, *image_part)
+        loss_img = F.cross_entropy(image_logits.flatten(0, 1).float(), image_ids.flatten())
         loss = (loss_text + self.loss_img_weight * loss_img) / (self.loss_img_weight + 1)
         return (loss, loss_text, loss_img) if return_loss_parts else loss
 

@@ -51,7 +51,7 @@ class Rotary(nn.Module):
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """Rotate ``x [B, H, n, d]`` whose positions start at ``offset``."""
+        """Rotate ``x [..., n, d]`` whose positions start at ``offset``."""
         n = x.shape[-2]
         cos = self.cos[offset : offset + n].to(x.dtype)
         sin = self.sin[offset : offset + n].to(x.dtype)
@@ -73,18 +73,41 @@ class TokenShift(nn.Module):
 
     def forward(self, x: Tensor, offset: int = 0, history: Tensor | None = None) -> Tensor:
         """Shift ``x [B, n, D]`` at positions ``offset..``; ``history`` holds every input up to the end."""
-        history = x if history is None else history
         t, f = self.layout.text_len, self.layout.fmap_size
-        pos = torch.arange(offset, offset + x.shape[1], device=x.device)
+        n, q = x.shape[1], x.shape[-1] // 4
+        if n == 1 and history is not None:
+            return self._decode_step(x, offset, history)
+        pos = torch.arange(offset, offset + n, device=x.device)
         img = pos - t
         is_img = img >= 0
-        prev_ok = torch.where(is_img, img % f != 0, pos > 0)
-        top_ok = is_img & (img >= f)
-        prev = history[:, (pos - 1).clamp(min=0)] * prev_ok[None, :, None]
-        top = history[:, (pos - f).clamp(min=0)] * top_ok[None, :, None]
+        prev_ok = torch.where(is_img, img % f != 0, pos > 0)[None, :, None]
+        top_ok = (is_img & (img >= f))[None, :, None]
+        if history is None and offset == 0:
+            # a full pass: shifting by padding keeps backward a slice (a gather's backward is a slow
+            # index_put that accumulates)
+            prev = F.pad(x[:, : n - 1, : 2 * q], (0, 0, 1, 0))
+            top = F.pad(x[:, : max(n - f, 0), :q], (0, 0, min(f, n), 0))
+        else:
+            history = x if history is None else history
+            prev = history[:, (pos - 1).clamp(min=0), : 2 * q]
+            top = history[:, (pos - f).clamp(min=0), :q]
+        zero = x.new_zeros(())
+        first = torch.where(top_ok, top, torch.where(prev_ok & ~is_img[None, :, None], prev[..., :q], zero))
+        second = torch.where(prev_ok, prev[..., q:], zero)
+        return torch.cat((first, second, x[..., 2 * q :]), dim=-1)
+
+    def _decode_step(self, x: Tensor, pos: int, history: Tensor) -> Tensor:
+        """One position: which neighbours exist is plain arithmetic (no index tensors per step)."""
+        t, f = self.layout.text_len, self.layout.fmap_size
         q = x.shape[-1] // 4
-        first = torch.where(is_img[None, :, None], top[..., :q], prev[..., :q])
-        return torch.cat((first, prev[..., q : 2 * q], x[..., 2 * q :]), dim=-1)
+        zeros = x.new_zeros(x.shape[0], 1, q)
+        if pos < t:
+            prev = history[:, pos - 1 : pos, : 2 * q] if pos > 0 else x.new_zeros(x.shape[0], 1, 2 * q)
+            return torch.cat((prev, x[..., 2 * q :]), dim=-1)
+        row, col = divmod(pos - t, f)
+        top = history[:, pos - f : pos - f + 1, :q] if row > 0 else zeros
+        left = history[:, pos - 1 : pos, q : 2 * q] if col > 0 else zeros
+        return torch.cat((top, left, x[..., 2 * q :]), dim=-1)
 
 
 class Attention(nn.Module):
@@ -106,9 +129,13 @@ class Attention(nn.Module):
         max_len: int = 0,
     ) -> Tensor:
         b, n, _ = x.shape
-        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        qkv = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
         if rotary is not None:
-            q, k = rotary(q, offset), rotary(k, offset)
+            # queries and keys rotated in one set of ops; split (not sliced): its backward is one cat
+            qk, v = qkv.split([2, 1])
+            (q, k), v = rotary(qk, offset), v[0]
+        else:
+            q, k, v = qkv
         if cache is not None:
             k, v = cache.append_kv(k, v, offset, max_len)
         out = attention(q, k, v, spec, q_offset=offset, dropout_p=self.dropout if self.training else 0.0)

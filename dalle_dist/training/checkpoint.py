@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UserError
+from ..files import fsync_path
 from ..models import DALLE, DiscreteVAE
 from ..text import Tokenizer, load_tokenizer
 
@@ -38,14 +39,6 @@ FORMAT = "dalle_dist"
 FORMAT_VERSION = 1
 ENGINE_FOLDER = "engine"
 VAE_CLASSES: dict[str, type[nn.Module]] = {"discrete": DiscreteVAE}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -60,9 +53,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that readers see the old or the new content, never a mix."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 def describe_vae(vae: nn.Module) -> dict[str, Any]:
@@ -134,7 +127,7 @@ def save_checkpoint(
         }
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True), encoding="utf-8")
         for p in [*_files(tmp), *sorted(d for d in tmp.rglob("*") if d.is_dir()), tmp]:
-            _fsync(p)
+            fsync_path(p)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -145,7 +138,7 @@ def save_checkpoint(
         old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
         os.replace(folder, old)
     os.replace(tmp, folder)
-    _fsync(folder.parent)
+    fsync_path(folder.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return folder

@@ -175,6 +175,12 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         default=False,
         help="automatic mixed precision: bf16 on CPU, fp16 on CUDA",
     )
+    g.add_argument(
+        "--flops_profiler",
+        action="store_true",
+        help="profile one training step (DeepSpeed's flops profiler under DeepSpeed, torch's otherwise), "
+        "print per-module FLOPs and per-operator time, and exit without a checkpoint",
+    )
     g.add_argument("--log_every", type=positive_int, default=10, help="steps between log lines")
     g.add_argument("--save_every_n_steps", type=positive_int, default=1000)
     g.add_argument("--keep_n_checkpoints", type=positive_int, default=None, help="keep only the newest N")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from torch.utils.data import Dataset
 
 from ..attention import PATTERNS
 from ..data import image_grid
-from ..data.shards import ShardDataset
+from ..data.shards import ShardDataset, Skipped
+from ..data.token_cache import TokenCache, item_entry, stream_key, vae_hash
 from ..errors import UserError
 from ..models import DALLE
 from ..text import BPETokenizer, Tokenizer
@@ -59,6 +61,13 @@ def build_parser() -> Parser:
         "a Hugging Face tokenizer.json, or a YouTokenToMe .model",
     )
     src.add_argument("--hug", action="store_true", help="--bpe_path is a Hugging Face tokenizer.json")
+    src.add_argument(
+        "--image_tokens",
+        type=Path,
+        default=None,
+        help="the data's image tokens, encoded once by python -m dalle_dist.data.encode_tokens with this "
+        "run's VAE: train on them instead of encoding pixels every step (no random crops)",
+    )
     src.add_argument(
         "--chinese", action="store_true", help="BERT Chinese tokenizer (transformers; see --chinese_vocab)"
     )
@@ -127,12 +136,26 @@ class DALLETask(Task):
     kind = "dalle"
 
     def __init__(
-        self, dalle: DALLE, tokenizer: Tokenizer, args: argparse.Namespace, meta: dict[str, Any]
+        self,
+        dalle: DALLE,
+        tokenizer: Tokenizer,
+        args: argparse.Namespace,
+        meta: dict[str, Any],
+        tokens: TokenCache | None = None,
     ) -> None:
         self.model, self.tokenizer, self.args, self.meta = dalle, tokenizer, args, meta
+        self.tokens = tokens  # --image_tokens: items carry token ids [n] instead of pixels
 
     def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
-        return self.make_sample(*load_item(dataset, index, rng), rng)
+        if self.tokens is None:
+            return self.make_sample(*load_item(dataset, index, rng), rng)
+        key, captions = item_entry(dataset, index, rng)
+        tokens = self.tokens.get(key)
+        if tokens is None:  # TokenCache.check found every key at start: the file changed under the run
+            raise UserError(
+                f"sample {key!r} is not in --image_tokens {self.tokens.path}: rerun encode_tokens"
+            )
+        return self.make_sample(tokens, captions, rng)
 
     def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> tuple[Tensor, Tensor]:
         caption = rng.choice(captions)
@@ -140,6 +163,13 @@ class DALLETask(Task):
             [caption], self.args.text_seq_len, truncate_text=self.args.truncate_captions
         )
         return text[0], image
+
+    def make_stream_sample(
+        self, dataset: ShardDataset, url: str, key: str, captions: list[str], rng: random.Random
+    ) -> tuple[Tensor, Tensor] | Skipped:
+        """A shard sample from its cached tokens (``ShardDataset.make_item_from_key``)."""
+        tokens = self.tokens.stream_item(url, key, stream_key(dataset, url, key, rng))
+        return tokens if isinstance(tokens, Skipped) else self.make_sample(tokens, captions, rng)
 
     def collate(self, items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         return torch.stack([t for t, _ in items]), torch.stack([i for _, i in items])
@@ -211,6 +241,22 @@ def _tokenizer(args: argparse.Namespace, dataset: Dataset, backend) -> Tokenizer
     return backend.broadcast_object(tokenizer)
 
 
+def _image_tokens(args: argparse.Namespace, vae: nn.Module, dataset: Dataset, log: bool) -> TokenCache | None:
+    """``--image_tokens``, opened and checked against this run's VAE and data (one line on failure)."""
+    if args.image_tokens is None:
+        return None
+    tokens = TokenCache.load(args.image_tokens)
+    tokens.check(vae_hash(describe_vae(vae), vae.state_dict()), args.image_size, dataset)
+    ratio = getattr(dataset, "resize_ratio", None)  # folders and shards crop at random; shapes do not
+    if log and ratio is not None:
+        crops = f"the random crops of --random_resize_crop_lower_ratio {ratio}" if ratio < 1 else ""
+        print(
+            f"--image_tokens {args.image_tokens}: {len(tokens)} images, each encoded from its centre "
+            f"square; {crops or 'random crop positions (non-square images)'} do not apply"
+        )
+    return tokens
+
+
 def _check_captions(dataset: Dataset, tokenizer: Tokenizer, args: argparse.Namespace) -> None:
     """Fail before the first step when a caption is too long and truncation was not asked for (a stream is
     not read ahead: there such captions are skipped and reported)."""
@@ -279,10 +325,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.output} (--dalle_path starts a new run initialised from those weights)"
         )
     _check_captions(dataset, tokenizer, args)
+    tokens = _image_tokens(args, dalle.vae, dataset, backend.is_root)
     run = prepare_run(args, "train_dalle", backend)
     meta = {"vae_source": source, "data": dataset.describe()}
-    task = DALLETask(dalle.to(backend.device), tokenizer, args, meta)
+    if tokens is not None:
+        meta["image_tokens"] = {"file": str(tokens.path), "vae_hash": tokens.vae_hash}
+    task = DALLETask(dalle.to(backend.device), tokenizer, args, meta, tokens)
+    if tokens is not None and isinstance(dataset, ShardDataset):
+        dataset.make_item_from_key = functools.partial(task.make_stream_sample, dataset)
     final = run_training(task, args, backend, run, dataset, resume)
-    if backend.is_root:
+    if backend.is_root and final is not None:
         print(f"DALL-E trained: {final}")
     backend.shutdown()

@@ -6,6 +6,7 @@ It knows a ``Task`` (what a sample is, what the loss is, what goes into a checkp
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -28,6 +29,7 @@ from ..data.shards import ShardDataset
 from ..distributed import DistributedBackend, Wrapped
 from ..errors import UserError
 from .checkpoint import ENGINE_FOLDER, Checkpoint, RunDirectory, staging_folder, start_staging
+from .profiler import PROFILE_STEP, torch_profilers
 from .schedule import LRSchedule
 from .throughput import matmul_peak
 
@@ -90,6 +92,7 @@ class LoopSettings:
     eval_batches: int = 8
     sample_every: int = 1000
     num_workers: int = 0
+    flops_profiler: bool = False  # profile one step, print the tables, stop (no checkpoint)
 
 
 def to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None = None) -> Any:
@@ -303,6 +306,14 @@ class TrainingLoop:
         if path is not None:
             self.log(f"step {self.step}: samples in {path}")
 
+    def _profilers(self) -> list[contextlib.AbstractContextManager]:
+        """``--flops_profiler``'s contexts, one per training step: the engine's own, else torch's."""
+        log = self.log if self.backend.is_root else _quiet
+        engine = self.wrapped.profiler(log)
+        return (
+            [engine] if engine is not None else torch_profilers(self.wrapped.module, self.backend.device, log)
+        )
+
     def _record(self, record: dict[str, Any]) -> None:
         if self.backend.is_root:
             with open(self.run.root / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -332,6 +343,9 @@ class TrainingLoop:
             )
         last_batch = None
         done = self.step >= self.total_steps
+        profile_at = min(self.step + PROFILE_STEP, self.total_steps - 1) if s.flops_profiler else -1
+        profilers: list[contextlib.AbstractContextManager] = []
+        profiling: contextlib.ExitStack | None = None
         while not done and self.epoch < s.epochs:
             epoch_losses = []
             if self.streaming:
@@ -339,6 +353,11 @@ class TrainingLoop:
             else:
                 epoch_batches = self._loader(self.train_indices, self.epoch, self.batch_in_epoch)
             for batch in epoch_batches:
+                if self.step == profile_at and profiling is None and not profilers:
+                    profilers = self._profilers()
+                if profilers and profiling is None:  # one profiler per step
+                    profiling = contextlib.ExitStack()
+                    profiling.enter_context(profilers.pop(0))
                 weight = 1.0
                 if batch is None:  # every slot of this batch was broken: other ranks still step
                     if last_batch is None:
@@ -369,6 +388,15 @@ class TrainingLoop:
                 if not stepped:
                     continue
                 self.step += 1
+                if profiling is not None:
+                    profiling.close()  # prints its table
+                    profiling = None
+                    if not profilers:
+                        if self.backend.is_root:
+                            self.log(
+                                f"--flops_profiler: profiled up to step {self.step}; stopped (no checkpoint)"
+                            )
+                        return None
                 if self.step % s.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - t0
                     record = {
@@ -435,6 +463,10 @@ class TrainingLoop:
                 )
         self.save(weights=weights)  # the resumable state at the end, then the export
         return self.save(final=True, weights=weights)
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def batch_size_of(batch: Any) -> int:

@@ -119,6 +119,6 @@ def main(argv: list[str] | None = None) -> None:
     run = prepare_run(args, "train_vae", backend)
     task = VAETask(vae.to(backend.device), args, dataset.describe())
     final = run_training(task, args, backend, run, dataset, resume, epoch_decay=args.lr_decay_rate)
-    if backend.is_root:
+    if backend.is_root and final is not None:
         print(f"VAE trained: {final}")
     backend.shutdown()
