@@ -10,6 +10,7 @@ from dalle_dist.attention import (
     attention,
     band_attention,
     band_plan,
+    flex_plan,
     make_pattern,
     reference_attention,
 )
@@ -154,3 +155,51 @@ def test_auto_follows_the_measured_thresholds():
             attn_types=kinds,
         )
         assert [spec.plan is not None for spec in model.mask_specs()] == expected, size
+
+
+@pytest.mark.parametrize(("name", "options"), STRUCTURED)
+def test_flex_block_mask_matches_reference(name, options):
+    """FlexAttention under the block mask built from the pattern's mask_mod equals the dense reference
+    (forward; on a GPU the same block mask drives the compiled Triton kernels, backward included)."""
+    layout = SequenceLayout(4, 5)
+    pattern = make_pattern(name, layout, **options)
+    length = layout.total_len - 1
+    plan = flex_plan(pattern, length, "cpu")
+    q, k, v = (x.double() for x in _qkv(length))
+    spec = MaskSpec(pattern=pattern.dense_mask(length), flex=plan)
+    torch.testing.assert_close(
+        attention(q, k, v, spec), reference_attention(q, k, v, pattern.dense_mask(length)), atol=1e-12, rtol=0
+    )
+
+
+def test_flex_model_equals_dense_model():
+    """attn_impl="flex" (eager FlexAttention on this CPU, inference) gives the dense model's logits; "auto"
+    uses FlexAttention only where it can train (CUDA + Triton)."""
+    from conftest import small_dalle
+
+    kinds = ["axial_row", "axial_col", "conv_like", "sparse", "full"]
+    models = [
+        small_dalle(attn_types=kinds, depth=5, attn_impl=impl, sparse_block_size=4).eval()
+        for impl in ("flex", "dense", "auto")
+    ]
+    for model in models[1:]:
+        model.load_state_dict(models[0].state_dict())
+    assert [spec.flex is not None for spec in models[0].mask_specs()] == [True] * 4 + [False]
+    assert all(spec.flex is None for spec in models[2].mask_specs())  # no GPU here
+    text = torch.randint(1, 50, (2, 6))
+    image = torch.randint(0, 32, (2, models[0].image_seq_len))
+    with torch.no_grad():
+        flex, dense = models[0](text, image), models[1](text, image)
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("length", [40, 600])  # below and above the length run in fp32 on a CPU
+def test_causal_sdpa_under_bf16_autocast(length):
+    """Causal attention of bf16 inputs keeps their dtype (short sequences compute in fp32 on the CPU)
+    and stays within bf16 rounding of the fp32 result."""
+    q, k, v = _qkv(length, d=16)
+    want = attention(q, k, v, MaskSpec(causal=True))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention(*(x.bfloat16() for x in (q, k, v)), MaskSpec(causal=True))
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)

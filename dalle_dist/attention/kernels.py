@@ -23,6 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .flex import FlexPlan, flex_attention
+
+_HALF = (torch.bfloat16, torch.float16)
+_CPU_HALF_UPCAST_MAX_LEN = 512
+
 
 @dataclass(frozen=True)
 class MaskSpec:
@@ -32,12 +37,14 @@ class MaskSpec:
     ``causal``: plain causal attention (used when ``pattern`` is None).
     ``key_padding``: ``[B, K]`` bool, False for keys that are padding.
     ``plan``: run full passes of ``plan.length`` positions with the band executor.
+    ``flex``: run full passes of ``flex.length`` positions with FlexAttention (GPU; see ``flex.py``).
     """
 
     pattern: Tensor | None = None
     causal: bool = False
     key_padding: Tensor | None = None
     plan: BandPlan | None = None  # the band executor's, for full passes of ``plan.length``
+    flex: FlexPlan | None = None
 
     def rows(self, q_offset: int, q_len: int, kv_len: int, device: torch.device) -> Tensor | None:
         """The bool mask for queries ``[q_offset, q_offset + q_len)`` against keys ``[0, kv_len)``,
@@ -177,10 +184,21 @@ def attention(
     n, kv_len = q.shape[-2], k.shape[-2]
     if n == 1 and spec.key_padding is None:
         return decode_attention(q, k, v, spec, q_offset)
+    full_pass = q_offset == 0 and n == kv_len and spec.key_padding is None
+    if spec.flex is not None and full_pass and n == spec.flex.length and dropout_p == 0:
+        return flex_attention(q, k, v, spec.flex)
     plan = spec.plan
     if plan is not None and q_offset == 0 and n == kv_len == plan.length and spec.key_padding is None:
         return band_attention(q, k, v, plan, dropout_p)
     if spec.pattern is None and spec.key_padding is None and spec.causal and q_offset == 0 and n == kv_len:
+        if q.device.type == "cpu" and q.dtype in _HALF and n <= _CPU_HALF_UPCAST_MAX_LEN:
+            # torch 2.13's CPU flash kernel is slower in bf16 than in fp32 up to ~500 positions (2.8x at
+            # 128, 1.1x at 320, even at 576, slower at 1088; bench/RESULTS.md): run short ones in fp32
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(
+                    q.float(), k.float(), v.float(), is_causal=True, dropout_p=dropout_p
+                )
+            return out.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     mask = spec.rows(q_offset, n, kv_len, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

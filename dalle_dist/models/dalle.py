@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import PATTERNS, BandPlan, MaskSpec, SequenceLayout, band_plan, make_pattern
+from ..attention import (
+    PATTERNS,
+    BandPlan,
+    MaskSpec,
+    SequenceLayout,
+    band_plan,
+    flex_available,
+    flex_plan,
+    make_pattern,
+)
 from .sampling import KVCache, sample, top_k_filter, top_p_filter
 from .transformer import Rotary, TokenShift, Transformer
 
@@ -36,11 +45,12 @@ def _eval_mode(fn):
     return wrapper
 
 
-# how patterned layers run full passes: "structured" computes only the pattern's band (see
-# attention/kernels.py), "dense" masks a full score matrix; "auto" picks the faster one measured
-# (bench/attention_layers.py, CPU): the band from these image sizes on, dense below them and for `sparse`
-# (its global keys make the band wide: the materialised scores cost more than the flash kernel saves)
-ATTN_IMPLS = ("auto", "structured", "dense")
+# how patterned layers run full passes: "flex" is FlexAttention with the pattern's block mask (Triton
+# kernels on a GPU: what "auto" picks there), "structured" computes only the pattern's band (see
+# attention/kernels.py), "dense" masks a full score matrix. On a CPU "auto" picks the faster of the last two
+# measured (bench/attention_layers.py): the band from these image sizes on, dense below them and for
+# `sparse` (its global keys make the band wide: the materialised scores cost more than the flash kernel saves)
+ATTN_IMPLS = ("auto", "flex", "structured", "dense")
 _AUTO_MIN_IMAGE_LEN = {"axial_row": 256, "axial_col": 256, "conv_like": 1024}
 
 
@@ -222,6 +232,11 @@ class DALLE(nn.Module):
         for name in self.patterns:
             if name == "full":
                 specs[name] = MaskSpec(causal=True)
+                continue
+            mask = getattr(self, f"mask_{name}")
+            if self.attn_impl == "flex" or (self.attn_impl == "auto" and flex_available(mask.device)):
+                flex = flex_plan(self.patterns[name], self.total_seq_len - 1, mask.device)
+                specs[name] = MaskSpec(pattern=mask, flex=flex)
                 continue
             plan = self._plans.get(name)
             if plan is not None:

@@ -18,6 +18,7 @@ from ..data.shards import ShardDataset, Skipped
 from ..data.token_cache import TokenCache, item_entry, stream_key, vae_hash
 from ..errors import UserError
 from ..models import DALLE
+from ..models.dalle import ATTN_IMPLS
 from ..text import BPETokenizer, Tokenizer
 from ..text.options import check_matches, tokenizer_from_options
 from .checkpoint import RunDirectory, describe_vae, load_dalle, load_vae, resolve_latest
@@ -124,10 +125,11 @@ def build_parser() -> Parser:
     )
     m.add_argument(
         "--attn_impl",
-        choices=("auto", "structured", "dense"),
+        choices=ATTN_IMPLS,
         default="auto",
-        help="how patterned attention runs: structured computes only the allowed blocks, dense masks a "
-        "full score matrix; auto picks the faster one measured for this device",
+        help="how patterned attention runs: flex is FlexAttention's block-sparse Triton kernels (GPU), "
+        "structured computes only the pattern's band of keys, dense masks a full score matrix; auto picks "
+        "flex on a GPU and the faster of the other two measured on a CPU",
     )
     return parser
 

@@ -1,0 +1,140 @@
+"""The GPU checks of issue [5/8], for a session that is lent a CUDA machine (they cannot run on a CPU).
+
+1. FlexAttention (compiled to Triton) for every pattern, forward and backward, against the dense fp64
+   reference: the largest absolute error of the output and of dq / dk / dv.
+2. One attention call (forward + backward, bf16) per pattern at 32 x 32 and 64 x 64 image grids with the
+   FlexAttention block mask, the dense-mask SDPA and plain causal SDPA: milliseconds (CUDA events).
+3. Training MFU: DALLE dim 1024, depth 12, 16 heads x 64, text 256 + 32 x 32 image tokens (1280 positions),
+   bf16 autocast, batch 8, Adam; FLOPs per sample from ``dalle_flops_per_sample`` over the bf16 matmul peak
+   measured by ``matmul_peak`` (target >= 40 % on an H100).
+
+    .venv/bin/python bench/gpu_checks.py [--only flex timing mfu] [--batch 8]
+
+Prints the device name with every figure; record them in bench/RESULTS.md with the command and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from dalle_dist.attention import MaskSpec, SequenceLayout, flex_plan, make_pattern, reference_attention
+from dalle_dist.attention.kernels import attention
+from dalle_dist.models import DALLE, DiscreteVAE
+from dalle_dist.training.throughput import dalle_flops_per_sample, matmul_peak
+
+PATTERNS = [("axial_row", {}), ("axial_col", {}), ("conv_like", {}), ("sparse", {})]
+
+
+def cuda_ms(fn, repeats: int = 10) -> float:
+    """Median milliseconds of ``fn`` on the GPU after 3 warm-up calls (the first compiles)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def check_flex(device: torch.device) -> None:
+    print("FlexAttention vs dense fp64 reference (fp32 inputs, 64 text + 16 x 16 grid, training length)")
+    layout = SequenceLayout(64, 16)
+    n = layout.total_len - 1
+    for name, options in [*PATTERNS, ("conv_like", {"kernel_size": 3, "dilation": 2})]:
+        pattern = make_pattern(name, layout, **options)
+        mask = pattern.dense_mask(n, device=device)
+        spec = MaskSpec(pattern=mask, flex=flex_plan(pattern, n, device))
+        q, k, v = (torch.randn(2, 4, n, 64, device=device, requires_grad=True) for _ in range(3))
+        out = attention(q, k, v, spec)
+        ref = reference_attention(q.double(), k.double(), v.double(), mask)
+        grad = torch.randn_like(out)
+        ours = torch.autograd.grad(out, (q, k, v), grad)
+        theirs = torch.autograd.grad(ref, (q, k, v), grad.double(), allow_unused=True)
+        errors = [float((out.double() - ref).abs().max())]
+        errors += [float((a.double() - b).abs().max()) for a, b in zip(ours, theirs, strict=True)]
+        print(f"  {name:>10} {options!s:<34} max |error| out {errors[0]:.1e} dq {errors[1]:.1e} "
+              f"dk {errors[2]:.1e} dv {errors[3]:.1e}")  # fmt: skip
+
+
+def time_patterns(device: torch.device) -> None:
+    name_ = torch.cuda.get_device_name(device)
+    print(f"attention forward + backward, bf16, batch 4, 16 heads x 64, {name_}: ms")
+    header = ("grid", "tokens", "pattern", "causal", "dense", "flex", "flex x dense")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, (6, 6, 10, 8, 8, 8, 13), strict=True)))
+    for fmap in (32, 64):
+        layout = SequenceLayout(256, fmap)
+        n = layout.total_len - 1
+        qkv = [
+            torch.randn(4, 16, n, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
+            for _ in range(3)
+        ]
+
+        def step(spec: MaskSpec, qkv=qkv) -> None:
+            attention(*qkv, spec).sum().backward()
+
+        causal = cuda_ms(lambda: step(MaskSpec(causal=True)))
+        for name, options in PATTERNS:
+            pattern = make_pattern(name, layout, **options)
+            mask = pattern.dense_mask(n, device=device)
+            dense = cuda_ms(lambda mask=mask: step(MaskSpec(pattern=mask)))
+            flex_spec = MaskSpec(pattern=mask, flex=flex_plan(pattern, n, device))
+            flex = cuda_ms(lambda spec=flex_spec: step(spec))
+            times = f"{causal:>8.2f} {dense:>8.2f} {flex:>8.2f} {flex / dense:>13.2f}"
+            print(f"{fmap:>4}^2 {n:>6} {name:>10} {times}")
+
+
+def training_mfu(device: torch.device, batch: int) -> None:
+    torch.manual_seed(0)
+    vae = DiscreteVAE(image_size=256, num_layers=3, num_tokens=8192, codebook_dim=512, hidden_dim=64)
+    layers = ("full", "axial_row", "axial_col", "conv_like")
+    dalle = DALLE(dim=1024, vae=vae, num_text_tokens=10000, text_seq_len=256, depth=12, heads=16,
+                  dim_head=64, attn_types=layers).to(device)  # fmt: skip
+    optimizer = torch.optim.Adam([p for p in dalle.parameters() if p.requires_grad], lr=1e-4)
+    text = torch.randint(1, 10000, (batch, 256), device=device)
+    image = torch.randint(0, 8192, (batch, dalle.image_seq_len), device=device)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = dalle(text, image, return_loss=True)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    ms = cuda_ms(step, repeats=10)
+    flops = dalle_flops_per_sample(dalle) * batch
+    peak = matmul_peak(device, torch.bfloat16, seconds=1.0)
+    print(f"training step, dim 1024 depth 12, {dalle.total_seq_len} positions, batch {batch}, bf16 autocast, "
+          f"{torch.cuda.get_device_name(device)}: {ms:.1f} ms, {flops / ms / 1e9:.1f} TFLOP/s, "
+          f"bf16 matmul peak {peak / 1e12:.1f} TFLOP/s, MFU {flops / (ms / 1e3) / peak:.1%}")  # fmt: skip
+    executors = ["flex" if spec.flex else "sdpa" for spec in dalle.mask_specs()[: len(layers)]]
+    print(f"  executors per layer type {dict(zip(layers, executors, strict=True))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", nargs="+", choices=("flex", "timing", "mfu"), default=("flex", "timing", "mfu")
+    )
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/gpu_checks.py needs a CUDA GPU (none is visible)")
+    device = torch.device("cuda")
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
+    if "flex" in args.only:
+        check_flex(device)
+    if "timing" in args.only:
+        time_patterns(device)
+    if "mfu" in args.only:
+        training_mfu(device, args.batch)
+
+
+if __name__ == "__main__":
+    main()
