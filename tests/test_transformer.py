@@ -44,3 +44,16 @@ def test_full_pass_gradient_matches_the_rule():
     (grad,) = torch.autograd.grad((TokenShift(layout)(x) * g).sum(), x)
     (want,) = torch.autograd.grad((expected_shift(x, layout) * g).sum(), x)
     torch.testing.assert_close(grad, want)
+
+
+def test_rotary_decode_matrix_equals_the_elementwise_rotation():
+    """A decode step rotates with one [d, d] matrix per position; it is the same rotation as a full pass's."""
+    from dalle_dist.models.transformer import Rotary
+
+    coords = torch.stack([torch.arange(20), torch.arange(20) % 4, torch.arange(20) // 4], dim=1)
+    rotary = Rotary(16, coords)
+    x = torch.randn(2, 3, 20, 16)
+    full = rotary(x)  # grad enabled: the elementwise path
+    with torch.no_grad():
+        for p in (0, 7, 19):
+            torch.testing.assert_close(rotary(x[..., p : p + 1, :], offset=p), full[..., p : p + 1, :])

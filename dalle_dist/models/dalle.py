@@ -30,19 +30,32 @@ from .transformer import Rotary, TokenShift, Transformer
 
 
 def _eval_mode(fn):
-    """Run a generation method in eval mode and without gradients, restoring the mode afterwards."""
+    """Run a generation method in eval mode and inference mode, restoring the mode afterwards.
+
+    Inference mode (not just no_grad) trims the per-operation bookkeeping that dominates a decode step of
+    small tensors; the results are cloned out of it so that callers may use them in autograd."""
 
     def wrapper(self, *args, **kwargs):
         was_training = self.training
         self.eval()
         try:
-            with torch.no_grad():
-                return fn(self, *args, **kwargs)
+            with torch.inference_mode():
+                out = fn(self, *args, **kwargs)
+            return _plain(out)
         finally:
             self.train(was_training)
 
     wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
     return wrapper
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its tensors copied out of inference mode."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 # how patterned layers run full passes: "flex" is FlexAttention with the pattern's block mask (Triton

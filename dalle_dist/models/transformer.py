@@ -49,15 +49,40 @@ class Rotary(nn.Module):
         self.rot_dim = axes * per_axis
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # one position's rotation as a [d, d] matrix is eye_rest + cos @ cos_basis + sin @ sin_basis: a
+        # decode step rotates with one product instead of a dozen small operations
+        half = self.rot_dim // 2
+        i = torch.arange(half)
+        cos_basis = torch.zeros(half, dim_head, dim_head)
+        sin_basis = torch.zeros(half, dim_head, dim_head)
+        cos_basis[i, i, i] = cos_basis[i, half + i, half + i] = 1.0
+        sin_basis[i, half + i, i], sin_basis[i, i, half + i] = -1.0, 1.0
+        rest = torch.diag((torch.arange(dim_head) >= self.rot_dim).float())
+        self.register_buffer("cos_basis", cos_basis.flatten(1), persistent=False)
+        self.register_buffer("sin_basis", sin_basis.flatten(1), persistent=False)
+        self.register_buffer("rest", rest, persistent=False)
+        self._step: tuple[int, Tensor] | None = None  # (position, matrix) last used
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """Rotate ``x [..., n, d]`` whose positions start at ``offset``."""
         n = x.shape[-2]
+        if n == 1 and not torch.is_grad_enabled():
+            return x @ self._step_matrix(offset, x.dtype)
         cos = self.cos[offset : offset + n].to(x.dtype)
         sin = self.sin[offset : offset + n].to(x.dtype)
         rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
         a, b = rot.chunk(2, dim=-1)
         return torch.cat((a * cos - b * sin, b * cos + a * sin, rest), dim=-1)
+
+    def _step_matrix(self, position: int, dtype: torch.dtype) -> Tensor:
+        """The rotation of ``position`` as a ``[d, d]`` matrix (row vectors times it), kept while the
+        layers of one decode step ask for the same position."""
+        step = self._step
+        if step is None or step[0] != position or step[1].dtype != dtype or step[1].device != self.cos.device:
+            d = self.rest.shape[0]
+            turn = self.cos[position] @ self.cos_basis + self.sin[position] @ self.sin_basis
+            self._step = (position, (self.rest + turn.view(d, d)).to(dtype))
+        return self._step[1]
 
 
 class TokenShift(nn.Module):
