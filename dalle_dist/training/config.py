@@ -181,6 +181,13 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         help="profile one training step (DeepSpeed's flops profiler under DeepSpeed, torch's otherwise), "
         "print per-module FLOPs and per-operator time, and exit without a checkpoint",
     )
+    g.add_argument(
+        "--nonfinite_patience",
+        type=positive_int,
+        default=3,
+        help="a batch whose loss is NaN / Inf is skipped with a warning; this many in a row stop the run "
+        "(exit 2; checkpoints intact)",
+    )
     g.add_argument("--log_every", type=positive_int, default=10, help="steps between log lines")
     g.add_argument("--save_every_n_steps", type=positive_int, default=1000)
     g.add_argument("--keep_n_checkpoints", type=positive_int, default=None, help="keep only the newest N")

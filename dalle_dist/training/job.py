@@ -190,6 +190,7 @@ def run_training(
         sample_every=args.sample_every,
         num_workers=args.num_workers,
         flops_profiler=args.flops_profiler,
+        nonfinite_patience=args.nonfinite_patience,
     )
     loop = TrainingLoop(task, backend, wrapped, schedule, run, settings, dataset, train_idx, val_idx)
     if resume is not None:

@@ -29,6 +29,7 @@ from ..data.shards import ShardDataset
 from ..distributed import DistributedBackend, Wrapped
 from ..errors import UserError
 from .checkpoint import ENGINE_FOLDER, Checkpoint, RunDirectory, staging_folder, start_staging
+from .faults import Faults
 from .profiler import PROFILE_STEP, torch_profilers
 from .schedule import LRSchedule
 from .throughput import matmul_peak
@@ -92,6 +93,7 @@ class LoopSettings:
     eval_batches: int = 8
     sample_every: int = 1000
     num_workers: int = 0
+    nonfinite_patience: int = 3  # batches in a row with a NaN / Inf loss before the run stops
     flops_profiler: bool = False  # profile one step, print the tables, stop (no checkpoint)
 
 
@@ -133,6 +135,8 @@ class TrainingLoop:
         self.rank, self.world = rank, world
         self.streaming = isinstance(dataset, ShardDataset)
         self.skipped: Counter[str] = Counter()
+        self.faults = Faults()
+        self.nonfinite_in_a_row = self.nonfinite_skipped = 0
         if self.streaming:
             self.batches_per_epoch = shards.num_batches(dataset, settings.batch_size, world)
             for problem in dataset.shard_problems:
@@ -314,6 +318,33 @@ class TrainingLoop:
             [engine] if engine is not None else torch_profilers(self.wrapped.module, self.backend.device, log)
         )
 
+    def _all_finite(self, loss: Tensor) -> bool:
+        """Whether the loss is finite on every rank (a collective call when there are several)."""
+        finite = torch.isfinite(loss.detach()).float()
+        if self.world > 1:
+            finite = self.backend.average(finite)
+        return bool(finite == 1.0)
+
+    def _skip_nonfinite(self, loss: Tensor) -> None:
+        """Count a batch whose loss was NaN / Inf on some rank; stop after ``nonfinite_patience`` in a row."""
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_skipped += 1
+        limit = self.s.nonfinite_patience
+        if self.backend.is_root:
+            value, row = float(loss.detach()), self.nonfinite_in_a_row
+            self.log(
+                f"warning: step {self.step}: the loss is not finite (here {value:.4g}) on at least one rank: "
+                f"batch skipped, no update ({row} in a row, stop at {limit})"
+            )
+        if self.nonfinite_in_a_row >= limit:
+            latest = self.run.latest()
+            kept = f"the last checkpoint ({latest}) is intact" if latest else "no checkpoint was written yet"
+            raise UserError(
+                f"the loss was not finite for {limit} batches in a row at step {self.step}: stopped; {kept}. "
+                "Lower --learning_rate, enable --clip_grad_norm, or use --bf16 instead of --fp16, then "
+                "continue with --resume"
+            )
+
     def _record(self, record: dict[str, Any]) -> None:
         if self.backend.is_root:
             with open(self.run.root / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -371,11 +402,13 @@ class TrainingLoop:
                 with self.wrapped.micro_batch():
                     with self.wrapped.autocast():
                         loss, extra = self.task.loss(model, batch, self.step)
-                    if not torch.isfinite(loss):
-                        raise UserError(
-                            f"loss became {loss.item()} at step {self.step}: lower --learning_rate or enable "
-                            "--clip_grad_norm (the last checkpoint is intact)"
-                        )
+                    loss = self.faults.loss(loss, self.step, self.rank)
+                    if not self._all_finite(loss):
+                        # every rank skips together (a lone rank skipping would leave the others waiting)
+                        self._skip_nonfinite(loss)
+                        self.batch_in_epoch += 1
+                        continue
+                    self.nonfinite_in_a_row = 0
                     self.wrapped.backward(loss * weight if weight != 1.0 else loss)
                 stepped = self.wrapped.step()
                 self.batch_in_epoch += 1
@@ -411,6 +444,8 @@ class TrainingLoop:
                         record["grad_norm"] = self.wrapped.last_grad_norm
                     if self.skipped:
                         record["skipped"] = sum(self.skipped.values())
+                    if self.nonfinite_skipped:
+                        record["nonfinite_skipped"] = self.nonfinite_skipped
                     tokens = self.task.tokens_per_sample()
                     if tokens:
                         record["tokens_per_s"] = record["samples_per_s"] * tokens

@@ -1,0 +1,53 @@
+"""Fault injection for the reliability tests (tests/faults/): faults named in ``DALLE_DIST_FAULTS``.
+
+``DALLE_DIST_FAULTS="nan_loss@3,nan_loss@5*2:1"`` makes the loss NaN at training step 3 on every rank, and
+twice at step 5 (a skipped batch does not advance the step) on rank 1 only. Each fault fires as often as
+asked, then never again. Unset (the normal case) nothing is injected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from torch import Tensor
+
+from ..errors import UserError
+
+KINDS = ("nan_loss",)
+_ENTRY = re.compile(r"(?P<kind>\w+)@(?P<step>\d+)(?:\*(?P<times>\d+))?(?::(?P<rank>\d+))?")
+
+
+def _parse(text: str) -> dict[tuple[str, int, int | None], int]:
+    faults: dict[tuple[str, int, int | None], int] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        match = _ENTRY.fullmatch(entry)
+        if match is None:
+            raise UserError(f"DALLE_DIST_FAULTS entry {entry!r}: write KIND@STEP[*TIMES][:RANK]")
+        if match["kind"] not in KINDS:
+            raise UserError(
+                f"DALLE_DIST_FAULTS: unknown fault {match['kind']!r}: choose from {', '.join(KINDS)}"
+            )
+        rank = int(match["rank"]) if match["rank"] else None
+        faults[(match["kind"], int(match["step"]), rank)] = int(match["times"] or 1)
+    return faults
+
+
+class Faults:
+    """The faults asked for in the environment, each with how many times it still fires."""
+
+    def __init__(self, text: str | None = None) -> None:
+        self.pending = _parse(os.environ.get("DALLE_DIST_FAULTS", "") if text is None else text)
+
+    def _fire(self, kind: str, step: int, rank: int) -> bool:
+        for key in ((kind, step, None), (kind, step, rank)):
+            if self.pending.get(key, 0) > 0:
+                self.pending[key] -= 1
+                return True
+        return False
+
+    def loss(self, loss: Tensor, step: int, rank: int) -> Tensor:
+        """``loss``, or NaN where a ``nan_loss`` fault is due."""
+        if self.pending and self._fire("nan_loss", step, rank):
+            return loss * float("nan")
+        return loss
