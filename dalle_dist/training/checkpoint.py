@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,13 @@ def save_checkpoint(
     tokenizer: Tokenizer | None = None,
     training_state: dict[str, Any] | None = None,
     staged: bool = False,
+    before_commit: Callable[[], None] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (replacing an existing one) and return its path.
 
     The weights are ``weights`` or ``module``'s. With ``staged``, ``staging_folder(folder)`` already holds
     files other ranks wrote (an engine's own checkpoint) and they become part of the checkpoint.
+    ``before_commit`` runs when every file is written and synced, just before the rename (fault injection).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,8 @@ def save_checkpoint(
         raise UserError(
             f"could not write checkpoint {folder}: {e.strerror or e} (check free space and permissions)"
         ) from None
+    if before_commit is not None:
+        before_commit()
     old = None
     if folder.exists():
         old = folder.with_name(f".old-{folder.name}-{os.getpid()}")

@@ -1,20 +1,23 @@
 """Fault injection for the reliability tests (tests/faults/): faults named in ``DALLE_DIST_FAULTS``.
 
 ``DALLE_DIST_FAULTS="nan_loss@3,nan_loss@5*2:1"`` makes the loss NaN at training step 3 on every rank, and
-twice at step 5 (a skipped batch does not advance the step) on rank 1 only. Each fault fires as often as
-asked, then never again. Unset (the normal case) nothing is injected.
+twice at step 5 (a skipped batch does not advance the step) on rank 1 only; ``kill_in_save@4`` kills the
+root process with SIGKILL while it writes the checkpoint of step 4 (every file written to the staging
+folder, nothing renamed into place yet). Each fault fires as often as asked, then never again. Unset
+(the normal case) nothing is injected.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 
 from torch import Tensor
 
 from ..errors import UserError
 
-KINDS = ("nan_loss",)
+KINDS = ("nan_loss", "kill_in_save")
 _ENTRY = re.compile(r"(?P<kind>\w+)@(?P<step>\d+)(?:\*(?P<times>\d+))?(?::(?P<rank>\d+))?")
 
 
@@ -51,3 +54,8 @@ class Faults:
         if self.pending and self._fire("nan_loss", step, rank):
             return loss * float("nan")
         return loss
+
+    def kill_in_save(self, step: int, rank: int) -> None:
+        """Die at once (SIGKILL: no clean-up, no flushing) where a ``kill_in_save`` fault is due."""
+        if self.pending and self._fire("kill_in_save", step, rank):
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -222,6 +222,7 @@ class TrainingLoop:
                     weights=weights,
                     training_state=self.training_state(),
                     staged=True,
+                    before_commit=lambda: self.faults.kill_in_save(self.step, self.rank),
                     **args,
                 )
         self.backend.barrier()
