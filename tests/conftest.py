@@ -1,5 +1,7 @@
 """Shared small models and tiny script settings for the tests."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,18 @@ TINY_VAE = "--num_tokens 32 --num_layers 2 --hidden_dim 16 --emb_dim 16 --num_re
 TINY_VAE += "--dataset_size 64 --image_size 16"
 TINY_DALLE = "--dim 32 --depth 2 --heads 2 --dim_head 16 --text_seq_len 24 --dataset_size 64 "
 TINY_DALLE += "--attn_types full,axial_row --bpe_vocab_size 300"
+
+
+def train_tiny_vae(out: Path, env: dict[str, str] | None = None) -> Path:
+    """A two-step train_vae.py run with TINY_VAE in ``out`` (what DALL-E script tests train on)."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "train_vae.py"),
+        "--output",
+        str(out),
+        "--max_steps",
+        "2",
+        *TINY_VAE.split(),
+    ]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=env, timeout=300)
+    return out

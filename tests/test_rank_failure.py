@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, TINY_DALLE, TINY_VAE
+from conftest import ROOT, TINY_DALLE, train_tiny_vae
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -45,18 +45,7 @@ def launch(launcher: str, *args) -> list[str]:
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fail") / "vae"
-    cmd = [
-        sys.executable,
-        str(ROOT / "train_vae.py"),
-        "--output",
-        str(out),
-        "--max_steps",
-        "2",
-        *TINY_VAE.split(),
-    ]
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=ENV, timeout=300)
-    return out
+    return train_tiny_vae(tmp_path_factory.mktemp("fail") / "vae", ENV)
 
 
 @pytest.mark.slow

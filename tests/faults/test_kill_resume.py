@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_DALLE, TINY_VAE
+from conftest import ROOT, TINY_DALLE, train_tiny_vae
 from safetensors.torch import load_file
 
 FLAGS = [
@@ -58,19 +58,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def vae(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("kill") / "vae"
-    run(
-        [
-            sys.executable,
-            str(ROOT / "train_vae.py"),
-            "--output",
-            str(out),
-            "--max_steps",
-            "2",
-            *TINY_VAE.split(),
-        ]
-    )
-    return out
+    return train_tiny_vae(tmp_path_factory.mktemp("kill") / "vae")
 
 
 @pytest.fixture(scope="module")

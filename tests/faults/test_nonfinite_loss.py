@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_DALLE, TINY_VAE
+from conftest import ROOT, TINY_DALLE, train_tiny_vae
 
 FLAGS = [*TINY_DALLE.split(), "--batch_size", "8", "--log_every", "1", "--sample_every", "100"]
 
@@ -39,9 +39,7 @@ def steps_logged(run_dir: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def vae(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("faults") / "vae"
-    run([sys.executable, ROOT / "train_vae.py", "--output", out, "--max_steps", "2", *TINY_VAE.split()])
-    return out
+    return train_tiny_vae(tmp_path_factory.mktemp("faults") / "vae")
 
 
 def test_one_nan_batch_is_skipped(tmp_path, vae):
