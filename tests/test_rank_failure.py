@@ -1,4 +1,5 @@
-"""A rank killed mid-run (kill -9) ends the whole job with an error, under each launcher, within 60 s."""
+"""A rank killed mid-run (kill -9) or raising ends the whole job with an error, under each launcher, within
+60 s; a raising rank is named in the output."""
 
 from __future__ import annotations
 
@@ -102,3 +103,26 @@ def test_killed_rank_ends_the_job(tmp_path, vae_run, launcher):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed", "horovodrun"])
+def test_raising_rank_ends_the_job_and_is_named(tmp_path, vae_run, launcher):
+    """Rank 1 raises at step 3 (injected fault): the job ends non-zero within 60 s and the output names
+    the rank that failed and why."""
+    engine = {"torchrun": "torch", "deepspeed": "deepspeed", "horovodrun": "horovod"}[launcher]
+    if importlib.util.find_spec(engine) is None:
+        pytest.skip(f"{engine} is not installed (make install-dev installs it)")
+    flags = ["--vae_path", vae_run, "--output", tmp_path / "run", "--batch_size", "4", "--max_steps", "50"]
+    cmd = launch(launcher, *flags, *TINY_DALLE.split(), "--log_every", "1", "--sample_every", "1000")
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**ENV, "DALLE_DIST_FAULTS": "raise@3:1"})  # fmt: skip
+    elapsed = time.monotonic() - start
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-2000:]
+    assert "(rank 1 of 2): this rank failed (RuntimeError: injected fault at step 3)" in output, output[
+        -3000:
+    ]
+    assert elapsed < 60, elapsed  # launch included
+    assert not (tmp_path / "run" / "final").exists()

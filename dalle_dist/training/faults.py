@@ -3,8 +3,8 @@
 ``DALLE_DIST_FAULTS="nan_loss@3,nan_loss@5*2:1"`` makes the loss NaN at training step 3 on every rank, and
 twice at step 5 (a skipped batch does not advance the step) on rank 1 only; ``kill_in_save@4`` kills the
 root process with SIGKILL while it writes the checkpoint of step 4 (every file written to the staging
-folder, nothing renamed into place yet). Each fault fires as often as asked, then never again. Unset
-(the normal case) nothing is injected.
+folder, nothing renamed into place yet); ``raise@3:1`` raises an error on rank 1 at step 3. Each fault
+fires as often as asked, then never again. Unset (the normal case) nothing is injected.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..errors import UserError
 
-KINDS = ("nan_loss", "kill_in_save")
+KINDS = ("nan_loss", "kill_in_save", "raise")
 _ENTRY = re.compile(r"(?P<kind>\w+)@(?P<step>\d+)(?:\*(?P<times>\d+))?(?::(?P<rank>\d+))?")
 
 
@@ -50,7 +50,9 @@ class Faults:
         return False
 
     def loss(self, loss: Tensor, step: int, rank: int) -> Tensor:
-        """``loss``, or NaN where a ``nan_loss`` fault is due."""
+        """``loss``, or NaN where a ``nan_loss`` fault is due (or an error where a ``raise`` one is)."""
+        if self.pending and self._fire("raise", step, rank):
+            raise RuntimeError(f"injected fault at step {step}")
         if self.pending and self._fire("nan_loss", step, rank):
             return loss * float("nan")
         return loss

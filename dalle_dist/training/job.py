@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,19 +33,40 @@ def cli(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None],
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
+        where = launched_rank()
         try:
             main(argv)
         except (UserError, DataError, CaptionTooLongError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error{where}: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print(
                 "interrupted: the last checkpoint is intact; rerun with --resume to continue", file=sys.stderr
             )
             return 130
+        except Exception as e:
+            if not where:
+                raise
+            # under a launcher, name the rank that failed: the others are ended by the launcher
+            traceback.print_exc()
+            print(f"error{where}: this rank failed ({type(e).__name__}: {e}); the job stops", file=sys.stderr)
+            return 1
         return 0
 
     return wrapper
+
+
+def launched_rank() -> str:
+    """`` (rank R of N)`` when a launcher started several processes (torchrun / deepspeed set RANK,
+    horovodrun HOROVOD_RANK or Open MPI's variable), else an empty string."""
+    for rank, size in (
+        ("RANK", "WORLD_SIZE"),
+        ("HOROVOD_RANK", "HOROVOD_SIZE"),
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ):
+        if rank in os.environ and int(os.environ.get(size, "1")) > 1:
+            return f" (rank {os.environ[rank]} of {os.environ[size]})"
+    return ""
 
 
 def exit_with(code: int) -> None:
