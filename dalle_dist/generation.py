@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse(argv)
     if args.text is None and not args.gentxt:
         raise UserError("give --text 'a prompt' (or --gentxt to let the model write one)")
+    if args.text is not None and not args.gentxt and not all(p.strip() for p in args.text.split("|")):
+        raise UserError(
+            f"--text {args.text!r} holds an empty prompt: write one, e.g. --text 'a red square' ('|' "
+            "separates several), or add --gentxt to let the model write the text"
+        )
     device = pick_device(args.device)
     dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
     try:

@@ -1,5 +1,9 @@
-"""Shared small models and tiny script settings for the tests."""
+"""Shared small models, tiny script settings and the command runner of the script-level tests."""
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +43,67 @@ TINY_DALLE = "--dim 32 --depth 2 --heads 2 --dim_head 16 --text_seq_len 24 --dat
 TINY_DALLE += "--attn_types full,axial_row --bpe_vocab_size 300"
 
 
-def train_tiny_vae(out: Path, env: dict[str, str] | None = None) -> Path:
+BIN = Path(sys.executable).parent
+# one thread per process: launched ranks would otherwise fight over the 2 cores; the launchers on PATH;
+# Python's fault handler, so that a hung command can be made to print where every process stood
+BASE_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "DS_ACCELERATOR": "cpu",
+    "PATH": f"{BIN}:{os.environ['PATH']}",
+    "PYTHONFAULTHANDLER": "1",
+}
+
+
+def run_cmd(
+    cmd: list, expect: int | None = 0, timeout: float = 240, env: dict[str, str] | None = None, **extra: str
+) -> subprocess.CompletedProcess:
+    """Run ``cmd`` from the repository root in its own process group and check its exit status.
+
+    On a timeout every process of the group gets SIGABRT first (the fault handler prints each one's Python
+    stack: where it hung), then the whole group is killed (a launcher's ranks included, so nothing lingers
+    to hold a port or a core for the next test) and the test fails with what the command printed.
+    """
+    full_env = {**os.environ, **BASE_ENV, **(env or {}), **extra}
+    proc = subprocess.Popen(
+        [str(c) for c in cmd], cwd=ROOT, env=full_env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            out, err = proc.communicate(timeout=10)
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {cmd}\nstdout:\n{out[-6000:]}\nstderr:\n{err[-12000:]}")
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if expect is not None:
+        assert done.returncode == expect, f"exit {done.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    return done
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for --master_port): fixed ports collide with lingering jobs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_2_ranks(launcher: str, script: str | Path, *args) -> list[str]:
+    """``script args`` started as 2 ranks on this machine by ``launcher`` (torchrun, deepspeed or
+    horovodrun), each launch on a free port."""
+    script_args = [str(ROOT / script), *map(str, args)]
+    if launcher == "torchrun":
+        port = f"--master_port={free_port()}"
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", port, *script_args]
+    if launcher == "deepspeed":
+        return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), *script_args]
+    assert launcher == "horovodrun", launcher
+    return [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *script_args]
+
+
+def train_tiny_vae(out: Path) -> Path:
     """A two-step train_vae.py run with TINY_VAE in ``out`` (what DALL-E script tests train on)."""
     cmd = [
         sys.executable,
@@ -50,5 +114,5 @@ def train_tiny_vae(out: Path, env: dict[str, str] | None = None) -> Path:
         "2",
         *TINY_VAE.split(),
     ]
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=env, timeout=300)
+    run_cmd(cmd)
     return out

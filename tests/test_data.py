@@ -305,6 +305,7 @@ def test_folder_non_strict_skips_and_counts(tree):
         "empty_captions": 1,
         "unreadable_captions": 1,
         "unreadable_images": 1,
+        "small_images": 0,
     }
     assert ds.skipped["images_without_captions"] == [str(tree / "no_caption.png")]
     assert ds.skipped["unreadable_images"] == [str(tree / "junk.bmp")]
@@ -316,7 +317,7 @@ def test_folder_non_strict_with_nothing_left(tmp_path):
     (tmp_path / "junk.png").write_bytes(b"garbage")
     write(tmp_path / "junk.txt", "junk")
     message = one_line_error(tmp_path, 8, strict=False)
-    assert "every image/caption pair" in message and "1 unreadable_images" in message
+    assert "every image/caption pair" in message and "1 unreadable image" in message and "junk.png" in message
 
 
 def test_folder_random_crops_vary(tree):

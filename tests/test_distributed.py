@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_DALLE, TINY_VAE
+from conftest import ROOT, TINY_DALLE, TINY_VAE, run_cmd
 from safetensors.torch import load_file
 
 VAE_FLAGS = TINY_VAE.split()
@@ -18,10 +17,7 @@ DALLE_FLAGS = [*TINY_DALLE.split(), "--save_every_n_steps", "3", "--log_every", 
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return proc
+    return run_cmd(cmd)
 
 
 def torchrun(nproc: int, script: str, *args) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ counted; the same samples as the folder; and train_dalle.py --wds end to end wit
 from __future__ import annotations
 
 import io
-import os
 import random
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_DALLE, TINY_VAE
+from conftest import ROOT, TINY_DALLE, TINY_VAE, free_port, run_cmd
 from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
@@ -181,12 +180,6 @@ def test_broken_samples_are_skipped_and_counted(folder, tmp_path):
     assert broken.shard.endswith("a.tar") and broken.key == "k2"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_shards_stream_over_http(shards):
     port = free_port()
     server = subprocess.Popen(
@@ -225,12 +218,7 @@ def test_make_shards_and_wds_flags_bad_input(tmp_path):
 
 
 def run(cmd: list, env_threads: int = 1) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": str(env_threads)}
-    proc = subprocess.run(
-        [str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return proc
+    return run_cmd(cmd, OMP_NUM_THREADS=str(env_threads))
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ SKIP_KINDS = (
     "empty_captions",
     "unreadable_captions",
     "unreadable_images",
+    "small_images",
 )
 _EXAMPLES = 3
 
@@ -65,13 +66,18 @@ def _read_captions(path: Path) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
-def _image_problem(path: Path) -> str | None:
-    """Why Pillow cannot read ``path``, or None. ``verify`` checks the whole file (PNG CRCs, truncation)."""
+def _image_problem(path: Path, image_size: int) -> tuple[str, str] | None:
+    """``(kind, why)`` when ``path`` cannot be trained on: Pillow cannot read it (``verify`` checks the
+    whole file: PNG CRCs, truncation) or its shorter side is below ``image_size`` (upscaling would feed the
+    model blur). None when it is fine."""
     try:
         with Image.open(path) as img:
+            size = img.size
             img.verify()
     except Exception as error:  # Pillow raises many types for broken files
-        return f"{type(error).__name__}: {str(error).replace(f' {str(path)!r}', '')}"
+        return "unreadable_images", f"{type(error).__name__}: {str(error).replace(f' {str(path)!r}', '')}"
+    if min(size) < image_size:
+        return "small_images", f"{size[0]}x{size[1]}"
     return None
 
 
@@ -80,7 +86,8 @@ class FolderDataset(Dataset):
 
     ``strict=True`` raises :class:`DataError` on the first kind of problem found; ``strict=False`` skips
     the affected files and lists them in ``skipped`` (kind -> paths). ``random_crop=False`` gives the
-    deterministic centre crop used for evaluation.
+    deterministic centre crop used for evaluation. ``check_size=False`` accepts images smaller than
+    ``image_size`` (when they are not decoded for training, e.g. with a token cache).
     """
 
     def __init__(
@@ -90,6 +97,7 @@ class FolderDataset(Dataset):
         resize_ratio: float = 0.75,
         strict: bool = True,
         random_crop: bool = True,
+        check_size: bool = True,
     ) -> None:
         if not 0 < resize_ratio <= 1:
             raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
@@ -98,6 +106,8 @@ class FolderDataset(Dataset):
         self.resize_ratio = resize_ratio
         self.strict = strict
         self.random_crop = random_crop
+        self.check_size = check_size
+        self._messages: dict[str, str] = {}
         self.skipped: dict[str, list[str]] = {kind: [] for kind in SKIP_KINDS}
         self._items: list[tuple[Path, list[str]]] = []
         self._load()
@@ -109,6 +119,7 @@ class FolderDataset(Dataset):
         if self.strict:
             raise DataError(message)
         self.skipped[kind].extend(paths)
+        self._messages[kind] = message
 
     def _load(self) -> None:
         root = self.root
@@ -166,24 +177,31 @@ class FolderDataset(Dataset):
             f"{_examples([f'{p} ({why})' for p, why in unreadable])}: re-save as UTF-8 or remove the pair",
         )
 
-        broken = []
+        bad: dict[str, list[tuple[str, str]]] = {"unreadable_images": [], "small_images": []}
         for key in sorted(captions):
             for path in images[key]:
-                problem = _image_problem(path)
+                problem = _image_problem(path, self.image_size if self.check_size else 0)
                 if problem is None:
                     self._items.append((path, captions[key]))
                 else:
-                    broken.append((str(path), problem))
+                    bad[problem[0]].append((str(path), problem[1]))
+        broken, small = bad["unreadable_images"], bad["small_images"]
         self._problem(
             "unreadable_images",
             [path for path, _ in broken],
             f"{_count(len(broken), 'unreadable image')}, e.g. "
             f"{_examples([f'{p} ({why})' for p, why in broken])}: replace or remove them",
         )
+        self._problem(
+            "small_images",
+            [path for path, _ in small],
+            f"{_count(len(small), 'image')} smaller than the {self.image_size} px the model takes, e.g. "
+            f"{_examples([f'{p} ({why})' for p, why in small])}: use images of at least {self.image_size} px "
+            "or remove them",
+        )
         if not self._items:
-            counts = ", ".join(f"{len(paths)} {kind}" for kind, paths in self.skipped.items() if paths)
             raise DataError(
-                f"every image/caption pair in {str(root)!r} was skipped ({counts}): fix the files"
+                f"every image/caption pair in {str(root)!r} was skipped: {'; '.join(self._messages.values())}"
             )
 
     def __len__(self) -> int:

@@ -273,7 +273,10 @@ class ShardDataset(IterableDataset):
         self.counts, self.shard_problems = counted  # problems are reported once, by the loop
         self.num_slots = sum(c for _, c in self.counts)
         if self.num_slots == 0:
-            raise DataError(f"{location}: no samples in {len(self.urls)} shard(s) (missing or empty shards)")
+            raise DataError(
+                f"{location}: no samples in {len(self.urls)} shard(s) (missing or empty shards): "
+                "check the path or pattern"
+            )
         self.make_item: Callable[[torch.Tensor, list[str], random.Random], Any] = lambda i, c, r: (i, c)
         # when set, called as (url, key, captions, rng) instead of decoding the image: cached image
         # tokens (token_cache.py); may return a Skipped or raise ValueError like make_item

@@ -43,6 +43,11 @@ class Precision:
         device: torch.device, *, fp16: bool = False, bf16: bool = False, amp: bool = False
     ) -> Precision:
         """DALLE-pytorch's ``--fp16`` and ``--amp`` plus ``--bf16``: amp means bf16 on CPU, fp16 on CUDA."""
+        if fp16 and bf16:
+            raise UserError(
+                "--fp16 and --bf16 are both given: choose one (--bf16 on CPU and on Ampere or newer GPUs, "
+                "--fp16 on older GPUs)"
+            )
         name = "bf16" if bf16 else "fp16" if fp16 else "fp32"
         if amp and name == "fp32":
             name = "fp16" if device.type == "cuda" else "bf16"

@@ -56,7 +56,7 @@ class DiscreteVAE(nn.Module):
         if not is_power_of_two or image_size % 2**num_layers != 0:
             raise ValueError(
                 f"image_size must be a power of 2 divisible by 2**num_layers = {2**num_layers}, "
-                f"got {image_size}"
+                f"got {image_size} (e.g. {max(2**num_layers, 16)}, 32, 64, 128 or 256)"
             )
         if reinmax:
             raise NotImplementedError("reinmax is not supported; use straight_through=True for hard codes")

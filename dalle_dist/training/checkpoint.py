@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -72,6 +73,14 @@ def staging_folder(folder: Path) -> Path:
     return folder.with_name(f".tmp-{folder.name}")
 
 
+def _write_error(folder: Path, error: Exception) -> UserError:
+    why = getattr(error, "strerror", None) or str(error)
+    return UserError(
+        f"could not write checkpoint {folder}: {why}: nothing was replaced; free disk "
+        "space (or fix permissions) and rerun with --resume"
+    )
+
+
 def start_staging(folder: Path) -> Path:
     """An empty staging folder for ``folder`` (left-overs of a crashed write are removed)."""
     tmp = staging_folder(folder)
@@ -80,9 +89,7 @@ def start_staging(folder: Path) -> Path:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     except OSError as e:
-        raise UserError(
-            f"could not write checkpoint {folder}: {e.strerror or e} (check free space and permissions)"
-        ) from None
+        raise _write_error(folder, e) from None
     return tmp
 
 
@@ -131,11 +138,10 @@ def save_checkpoint(
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True), encoding="utf-8")
         for p in [*_files(tmp), *sorted(d for d in tmp.rglob("*") if d.is_dir()), tmp]:
             fsync_path(p)
-    except OSError as e:
+    # a failed write surfaces as OSError, or as safetensors' / torch.save's own error types wrapping it
+    except (OSError, SafetensorError, RuntimeError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(
-            f"could not write checkpoint {folder}: {e.strerror or e} (check free space and permissions)"
-        ) from None
+        raise _write_error(folder, e) from None
     if before_commit is not None:
         before_commit()
     old = None
@@ -178,7 +184,10 @@ def resolve_latest(run_dir: str | Path) -> Path:
     """The newest complete checkpoint of a run directory, for ``--resume``."""
     latest = RunDirectory(run_dir).latest()
     if latest is None:
-        raise UserError(f"--resume: {run_dir} has no checkpoint to resume from (no complete 'latest')")
+        raise UserError(
+            f"--resume: {run_dir} has no checkpoint to resume from (no complete 'latest'): "
+            "drop --resume to start a new run"
+        )
     return latest
 
 
@@ -198,7 +207,13 @@ class Checkpoint:
         return int(self.meta.get("step", 0))
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return load_file(self.path / "model.safetensors")
+        file = self.path / "model.safetensors"
+        try:
+            return load_file(file)
+        except SafetensorError as e:  # safetensors reads a header and raw bytes: nothing in it can run
+            raise UserError(
+                f"{file} is not a valid safetensors file ({e}): the checkpoint is damaged"
+            ) from None
 
     def tokenizer(self) -> Tokenizer | None:
         file = self.path / "tokenizer.json"
@@ -227,6 +242,11 @@ class Checkpoint:
             ) from None
 
 
+_NAME = {"vae": "VAE", "dalle": "DALL-E"}
+_WRITER = {"vae": "train_vae.py", "dalle": "train_dalle.py"}
+_FLAG_OF = {"vae": "--vae_path", "dalle": "--dalle_path"}
+
+
 def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = True) -> Checkpoint:
     """Open and verify a checkpoint; ``kind`` ("vae" | "dalle") is what the caller needs."""
     folder = resolve_checkpoint(path)
@@ -244,13 +264,19 @@ def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = Tr
         )
     if kind is not None and meta.get("kind") != kind:
         flag = {"vae": "--vae_path", "dalle": "--dalle_path"}.get(kind, kind)
-        raise UserError(f"{folder} is a {meta.get('kind')} checkpoint, but {flag} needs a {kind} checkpoint")
+        found = meta.get("kind")
+        hint = f": point {flag} at a {_WRITER.get(kind, kind)} run"
+        if found in _FLAG_OF:
+            hint += f" (this one goes to {_FLAG_OF[found]})"
+        have, need = _NAME.get(found, found), _NAME.get(kind, kind)
+        raise UserError(f"{folder} is a {have} checkpoint, but {flag} needs a {need} one{hint}")
     if verify:
         for name, digest in meta.get("checksums", {}).items():
             file = folder / name
             if not file.is_file() or _sha256(file) != digest:
                 raise UserError(
-                    f"{file} is missing or does not match its checksum: the checkpoint is damaged"
+                    f"{file} is missing or does not match its checksum: the checkpoint is damaged; use "
+                    "another one (a run keeps earlier ones in its checkpoints/ folder)"
                 )
     return Checkpoint(folder, meta)
 
@@ -309,8 +335,11 @@ class RunDirectory:
         if resume:
             if self.latest() is None:
                 raise UserError(
-                    f"--resume: {self.root} has no checkpoint to resume from (no {self.root / 'latest'})"
+                    f"--resume: {self.root} has no checkpoint to resume from (no {self.root / 'latest'}): "
+                    "drop --resume to start a new run, or point --output at the run to continue"
                 )
+        elif self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--output {self.root} is a file, not a directory: choose another --output")
         elif self.holds_a_run():
             raise UserError(
                 f"--output {self.root} already holds a run: add --resume to continue it, "
@@ -336,14 +365,31 @@ class RunDirectory:
         return self.checkpoints / f"step-{step:08d}"
 
     def save_step(self, step: int, keep: int | None = None, **checkpoint_args: Any) -> Path:
-        """Write ``checkpoints/step-XXXXXXXX``, point ``latest`` at it, prune to the newest ``keep``."""
+        """Write ``checkpoints/step-XXXXXXXX``, read it back, point ``latest`` at it, then prune.
+
+        ``latest`` moves only to a checkpoint whose files match their checksums on disk, and pruning to the
+        newest ``keep`` happens only after that, among the checkpoints of earlier steps: the previous good
+        checkpoint survives any failure of the new one.
+        """
         folder = save_checkpoint(self.step_folder(step), **checkpoint_args)
+        previous = self.latest()
+        try:
+            load_checkpoint(folder, verify=True)
+        except UserError as e:
+            kept = f"latest still names {previous.name}" if previous else "no earlier checkpoint exists"
+            raise UserError(
+                f"the checkpoint of step {step} did not read back as written ({e}); {kept}. Check the disk, "
+                "then rerun with --resume"
+            ) from None
         write_text_atomic(self.root / "latest", folder.name + "\n")
         if keep is not None and keep > 0:
-            done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "meta.json").is_file())
-            for old in done[:-keep]:
-                if old != folder:
-                    shutil.rmtree(old, ignore_errors=True)
+            earlier = sorted(
+                p
+                for p in self.checkpoints.glob("step-*")
+                if p.name < folder.name and (p / "meta.json").is_file()
+            )
+            for old in earlier[: max(len(earlier) - (keep - 1), 0)]:
+                shutil.rmtree(old, ignore_errors=True)
         return folder
 
     def save_final(self, **checkpoint_args: Any) -> Path:

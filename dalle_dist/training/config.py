@@ -7,9 +7,11 @@ are checked by their argparse types so a bad value fails before anything is buil
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -72,6 +74,16 @@ class Parser(argparse.ArgumentParser):
             "--config", type=Path, help="YAML file whose keys are flag names; the command line wins"
         )
 
+    def error(self, message: str) -> NoReturn:
+        """One line, like every other bad input (argparse would print the usage block first)."""
+        hint = ""
+        unknown = re.match(r"unrecognized arguments: (-[^\s=]+)", message)
+        if unknown:
+            flags = [o for a in self._actions for o in a.option_strings]
+            close = difflib.get_close_matches(unknown.group(1), flags, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+        self.exit(2, f"error: {message}{hint}; see {self.prog} --help\n")
+
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config", type=Path)
@@ -84,7 +96,7 @@ class Parser(argparse.ArgumentParser):
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise UserError(f"--config {path} does not exist") from None
+            raise UserError(f"--config {path} does not exist: check the path") from None
         except yaml.YAMLError as e:
             raise UserError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if data is None:
@@ -131,9 +143,8 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
     )
     g.add_argument(
         "--deepspeed",
-        dest="distributed_backend",
-        action="store_const",
-        const="deepspeed",
+        dest="use_deepspeed",
+        action="store_true",
         help="same as --distributed_backend deepspeed",
     )
     g.add_argument(
@@ -205,6 +216,12 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         type=str,
         default="",
         help='built-in dataset: colour-shape pairs to leave out, e.g. "red triangle,blue circle"',
+    )
+    d.add_argument(
+        "--strict_data",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="folders: stop (exit 2) on the first kind of broken pair instead of skipping and listing them",
     )
     d.add_argument("--validation_fraction", type=fraction, default=0.0, help="share of the data held out")
     d.add_argument("--eval_every", type=positive_int, default=500, help="steps between validation losses")

@@ -3,7 +3,8 @@
 ``DALLE_DIST_FAULTS="nan_loss@3,nan_loss@5*2:1"`` makes the loss NaN at training step 3 on every rank, and
 twice at step 5 (a skipped batch does not advance the step) on rank 1 only; ``kill_in_save@4`` kills the
 root process with SIGKILL while it writes the checkpoint of step 4 (every file written to the staging
-folder, nothing renamed into place yet); ``raise@3:1`` raises an error on rank 1 at step 3. Each fault
+folder, nothing renamed into place yet); ``corrupt_in_save@4`` flips bytes of that checkpoint's weights at
+the same moment (as a failing disk would); ``raise@3:1`` raises an error on rank 1 at step 3. Each fault
 fires as often as asked, then never again. Unset (the normal case) nothing is injected.
 """
 
@@ -12,12 +13,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+from pathlib import Path
 
 from torch import Tensor
 
 from ..errors import UserError
 
-KINDS = ("nan_loss", "kill_in_save", "raise")
+KINDS = ("nan_loss", "kill_in_save", "corrupt_in_save", "raise")
 _ENTRY = re.compile(r"(?P<kind>\w+)@(?P<step>\d+)(?:\*(?P<times>\d+))?(?::(?P<rank>\d+))?")
 
 
@@ -57,7 +59,14 @@ class Faults:
             return loss * float("nan")
         return loss
 
-    def kill_in_save(self, step: int, rank: int) -> None:
-        """Die at once (SIGKILL: no clean-up, no flushing) where a ``kill_in_save`` fault is due."""
+    def in_save(self, step: int, rank: int, staged: Path) -> None:
+        """Faults of a checkpoint whose files are all written to ``staged`` but not yet renamed into place:
+        die at once (SIGKILL: no clean-up, no flushing), or damage the weights file."""
         if self.pending and self._fire("kill_in_save", step, rank):
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.pending and self._fire("corrupt_in_save", step, rank):
+            with open(staged / "model.safetensors", "r+b") as f:
+                f.seek(-8, os.SEEK_END)
+                tail = f.read(8)
+                f.seek(-8, os.SEEK_END)
+                f.write(bytes(b ^ 0xFF for b in tail))

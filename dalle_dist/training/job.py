@@ -4,6 +4,7 @@ dataset, and turn bad input into one line and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import shlex
@@ -18,7 +19,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from ..data import DataError
+from ..data import DataError, FolderDataset
 from ..data.sampler import split_indices
 from ..distributed import DistributedBackend, Precision, backend_from_name
 from ..errors import UserError
@@ -26,6 +27,8 @@ from ..text import CaptionTooLongError
 from .checkpoint import Checkpoint, RunDirectory
 from .loop import LoopSettings, Task, TrainingLoop
 from .schedule import LRSchedule
+
+DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
 def cli(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
@@ -45,6 +48,14 @@ def cli(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None],
             )
             return 130
         except Exception as e:
+            if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+                # a full or read-only disk outside a checkpoint write (logs, samples): nothing is torn
+                print(
+                    f"error{where}: cannot write {e.filename or 'to disk'}: {e.strerror}: free disk space or "
+                    "choose another --output, then rerun with --resume (the checkpoints written are intact)",
+                    file=sys.stderr,
+                )
+                return 2
             if not where:
                 raise
             # under a launcher, name the rank that failed: the others are ended by the launcher
@@ -80,6 +91,12 @@ def exit_with(code: int) -> None:
 def start_backend(args: argparse.Namespace) -> DistributedBackend:
     # subnormal floats (e.g. Gumbel-softmax at low temperature) run ~10x slower on x86 CPUs
     torch.set_flush_denormal(True)
+    if getattr(args, "use_deepspeed", False):
+        if args.distributed_backend not in (None, "deepspeed"):
+            raise UserError(
+                f"--deepspeed and --distributed_backend {args.distributed_backend} name two engines: keep one"
+            )
+        args.distributed_backend = "deepspeed"
     backend = backend_from_name(args.distributed_backend, args.device)
     backend.configure(args)
     backend.initialize()
@@ -120,7 +137,7 @@ def build_dataset(
 ) -> Dataset:
     """Shards with ``--wds``, the folder dataset when a folder is given, else the built-in shapes. With a
     ``backend``, shards are counted on the root rank only."""
-    from ..data import FolderDataset, ShapesDataset
+    from ..data import ShapesDataset
     from ..data.shards import Keys, ShardDataset, count_shards, resolve_shards
 
     if getattr(args, "wds", ""):
@@ -151,7 +168,17 @@ def build_dataset(
         if args.holdout:
             raise UserError("--holdout applies to the built-in dataset only: drop it or drop the folder flag")
         args.image_size = args.image_size or default_folder_size
-        return FolderDataset(folder, args.image_size, resize_ratio=args.random_resize_crop_lower_ratio)
+        dataset = FolderDataset(
+            folder,
+            args.image_size,
+            resize_ratio=args.random_resize_crop_lower_ratio,
+            strict=args.strict_data,
+            # token-cache runs train on stored tokens: their images are not decoded at this size
+            check_size=getattr(args, "image_tokens", None) is None,
+        )
+        if backend is None or backend.is_root:
+            report_skipped(dataset)
+        return dataset
     args.image_size = args.image_size or 32
     try:
         return ShapesDataset(
@@ -159,6 +186,22 @@ def build_dataset(
         )
     except ValueError as e:
         raise UserError(f"--holdout / --image_size: {e}") from None
+
+
+def report_skipped(dataset: FolderDataset) -> None:
+    """One line per kind of pair a folder dataset skipped, with the first few names (training goes on)."""
+    skipped = {kind: paths for kind, paths in dataset.skipped.items() if paths}
+    if not skipped:
+        return
+    total = sum(map(len, skipped.values()))
+    print(
+        f"data: skipped {total} of {total + len(dataset)} pairs in {dataset.root}, training on the "
+        f"{len(dataset)} good ones (--strict_data stops instead)",
+        flush=True,
+    )
+    for kind, paths in skipped.items():
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        print(f"data: skipped {len(paths)} {kind.replace('_', ' ')}: {shown}", flush=True)
 
 
 def load_item(dataset: Dataset, index: int, rng) -> tuple[torch.Tensor, list[str]]:

@@ -137,6 +137,8 @@ class TrainingLoop:
         self.skipped: Counter[str] = Counter()
         self.faults = Faults()
         self.nonfinite_in_a_row = self.nonfinite_skipped = 0
+        # samples that reached an optimizer step: before this process (from the checkpoint) and by this rank
+        self.samples_before, self.samples_here = 0, 0
         if self.streaming:
             self.batches_per_epoch = shards.num_batches(dataset, settings.batch_size, world)
             for problem in dataset.shard_problems:
@@ -174,6 +176,7 @@ class TrainingLoop:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "samples_trained": self.samples_before,
             "engine": self.wrapped.state_dict(),
             "schedule": self.schedule.state_dict(),
             "task": self.task.state_dict(),
@@ -184,6 +187,7 @@ class TrainingLoop:
         """Continue from ``checkpoint``: every rank reads it (engines load their own files collectively)."""
         state = checkpoint.training_state()
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.samples_before = int(state.get("samples_trained", 0))
         self.wrapped.load_state(state["engine"], checkpoint.path / ENGINE_FOLDER)
         self.schedule.load_state_dict(state["schedule"])
         self.task.load_state_dict(state["task"])
@@ -196,6 +200,7 @@ class TrainingLoop:
         """Write a step checkpoint (or ``final/``); a collective call: every rank adds its engine files,
         the root rank the portable weights and the rest. Returns the folder on the root rank."""
         folder = self.run.final if final else self.run.step_folder(self.step)
+        trained = self.samples_trained()
         self.backend.barrier()
         if self.backend.is_root:
             start_staging(folder)
@@ -211,22 +216,31 @@ class TrainingLoop:
                 **args["meta"],
                 "step": self.step,
                 "epoch": self.epoch,
+                "samples_trained": trained,
                 "engine": self.wrapped.describe(),
             }
             if final:
                 path = self.run.save_final(weights=weights, staged=True, **args)
             else:
+                state = {**self.training_state(), "samples_trained": trained}
                 path = self.run.save_step(
                     self.step,
                     keep=self.s.keep_n_checkpoints,
                     weights=weights,
-                    training_state=self.training_state(),
+                    training_state=state,
                     staged=True,
-                    before_commit=lambda: self.faults.kill_in_save(self.step, self.rank),
+                    before_commit=lambda: self.faults.in_save(self.step, self.rank, staging_folder(folder)),
                     **args,
                 )
         self.backend.barrier()
         return path
+
+    def samples_trained(self) -> int:
+        """Samples that went into optimizer steps over the whole run, all ranks (a collective call)."""
+        here = torch.tensor(float(self.samples_here))
+        if self.world > 1:
+            here = self.backend.average(here) * self.world
+        return self.samples_before + round(float(here))
 
     # --------------------------------------------------------------------------------- data
     def _loader(self, indices: list[int], epoch: int, skip: int, shuffle: bool = True) -> DataLoader:
@@ -271,8 +285,9 @@ class TrainingLoop:
     def _skip(self, slot: shards.Skipped) -> None:
         self.skipped[slot.kind] += 1
         if self.skipped[slot.kind] <= 3 and self.backend.is_root:  # the first few of each kind, by name
-            detail = f": {slot.detail}" if slot.detail else ""
-            self.log(f"skipped ({slot.kind}) {slot.shard} {slot.key}{detail}")
+            where = " ".join(part for part in (slot.shard, slot.key) if part)
+            detail = f": {slot.detail}" if slot.detail and slot.detail != slot.shard else ""
+            self.log(f"skipped ({slot.kind}) {where}{detail}")
 
     # --------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -411,6 +426,8 @@ class TrainingLoop:
                         continue
                     self.nonfinite_in_a_row = 0
                     self.wrapped.backward(loss * weight if weight != 1.0 else loss)
+                    if weight:
+                        self.samples_here += batch_size_of(batch)
                 stepped = self.wrapped.step()
                 self.batch_in_epoch += 1
                 seen += batch_size_of(batch) * self.world
@@ -480,8 +497,12 @@ class TrainingLoop:
                     self.schedule.observe(float(torch.stack(epoch_losses).mean()))
         if self.skipped and self.backend.is_root:
             kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.skipped.items()))
-            self.log(f"data: skipped {sum(self.skipped.values())} broken samples on this rank ({kinds})")
+            self.log(f"data: skipped on this rank: {kinds}")
             self._record({"step": self.step, "skipped_by_kind": dict(self.skipped)})
+        trained = self.samples_trained()
+        if self.backend.is_root:
+            self.log(f"data: trained on {trained} samples in {self.step} steps")
+            self._record({"step": self.step, "samples_trained": trained})
         if last_batch is not None:
             self._samples(last_batch)
         val = self.evaluate()

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse(argv)
     backend = start_backend(args)
     seed_everything(args.seed)
-    dataset = build_dataset(args, args.image_folder)
+    dataset = build_dataset(args, args.image_folder, backend=backend)
     resume = None
     if args.resume:
         if args.output is None:

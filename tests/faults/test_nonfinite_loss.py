@@ -4,27 +4,18 @@ with the checkpoints intact and resumable. Faults are injected with DALLE_DIST_F
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_DALLE, train_tiny_vae
+from conftest import ROOT, TINY_DALLE, launch_2_ranks, run_cmd, train_tiny_vae
 
 FLAGS = [*TINY_DALLE.split(), "--batch_size", "8", "--log_every", "1", "--sample_every", "100"]
 
 
 def run(cmd: list, faults: str = "", expect: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DALLE_DIST_FAULTS": faults, "DS_ACCELERATOR": "cpu"}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    proc = subprocess.run(
-        [str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
-    )
-    assert proc.returncode == expect, (
-        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    )
-    return proc
+    return run_cmd(cmd, expect, DALLE_DIST_FAULTS=faults)
 
 
 def train(vae: Path, out: Path, *extra, faults: str = "", expect: int = 0) -> subprocess.CompletedProcess:
@@ -72,15 +63,11 @@ def test_nan_on_one_rank_skips_on_every_rank(tmp_path, vae, launcher):
     """Rank 1 alone sees a NaN loss: both ranks skip the batch (nobody waits for a missing reduction) and
     end with identical weights, under torchrun (DDP) and under the deepspeed launcher (ZeRO-2)."""
     out = tmp_path / launcher
-    args = [ROOT / "train_dalle.py", "--vae_path", vae, "--output", out, *FLAGS, "--batch_size", "4",
-            "--max_steps", "4"]  # fmt: skip
-    if launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    else:
+    args = ["--vae_path", vae, "--output", out, *FLAGS, "--batch_size", "4", "--max_steps", "4"]
+    if launcher == "deepspeed":
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install-dev installs it)")
-        port = str(29900 + os.getpid() % 90)
-        launch = [Path(sys.executable).parent / "deepspeed", "--num_gpus", "2", "--master_port", port]
-        cmd = [*launch, *args, "--deepspeed", "--zero_stage", "2"]
+        args += ["--deepspeed", "--zero_stage", "2"]
+    cmd = launch_2_ranks(launcher, "train_dalle.py", *args)
     proc = run(cmd, faults="nan_loss@2:1")
     assert "batch skipped" in proc.stdout and "weights identical on all 2 ranks: yes" in proc.stdout
     assert steps_logged(out) == [1, 2, 3, 4]

@@ -7,46 +7,24 @@ import importlib.util
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, TINY_DALLE, train_tiny_vae
+from conftest import BASE_ENV, ROOT, TINY_DALLE, launch_2_ranks, run_cmd, train_tiny_vae
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PATH": f"{BIN}:{os.environ['PATH']}"}
-PORT = 29900 + os.getpid() % 90
+ENV = {**os.environ, **BASE_ENV}
 
 
 def launch(launcher: str, *args) -> list[str]:
-    script = [str(ROOT / "train_dalle.py"), *map(str, args)]
-    if launcher == "torchrun":
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={PORT}",
-            *script,
-        ]
-    if launcher == "deepspeed":
-        return [
-            str(BIN / "deepspeed"),
-            "--num_gpus",
-            "2",
-            "--master_port",
-            str(PORT + 1),
-            *script,
-            "--deepspeed",
-        ]
-    return [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *script]
+    engine = ["--deepspeed"] if launcher == "deepspeed" else []
+    return launch_2_ranks(launcher, "train_dalle.py", *args, *engine)
 
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory) -> Path:
-    return train_tiny_vae(tmp_path_factory.mktemp("fail") / "vae", ENV)
+    return train_tiny_vae(tmp_path_factory.mktemp("fail") / "vae")
 
 
 @pytest.mark.slow
@@ -116,8 +94,7 @@ def test_raising_rank_ends_the_job_and_is_named(tmp_path, vae_run, launcher):
     flags = ["--vae_path", vae_run, "--output", tmp_path / "run", "--batch_size", "4", "--max_steps", "50"]
     cmd = launch(launcher, *flags, *TINY_DALLE.split(), "--log_every", "1", "--sample_every", "1000")
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**ENV, "DALLE_DIST_FAULTS": "raise@3:1"})  # fmt: skip
+    proc = run_cmd(cmd, expect=None, DALLE_DIST_FAULTS="raise@3:1")
     elapsed = time.monotonic() - start
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-2000:]
