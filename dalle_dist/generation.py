@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from .data import image_grid, load_image
+from .data import image_grid, label_image, load_image
 from .devices import pick_device
 from .errors import UserError
 from .text import CaptionTooLongError
 from .text.options import check_matches
 from .training.checkpoint import load_dalle
-from .training.config import Parser, positive_float, positive_int, unit_interval
+from .training.config import Parser, positive_float, positive_int, refuse, unit_interval
 from .training.job import cli
 
 
@@ -27,6 +27,9 @@ def build_parser() -> Parser:
         "--dalle_path", type=Path, required=True, help="train_dalle.py run directory or checkpoint"
     )
     parser.add_argument("--text", type=str, default=None, help="prompt; '|' separates several prompts")
+    refuse(parser, "--taming", "a DALL-E checkpoint here carries its own VAE: --dalle_path is enough")
+    for flag in ("--vqgan_model_path", "--vqgan_config_path"):
+        refuse(parser, flag, "a DALL-E checkpoint here carries its own VAE: --dalle_path is enough", True)
     parser.add_argument("--num_images", type=positive_int, default=16, help="images per prompt")
     parser.add_argument("--batch_size", type=positive_int, default=4)
     parser.add_argument(
@@ -138,5 +141,5 @@ def main(argv: list[str] | None = None) -> None:
         for i, image in enumerate(images):
             image_grid(image[None], nrow=1, padding=0).save(folder / f"{i}.png")
         (folder / "caption.txt").write_text(prompt + "\n", encoding="utf-8")
-        image_grid(images).save(folder / "grid.png")
+        label_image(image_grid(images), prompt).save(folder / "grid.png")
         print(f"{len(images)} images for {prompt!r} in {folder}/ (grid: {folder / 'grid.png'})")

@@ -55,9 +55,15 @@ BASE_ENV = {
 
 
 def run_cmd(
-    cmd: list, expect: int | None = 0, timeout: float = 240, env: dict[str, str] | None = None, **extra: str
+    cmd: list,
+    expect: int | None = 0,
+    timeout: float = 240,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    **extra: str,
 ) -> subprocess.CompletedProcess:
-    """Run ``cmd`` from the repository root in its own process group and check its exit status.
+    """Run ``cmd`` (from the repository root unless ``cwd``) in its own process group and check its exit
+    status.
 
     On a timeout every process of the group gets SIGABRT first (the fault handler prints each one's Python
     stack: where it hung), then the whole group is killed (a launcher's ranks included, so nothing lingers
@@ -65,7 +71,7 @@ def run_cmd(
     """
     full_env = {**os.environ, **BASE_ENV, **(env or {}), **extra}
     proc = subprocess.Popen(
-        [str(c) for c in cmd], cwd=ROOT, env=full_env, text=True, start_new_session=True,
+        [str(c) for c in cmd], cwd=cwd, env=full_env, text=True, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

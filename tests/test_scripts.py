@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY_DALLE, TINY_VAE, run_cmd
@@ -120,6 +121,11 @@ def test_generate_writes_dalle_pytorch_layout(tmp_path, dalle_run):
         ]
         assert Image.open(folder / "0.png").size == (16, 16)
         assert str(folder / "grid.png") in proc.stdout
+        # the grid is labelled with its prompt: a white strip with dark text above the enlarged images
+        grid = np.asarray(Image.open(folder / "grid.png").convert("L"))
+        assert grid.shape[1] >= 256 and grid.shape[0] > grid.shape[1]
+        strip = grid[: grid.shape[0] - grid.shape[1]]
+        assert strip.max() == 255 and (strip < 100).mean() > 0.01
     assert (out / "a_red_circle" / "caption.txt").read_text().strip() == "a red circle"
 
 

@@ -3,6 +3,6 @@
 from .errors import DataError
 from .folder import FolderDataset
 from .synthetic import ShapesDataset
-from .transforms import image_grid, load_image, to_pil
+from .transforms import image_grid, label_image, load_image, to_pil
 
-__all__ = ["DataError", "FolderDataset", "ShapesDataset", "image_grid", "load_image", "to_pil"]
+__all__ = ["DataError", "FolderDataset", "ShapesDataset", "image_grid", "label_image", "load_image", "to_pil"]

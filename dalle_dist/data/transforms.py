@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import textwrap
 
 import numpy as np
 import torch
@@ -32,6 +33,25 @@ def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2) -> Ima
         y, x = padding + r * (h + padding), padding + c * (w + padding)
         grid[y : y + h, x : x + w] = tile
     return Image.fromarray(grid)
+
+
+def label_image(image: Image.Image, text: str, min_width: int = 256) -> Image.Image:
+    """``image`` under a white strip holding ``text`` (wrapped), enlarged by a whole factor (nearest
+    neighbour: pixels stay sharp) to at least ``min_width`` so the words fit and stay readable."""
+    from PIL import ImageDraw, ImageFont
+
+    scale = max(1, math.ceil(min_width / image.width))
+    image = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+    font = ImageFont.load_default()
+    char_w = max(1, round(font.getlength("x")))
+    lines = textwrap.wrap(text, width=max(8, (image.width - 8) // char_w)) or [""]
+    line_h = font.getbbox("Ag")[3] + 4
+    labelled = Image.new("RGB", (image.width, image.height + line_h * len(lines) + 8), "white")
+    draw = ImageDraw.Draw(labelled)
+    for i, line in enumerate(lines):
+        draw.text((4, 4 + i * line_h), line, fill="black", font=font)
+    labelled.paste(image, (0, line_h * len(lines) + 8))
+    return labelled
 
 
 def pil_to_tensor(img: Image.Image) -> Tensor:

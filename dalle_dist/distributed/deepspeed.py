@@ -97,6 +97,23 @@ class _SafeLoading(contextlib.AbstractContextManager):
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = self._previous
 
 
+@contextlib.contextmanager
+def safe_loading() -> Iterator[None]:
+    """For code that reads DeepSpeed checkpoint files without importing DeepSpeed itself (the DALLE-pytorch
+    converter): inside, ``torch.load(..., weights_only=True)`` also accepts the few DeepSpeed classes those
+    files hold (``_SafeLoading``'s, plus the dynamic loss scaler that fp16 runs pickle as well) and nothing
+    else. Without DeepSpeed installed none can be allowed, so files that name them are refused."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as _deepspeed(): no accelerator probing and warning
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+    except ImportError:
+        yield
+        return
+    with _SafeLoading(), torch.serialization.safe_globals([DynamicLossScaler]):
+        yield
+
+
 def convert_to_universal(source: str, target: str) -> None:
     """DeepSpeed's universal checkpoint of the engine files in ``source`` (loadable on any world size and
     ZeRO stage), written to ``target``; every file is read without running pickled code."""

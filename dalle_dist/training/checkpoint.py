@@ -173,7 +173,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
         raise UserError(
             f"{path} is a single file, not a dalle_dist checkpoint folder: pass the run directory or one of "
-            "its checkpoints/step-* folders (DALLE-pytorch .pt files are not loaded: they need unpickling)"
+            "its checkpoints/step-* folders (a DALLE-pytorch .pt file: import it with "
+            "python -m dalle_dist.convert PATH --output DIR)"
         )
     raise UserError(
         f"{path} is neither a run directory nor a checkpoint folder (no meta.json, final/ or latest)"

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import yaml
 
 from ..errors import UserError
+from .tracking import add_tracking_flags
 
 
 def positive_int(text: str) -> int:
@@ -120,6 +121,27 @@ class Parser(argparse.ArgumentParser):
                     raise UserError(f"--config {path}: {key}: {e}") from None
             values[dest] = value
         return values
+
+
+class _Refused(argparse.Action):
+    """A DALLE-pytorch flag this project does not take: using it explains why and what to do instead."""
+
+    def __init__(self, option_strings: list[str], dest: str, why: str = "", takes_value: bool = False):
+        super().__init__(option_strings, dest, nargs=None if takes_value else 0, help=argparse.SUPPRESS)
+        self.why = why
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None):
+        parser.error(f"{option} (a DALLE-pytorch flag) is not supported: {self.why}")
+
+
+def refuse(parser: argparse.ArgumentParser, flag: str, why: str, takes_value: bool = False) -> None:
+    """Accept ``flag`` only to refuse it in words (users arrive with DALLE-pytorch command lines)."""
+    parser.add_argument(flag, action=_Refused, why=why, takes_value=takes_value, dest=f"_refused_{flag[2:]}")
+
+
+PRETRAINED_VAES = (
+    "pretrained VQGAN / OpenAI VAEs are not built yet: train a VAE (train_vae.py), pass --vae_path"
+)
 
 
 def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
@@ -247,6 +269,7 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
     )
     t.add_argument("--ga_steps", type=positive_int, default=1, help="gradient accumulation steps")
     t.add_argument("--sample_every", type=positive_int, default=1000, help="steps between sample images")
+    add_tracking_flags(parser, script)
 
 
 def add_shard_flags(group: argparse._ArgumentGroup) -> None:

@@ -23,12 +23,14 @@ from ..text import BPETokenizer, Tokenizer
 from ..text.options import check_matches, tokenizer_from_options
 from .checkpoint import RunDirectory, describe_vae, load_dalle, load_vae, resolve_latest
 from .config import (
+    PRETRAINED_VAES,
     Parser,
     add_common_flags,
     add_shard_flags,
     int_list,
     positive_float,
     positive_int,
+    refuse,
     str_list,
     unit_interval,
 )
@@ -40,6 +42,11 @@ from .throughput import dalle_flops_per_sample
 def build_parser() -> Parser:
     parser = Parser(prog="train_dalle.py", description="Train DALL-E on text + VAE image tokens.")
     add_common_flags(parser, "train_dalle")
+    refuse(parser, "--taming", PRETRAINED_VAES)
+    refuse(parser, "--vqgan_model_path", PRETRAINED_VAES, takes_value=True)
+    refuse(parser, "--vqgan_config_path", PRETRAINED_VAES, takes_value=True)
+    refuse(parser, "--dalle_output_file_name", "checkpoints go into the run directory: name it with --output",
+           takes_value=True)  # fmt: skip
     src = parser.add_argument_group("inputs")
     src.add_argument("--vae_path", type=Path, default=None, help="train_vae.py run directory or checkpoint")
     src.add_argument("--dalle_path", type=Path, default=None, help="start from this DALL-E (fine-tuning)")
@@ -147,6 +154,7 @@ class DALLETask(Task):
     ) -> None:
         self.model, self.tokenizer, self.args, self.meta = dalle, tokenizer, args, meta
         self.tokens = tokens  # --image_tokens: items carry token ids [n] instead of pixels
+        self.sample_text: Tensor | None = None  # the fixed prompts of the sample grids
 
     def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
         if self.tokens is None:
@@ -187,7 +195,9 @@ class DALLETask(Task):
 
     @torch.no_grad()
     def save_samples(self, module: nn.Module, batch: tuple[Tensor, Tensor], step: int, folder: Path) -> Path:
-        text = batch[0][:4]
+        if self.sample_text is None:  # the first batch's captions, kept for the whole run (and its resumes)
+            self.sample_text = batch[0][:4].detach().cpu()
+        text = self.sample_text.to(batch[0].device)
         images = module.generate_images(text, filter_thres=0.9)
         images = module.vae.denormalize(images) if hasattr(module.vae, "denormalize") else images
         path = folder / f"dalle-step-{step:08d}.png"
@@ -195,6 +205,12 @@ class DALLETask(Task):
         captions = [self.tokenizer.decode(t) for t in text.tolist()]
         path.with_suffix(".txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
         return path
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.sample_text is None else {"sample_text": self.sample_text}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sample_text = state.get("sample_text")
 
     def flops_per_sample(self) -> float:
         return dalle_flops_per_sample(self.model)

@@ -4,6 +4,7 @@ dataset, and turn bad input into one line and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import os
@@ -27,6 +28,7 @@ from ..text import CaptionTooLongError
 from .checkpoint import Checkpoint, RunDirectory
 from .loop import LoopSettings, Task, TrainingLoop
 from .schedule import LRSchedule
+from .tracking import start_tracking
 
 DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
@@ -118,8 +120,35 @@ def prepare_run(args: argparse.Namespace, script: str, backend: DistributedBacke
         (run.root / name).write_text(yaml.safe_dump(config, sort_keys=True), encoding="utf-8")
         with open(run.root / "command.txt", "a", encoding="utf-8") as f:
             f.write(shlex.join([sys.executable, *sys.argv]) + "\n")
+        (run.root / "environment.yaml").write_text(
+            yaml.safe_dump(environment(backend), sort_keys=False), encoding="utf-8"
+        )
     backend.barrier()
     return run
+
+
+def environment(backend: DistributedBackend) -> dict[str, Any]:
+    """What ran this run: versions, devices, backend and world size (``environment.yaml``)."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    for package in ("dalle_dist", "deepspeed", "horovod", "webdataset", "tokenizers", "wandb", "tensorboard"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    devices: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        devices["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        devices["cuda_version"] = torch.version.cuda
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "devices": devices,
+        "backend": backend.name,
+        "world_size": backend.world_size,
+        "device": str(backend.device),
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -257,11 +286,16 @@ def run_training(
         flops_profiler=args.flops_profiler,
         nonfinite_patience=args.nonfinite_patience,
     )
-    loop = TrainingLoop(task, backend, wrapped, schedule, run, settings, dataset, train_idx, val_idx)
-    if resume is not None:
-        loop.load_training_state(resume)
-        if backend.is_root:
-            print(
-                f"resuming {run.root} at step {loop.step} (epoch {loop.epoch}, batch {loop.batch_in_epoch})"
-            )
-    return loop.fit()
+    tracking = start_tracking(args, run.root, backend.is_root)
+    try:
+        loop = TrainingLoop(
+            task, backend, wrapped, schedule, run, settings, dataset, train_idx, val_idx, tracking
+        )
+        if resume is not None:
+            loop.load_training_state(resume)
+            if backend.is_root:
+                where = f"step {loop.step} (epoch {loop.epoch}, batch {loop.batch_in_epoch})"
+                tracking.log(f"resuming {run.root} at {where}")
+        return loop.fit()
+    finally:
+        tracking.close()

@@ -11,10 +11,11 @@ import itertools
 import json
 import math
 import random
+import resource
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from .faults import Faults
 from .profiler import PROFILE_STEP, torch_profilers
 from .schedule import LRSchedule
 from .throughput import matmul_peak
+from .tracking import Tracking
 
 
 class Task(ABC):
@@ -63,6 +65,9 @@ class Task(ABC):
     def save_samples(self, module: nn.Module, batch: Any, step: int, folder: Path) -> Path | None:
         """Write pictures of the model's progress; return the file written."""
         return None
+
+    def log(self, line: str) -> None:
+        """A line for the run's log (the loop points this at its own, on the root rank only)."""
 
     def flops_per_sample(self) -> float | None:
         """Useful training FLOPs of one sample, for tokens/s and MFU in the log (None: not estimated)."""
@@ -122,10 +127,12 @@ class TrainingLoop:
         dataset: Dataset,
         train_indices: list[int],
         val_indices: list[int],
-        log: Callable[[str], None] = print,
+        tracking: Tracking | None = None,
     ) -> None:
         self.task, self.backend, self.wrapped, self.schedule = task, backend, wrapped, schedule
-        self.run, self.s, self.log = run, settings, log
+        self.tracking = tracking or Tracking([], progress=False)
+        self.run, self.s, self.log = run, settings, self.tracking.log
+        task.log = self.log if backend.is_root else _quiet  # type: ignore[method-assign]
         self.dataset, self.train_indices, self.val_indices = dataset, train_indices, val_indices
         self.items = EpochItems(dataset, task.make_item, settings.seed)
         self.step = 0
@@ -145,7 +152,7 @@ class TrainingLoop:
                 self._skip(problem)
             readers = world * max(settings.num_workers, 1)
             if len(dataset.urls) < readers and self.backend.is_root:
-                log(
+                self.log(
                     f"note: {len(dataset.urls)} shards for {world} ranks x {max(settings.num_workers, 1)} "
                     "workers: shards are split between readers, so this works, but smaller shards "
                     "(make_shards --maxcount) let every worker read its own"
@@ -325,6 +332,9 @@ class TrainingLoop:
                 path = self.task.save_samples(module, batch, self.step, self.run.samples)
         if path is not None:
             self.log(f"step {self.step}: samples in {path}")
+            captions = path.with_suffix(".txt")
+            caption = captions.read_text(encoding="utf-8").strip() if captions.is_file() else ""
+            self.tracking.image("samples", path, self.step, caption.replace("\n", " | "))
 
     def _profilers(self) -> list[contextlib.AbstractContextManager]:
         """``--flops_profiler``'s contexts, one per training step: the engine's own, else torch's."""
@@ -365,6 +375,7 @@ class TrainingLoop:
         if self.backend.is_root:
             with open(self.run.root / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            self.tracking.metrics(record)
 
     # --------------------------------------------------------------------------------- the loop
     def fit(self) -> Path | None:
@@ -390,6 +401,8 @@ class TrainingLoop:
             )
         last_batch = None
         done = self.step >= self.total_steps
+        start_step, started = self.step, time.perf_counter()
+        self.tracking.start(self.step, self.total_steps)
         profile_at = min(self.step + PROFILE_STEP, self.total_steps - 1) if s.flops_profiler else -1
         profilers: list[contextlib.AbstractContextManager] = []
         profiling: contextlib.ExitStack | None = None
@@ -439,6 +452,7 @@ class TrainingLoop:
                 if not stepped:
                     continue
                 self.step += 1
+                self.tracking.advance()
                 if profiling is not None:
                     profiling.close()  # prints its table
                     profiling = None
@@ -469,9 +483,13 @@ class TrainingLoop:
                         record["tokens_per_s"] = record["samples_per_s"] * tokens
                     if peak:
                         record["mfu"] = record["samples_per_s"] / self.world * flops / peak
+                    record.update(memory_gb(device))
                     self._record(record)
                     if self.backend.is_root:
-                        self.log(format_record(record, self.total_steps))
+                        per_step = (time.perf_counter() - started) / max(self.step - start_step, 1)
+                        eta = per_step * (self.total_steps - self.step)
+                        self.tracking.postfix({"loss": record["loss"], "samples/s": record["samples_per_s"]})
+                        self.log(format_record(record, self.total_steps, eta))
                     t0, seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
                 if self.step % s.eval_every == 0:
                     val = self.evaluate()
@@ -534,9 +552,27 @@ def batch_size_of(batch: Any) -> int:
     return 0
 
 
-def format_record(record: dict[str, Any], total_steps: int) -> str:
+def format_record(record: dict[str, Any], total_steps: int, eta_s: float | None = None) -> str:
     parts = [f"step {record['step']}/{total_steps}", f"epoch {record['epoch']}", f"loss {record['loss']:.4f}"]
     for key, value in record.items():
         if key not in ("step", "epoch", "loss") and isinstance(value, float):
             parts.append(f"{key} {value:.3g}")
+    if eta_s is not None and record["step"] < total_steps:
+        parts.append(f"eta {format_duration(eta_s)}")
     return " | ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def memory_gb(device: torch.device) -> dict[str, float]:
+    """Peak memory of this process: resident CPU memory, and the GPU's allocated memory on CUDA."""
+    usage = {"cpu_mem_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
+    if device.type == "cuda":
+        usage["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return usage

@@ -16,14 +16,18 @@ from ..data import image_grid
 from ..errors import UserError
 from ..models import DiscreteVAE
 from .checkpoint import describe_vae, load_vae, resolve_latest
-from .config import Parser, add_common_flags, nonneg_int, positive_float, positive_int
+from .codebook import CodebookUsage
+from .config import Parser, add_common_flags, nonneg_int, positive_float, positive_int, refuse
 from .job import build_dataset, cli, load_item, prepare_run, run_training, seed_everything, start_backend
 from .loop import Task
+
+WARN_EVERY = 500  # steps between repeated codebook-collapse warnings
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="train_vae.py", description="Train a discrete VAE (image -> tokens).")
     add_common_flags(parser, "train_vae")
+    refuse(parser, "--transparent", "RGBA images are not supported yet: convert them to RGB")
     parser.add_argument(
         "--image_folder", type=Path, default=None, help="folder of images (default: built-in)"
     )
@@ -64,6 +68,14 @@ class VAETask(Task):
         self.args = args
         self.data_description = data_description
         self.temperature = args.starting_temp
+        self.usage = CodebookUsage(vae.num_tokens)
+        self.warned_at: int | None = None
+        self.sampling = False
+        vae.encoder.register_forward_hook(self._count_codes)
+
+    def _count_codes(self, module: nn.Module, inputs: Any, logits: Tensor) -> None:
+        if module.training and not self.sampling:  # training batches only (not sample grids, validation)
+            self.usage.update(logits.argmax(dim=1))
 
     def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> Tensor:
         return load_item(dataset, index, rng)[0]
@@ -74,12 +86,22 @@ class VAETask(Task):
     def loss(self, model: nn.Module, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         a = self.args
         self.temperature = max(a.starting_temp * math.exp(-a.anneal_rate * step), a.temp_min)
-        return model(batch, return_loss=True, temp=self.temperature), {"temperature": self.temperature}
+        loss = model(batch, return_loss=True, temp=self.temperature)
+        warning = self.usage.collapse_warning(step + 1)
+        if warning and (self.warned_at is None or step - self.warned_at >= WARN_EVERY):
+            self.warned_at = step
+            self.log(warning)
+        usage = {"codebook_used": self.usage.used_share(), "codebook_perplexity": self.usage.perplexity()}
+        return loss, {"temperature": self.temperature, **usage}
 
     @torch.no_grad()
     def save_samples(self, module: nn.Module, batch: Tensor, step: int, folder: Path) -> Path:
         images = batch[: self.args.num_images_save]
-        recons = module.denormalize(module.decode(module.get_codebook_indices(images)))
+        self.sampling = True
+        try:
+            recons = module.denormalize(module.decode(module.get_codebook_indices(images)))
+        finally:
+            self.sampling = False
         path = folder / f"vae-step-{step:08d}.png"
         image_grid(torch.cat((images, recons.clamp(0, 1))).cpu(), nrow=len(images)).save(path)
         return path
