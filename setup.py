@@ -43,6 +43,7 @@ setup(
         "pyyaml>=6",
         "tokenizers>=0.15",
         "webdataset>=0.2.90,<2",  # shards: gopen, tar member naming, ShardWriter (braceexpand comes with it)
+        "scipy>=1.10",  # evaluate.py: the matrix square root of the Fréchet distance
     ],
     extras_require=EXTRAS,
     license="MIT",

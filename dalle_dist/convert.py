@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import pickle
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, load_failure
 from .models import DALLE, DiscreteVAE
 from .text import HuggingFaceTokenizer, Tokenizer, YttmTokenizer
 from .text.options import tokenizer_from_options
@@ -137,21 +136,12 @@ def _show(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------- reading files
-def _first_line(error: Exception) -> str:
-    text = str(error)
-    found = re.search(r"(Unsupported global: GLOBAL \S+|Unsupported operand \S+)", text)
-    if found:
-        return found.group(1)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def _load(file: Path) -> Any:
     """``torch.load(weights_only=True)`` of ``file``; anything else than tensors and plain data is refused."""
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        why = _first_line(e)
+        why = load_failure(e)
         if "GLOBAL" not in why:  # not a pickle torch understands (a text file, a truncated download)
             raise UserError(
                 f"{file} is not a PyTorch checkpoint file ({why}; nothing in it was run): pass the vae.pt "
@@ -171,7 +161,7 @@ def _load(file: Path) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(
-            f"{file} is not a PyTorch checkpoint file ({_first_line(e)}): pass the vae.pt or dalle.pt "
+            f"{file} is not a PyTorch checkpoint file ({load_failure(e)}): pass the vae.pt or dalle.pt "
             "DALLE-pytorch wrote, or its DeepSpeed folder"
         ) from None
 

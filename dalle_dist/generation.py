@@ -6,6 +6,7 @@ holding ``0.png``, ``1.png``, ..., ``caption.txt`` and ``grid.png``.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import torch
 from .data import image_grid, label_image, load_image
 from .devices import pick_device
 from .errors import UserError
+from .evaluation.clip_score import clip_scores
 from .text import CaptionTooLongError
 from .text.options import check_matches
 from .training.checkpoint import load_dalle
+from .training.clip_job import load_clip
 from .training.config import Parser, positive_float, positive_int, refuse, unit_interval
 from .training.job import cli
 
@@ -31,6 +34,22 @@ def build_parser() -> Parser:
     for flag in ("--vqgan_model_path", "--vqgan_config_path"):
         refuse(parser, flag, "a DALL-E checkpoint here carries its own VAE: --dalle_path is enough", True)
     parser.add_argument("--num_images", type=positive_int, default=16, help="images per prompt")
+    rank = parser.add_argument_group("ranking with CLIP (minDALL-E style)")
+    rank.add_argument(
+        "--num_candidates",
+        type=positive_int,
+        default=None,
+        help="images sampled per prompt (default --num_images)",
+    )
+    rank.add_argument(
+        "--keep", type=positive_int, default=None, help="the best K candidates kept (default --num_images)"
+    )
+    rank.add_argument(
+        "--clip_path",
+        type=Path,
+        default=None,
+        help="train_clip.py run or checkpoint that ranks the candidates",
+    )
     parser.add_argument("--batch_size", type=positive_int, default=4)
     parser.add_argument(
         "--top_k",
@@ -106,6 +125,14 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(
             f"--num_init_img_tokens must be below {dalle.image_seq_len} (the image's token count)"
         )
+    candidates, keep = args.num_candidates or args.num_images, args.keep or args.num_images
+    ranker = None
+    if args.clip_path is not None:
+        ranker = load_clip(args.clip_path)[:2]
+        ranker[0].to(device).eval()
+        keep = min(keep, candidates)
+    elif args.num_candidates is not None or args.keep is not None:
+        raise UserError("--num_candidates / --keep choose among samples with a CLIP: add --clip_path RUN")
     prompts = [p.strip() for p in (args.text or "").split("|")] if args.text else [""]
     to_pixels = getattr(dalle.vae, "denormalize", lambda x: x)
     print(f"loaded {ckpt.path} (step {ckpt.step})")
@@ -122,8 +149,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise UserError(str(e)) from None
         text = text.to(device)
         images = []
-        for start in range(0, args.num_images, args.batch_size):
-            n = min(args.batch_size, args.num_images - start)
+        for start in range(0, candidates, args.batch_size):
+            n = min(args.batch_size, candidates - start)
             out = dalle.generate_images(
                 text.expand(n, -1),
                 filter_thres=args.top_k,
@@ -136,10 +163,30 @@ def main(argv: list[str] | None = None) -> None:
             )
             images.append(to_pixels(out).clamp(0, 1).cpu())
         images = torch.cat(images)
+        label, scores = prompt, None
+        if ranker is not None:  # best first: 0.png is the one CLIP matches best with the prompt
+            clip, clip_tokenizer = ranker
+            scores = clip_scores(clip, clip_tokenizer, images, [prompt] * len(images), device=device).cpu()
+            order = scores.argsort(descending=True)[:keep]
+            images, scores = images[order], scores[order]
+            label = (
+                f"{prompt} (CLIP-ranked best {keep} of {candidates}: "
+                + ", ".join(f"{s:.2f}" for s in scores.tolist())
+                + ")"
+            )
         folder = prompt_folder(args.outputs_dir, prompt)
         folder.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
             image_grid(image[None], nrow=1, padding=0).save(folder / f"{i}.png")
         (folder / "caption.txt").write_text(prompt + "\n", encoding="utf-8")
-        label_image(image_grid(images), prompt).save(folder / "grid.png")
+        if scores is not None:
+            ranked = [{"file": f"{i}.png", "clip_score": float(s)} for i, s in enumerate(scores)]
+            record = {
+                "prompt": prompt,
+                "candidates": candidates,
+                "clip_path": str(args.clip_path),
+                "images": ranked,
+            }
+            (folder / "scores.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        label_image(image_grid(images), label).save(folder / "grid.png")
         print(f"{len(images)} images for {prompt!r} in {folder}/ (grid: {folder / 'grid.png'})")

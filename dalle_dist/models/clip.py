@@ -59,7 +59,9 @@ class CLIP(nn.Module):
         self.visual_norm = nn.LayerNorm(dim_image)
         self.to_visual_latent = nn.Linear(dim_image, dim_latent, bias=False)
 
-        self.temperature = nn.Parameter(torch.tensor(1.0))
+        # a 1-element vector, not a 0-dim tensor: DeepSpeed's engine views every parameter as bytes to
+        # broadcast it, which a 0-dim tensor cannot be
+        self.temperature = nn.Parameter(torch.tensor([1.0]))
 
     def config(self) -> dict:
         """Constructor arguments, to rebuild this model."""

@@ -17,7 +17,6 @@ checkpoint or the new one, never half of one. A run directory holds ``config.yam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -33,22 +32,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UserError
-from ..files import fsync_path
+from ..files import fsync_path, sha256
 from ..models import DALLE, DiscreteVAE
+from ..models.pretrained import PRETRAINED_VAES, pretrained_vae_from_config
 from ..text import Tokenizer, load_tokenizer
 
 FORMAT = "dalle_dist"
 FORMAT_VERSION = 1
 ENGINE_FOLDER = "engine"
 VAE_CLASSES: dict[str, type[nn.Module]] = {"discrete": DiscreteVAE}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -61,7 +53,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def describe_vae(vae: nn.Module) -> dict[str, Any]:
-    """How to rebuild ``vae``: its kind and constructor config."""
+    """How to rebuild ``vae``: its kind and constructor config (a pretrained one: its files' paths and
+    hashes and its architecture; its weights travel in the DALL-E checkpoint)."""
+    if isinstance(vae, tuple(PRETRAINED_VAES.values())):
+        return {"kind": "pretrained", "config": vae.config()}
     for kind, cls in VAE_CLASSES.items():
         if isinstance(vae, cls):
             return {"kind": kind, "config": vae.config()}
@@ -133,7 +128,7 @@ def save_checkpoint(
             "format_version": FORMAT_VERSION,
             "kind": kind,
             **meta,
-            "checksums": {p.relative_to(tmp).as_posix(): _sha256(p) for p in files},
+            "checksums": {p.relative_to(tmp).as_posix(): sha256(p) for p in files},
         }
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True), encoding="utf-8")
         for p in [*_files(tmp), *sorted(d for d in tmp.rglob("*") if d.is_dir()), tmp]:
@@ -243,13 +238,13 @@ class Checkpoint:
             ) from None
 
 
-_NAME = {"vae": "VAE", "dalle": "DALL-E"}
-_WRITER = {"vae": "train_vae.py", "dalle": "train_dalle.py"}
-_FLAG_OF = {"vae": "--vae_path", "dalle": "--dalle_path"}
+_NAME = {"vae": "VAE", "dalle": "DALL-E", "clip": "CLIP"}
+_WRITER = {"vae": "train_vae.py", "dalle": "train_dalle.py", "clip": "train_clip.py"}
+_FLAG_OF = {"vae": "--vae_path", "dalle": "--dalle_path", "clip": "--clip_path"}
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = True) -> Checkpoint:
-    """Open and verify a checkpoint; ``kind`` ("vae" | "dalle") is what the caller needs."""
+    """Open and verify a checkpoint; ``kind`` ("vae" | "dalle" | "clip") is what the caller needs."""
     folder = resolve_checkpoint(path)
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -264,7 +259,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = Tr
             f"{FORMAT_VERSION}: use the dalle_dist release that wrote it"
         )
     if kind is not None and meta.get("kind") != kind:
-        flag = {"vae": "--vae_path", "dalle": "--dalle_path"}.get(kind, kind)
+        flag = _FLAG_OF.get(kind, kind)
         found = meta.get("kind")
         hint = f": point {flag} at a {_WRITER.get(kind, kind)} run"
         if found in _FLAG_OF:
@@ -274,7 +269,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = Tr
     if verify:
         for name, digest in meta.get("checksums", {}).items():
             file = folder / name
-            if not file.is_file() or _sha256(file) != digest:
+            if not file.is_file() or sha256(file) != digest:
                 raise UserError(
                     f"{file} is missing or does not match its checksum: the checkpoint is damaged; use "
                     "another one (a run keeps earlier ones in its checkpoints/ folder)"
@@ -285,12 +280,17 @@ def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = Tr
 def build_vae(description: dict[str, Any]) -> nn.Module:
     """A VAE (untrained) from the description ``describe_vae`` wrote."""
     kind = description.get("kind")
+    if kind == "pretrained":
+        try:
+            return pretrained_vae_from_config(description["config"])
+        except (KeyError, ValueError) as e:
+            raise UserError(f"the checkpoint's pretrained VAE description is damaged: {e}") from None
     if kind not in VAE_CLASSES:
         raise UserError(f"unknown VAE kind {kind!r} in checkpoint (known: {', '.join(VAE_CLASSES)})")
     return VAE_CLASSES[kind](**description["config"])
 
 
-def _load_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
+def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
     missing, unexpected = module.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise UserError(
@@ -303,7 +303,7 @@ def load_vae(path: str | Path) -> tuple[nn.Module, Checkpoint]:
     """The trained VAE of a VAE checkpoint (or run directory)."""
     ckpt = load_checkpoint(path, kind="vae")
     vae = build_vae(ckpt.meta["vae"])
-    _load_weights(vae, ckpt.weights(), ckpt.path)
+    load_weights(vae, ckpt.weights(), ckpt.path)
     return vae, ckpt
 
 
@@ -312,7 +312,7 @@ def load_dalle(path: str | Path) -> tuple[DALLE, Tokenizer, Checkpoint]:
     ckpt = load_checkpoint(path, kind="dalle")
     vae = build_vae(ckpt.meta["vae"])
     dalle = DALLE(vae=vae, **ckpt.meta["model"])
-    _load_weights(dalle, ckpt.weights(), ckpt.path)
+    load_weights(dalle, ckpt.weights(), ckpt.path)
     tokenizer = ckpt.tokenizer()
     if tokenizer is None:
         raise UserError(f"{ckpt.path} has no tokenizer.json: the checkpoint is damaged")

@@ -139,11 +139,6 @@ def refuse(parser: argparse.ArgumentParser, flag: str, why: str, takes_value: bo
     parser.add_argument(flag, action=_Refused, why=why, takes_value=takes_value, dest=f"_refused_{flag[2:]}")
 
 
-PRETRAINED_VAES = (
-    "pretrained VQGAN / OpenAI VAEs are not built yet: train a VAE (train_vae.py), pass --vae_path"
-)
-
-
 def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
     """Flags both trainers share: run directory, resume, data, schedule, backend."""
     g = parser.add_argument_group("run")
@@ -270,6 +265,42 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
     t.add_argument("--ga_steps", type=positive_int, default=1, help="gradient accumulation steps")
     t.add_argument("--sample_every", type=positive_int, default=1000, help="steps between sample images")
     add_tracking_flags(parser, script)
+
+
+def add_caption_data_flags(group: argparse._ArgumentGroup) -> None:
+    """Captioned data and the text tokenizer: train_dalle.py's flags (train_clip.py takes the same)."""
+    group.add_argument(
+        "--image_text_folder",
+        type=str,
+        default=None,
+        help="folder of images + same-named .txt captions, or with --wds shards: a .tar, a folder of them, "
+        "a brace pattern, an http(s) URL or pipe: command (default: built-in dataset)",
+    )
+    add_shard_flags(group)
+    group.add_argument(
+        "--truncate_captions", action="store_true", help="cut captions longer than --text_seq_len"
+    )
+    group.add_argument(
+        "--bpe_path",
+        type=Path,
+        default=None,
+        help="tokenizer to use instead of training a BPE: a .json from python -m dalle_dist.text.train_bpe, "
+        "a Hugging Face tokenizer.json, or a YouTokenToMe .model",
+    )
+    group.add_argument("--hug", action="store_true", help="--bpe_path is a Hugging Face tokenizer.json")
+    group.add_argument(
+        "--chinese", action="store_true", help="BERT Chinese tokenizer (transformers; see --chinese_vocab)"
+    )
+    group.add_argument(
+        "--chinese_vocab",
+        type=str,
+        default=None,
+        help="for --chinese (implies it): a folder or file with BERT's vocab.txt, or a hub model name; "
+        "None: bert-base-chinese from the hub",
+    )
+    group.add_argument(
+        "--bpe_vocab_size", type=positive_int, default=1024, help="size of the BPE trained on captions"
+    )
 
 
 def add_shard_flags(group: argparse._ArgumentGroup) -> None:

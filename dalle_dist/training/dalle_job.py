@@ -16,17 +16,18 @@ from ..attention import PATTERNS
 from ..data import image_grid
 from ..data.shards import ShardDataset, Skipped
 from ..data.token_cache import TokenCache, item_entry, stream_key, vae_hash
+from ..download import VQGAN_CONFIG, VQGAN_MODEL, fetch
 from ..errors import UserError
 from ..models import DALLE
 from ..models.dalle import ATTN_IMPLS
+from ..models.pretrained import OpenAIDiscreteVAE, VQGanVAE
 from ..text import BPETokenizer, Tokenizer
 from ..text.options import check_matches, tokenizer_from_options
 from .checkpoint import RunDirectory, describe_vae, load_dalle, load_vae, resolve_latest
 from .config import (
-    PRETRAINED_VAES,
     Parser,
+    add_caption_data_flags,
     add_common_flags,
-    add_shard_flags,
     int_list,
     positive_float,
     positive_int,
@@ -42,52 +43,32 @@ from .throughput import dalle_flops_per_sample
 def build_parser() -> Parser:
     parser = Parser(prog="train_dalle.py", description="Train DALL-E on text + VAE image tokens.")
     add_common_flags(parser, "train_dalle")
-    refuse(parser, "--taming", PRETRAINED_VAES)
-    refuse(parser, "--vqgan_model_path", PRETRAINED_VAES, takes_value=True)
-    refuse(parser, "--vqgan_config_path", PRETRAINED_VAES, takes_value=True)
     refuse(parser, "--dalle_output_file_name", "checkpoints go into the run directory: name it with --output",
            takes_value=True)  # fmt: skip
     src = parser.add_argument_group("inputs")
     src.add_argument("--vae_path", type=Path, default=None, help="train_vae.py run directory or checkpoint")
+    src.add_argument(
+        "--taming",
+        action="store_true",
+        help="use a pretrained Taming-Transformers VQGAN (frozen) as the VAE; without the two paths below, "
+        "DALLE-pytorch's ImageNet VQGAN is downloaded once into ~/.cache/dalle_dist",
+    )
+    src.add_argument("--vqgan_model_path", type=Path, default=None, help="--taming: the VQGAN's .ckpt")
+    src.add_argument("--vqgan_config_path", type=Path, default=None, help="--taming: its project .yaml")
+    src.add_argument(
+        "--openai_enc_path", type=Path, default=None, help="OpenAI's dVAE encoder (a state dict; see docs)"
+    )
+    src.add_argument(
+        "--openai_dec_path", type=Path, default=None, help="OpenAI's dVAE decoder (a state dict)"
+    )
     src.add_argument("--dalle_path", type=Path, default=None, help="start from this DALL-E (fine-tuning)")
-    src.add_argument(
-        "--image_text_folder",
-        type=str,
-        default=None,
-        help="folder of images + same-named .txt captions, or with --wds shards: a .tar, a folder of them, "
-        "a brace pattern, an http(s) URL or pipe: command (default: built-in dataset)",
-    )
-    add_shard_flags(src)
-    src.add_argument(
-        "--truncate_captions", action="store_true", help="cut captions longer than --text_seq_len"
-    )
-    src.add_argument(
-        "--bpe_path",
-        type=Path,
-        default=None,
-        help="tokenizer to use instead of training a BPE: a .json from python -m dalle_dist.text.train_bpe, "
-        "a Hugging Face tokenizer.json, or a YouTokenToMe .model",
-    )
-    src.add_argument("--hug", action="store_true", help="--bpe_path is a Hugging Face tokenizer.json")
+    add_caption_data_flags(src)
     src.add_argument(
         "--image_tokens",
         type=Path,
         default=None,
         help="the data's image tokens, encoded once by python -m dalle_dist.data.encode_tokens with this "
         "run's VAE: train on them instead of encoding pixels every step (no random crops)",
-    )
-    src.add_argument(
-        "--chinese", action="store_true", help="BERT Chinese tokenizer (transformers; see --chinese_vocab)"
-    )
-    src.add_argument(
-        "--chinese_vocab",
-        type=str,
-        default=None,
-        help="for --chinese (implies it): a folder or file with BERT's vocab.txt, or a hub model name; "
-        "None: bert-base-chinese from the hub",
-    )
-    src.add_argument(
-        "--bpe_vocab_size", type=positive_int, default=1024, help="size of the BPE trained on captions"
     )
 
     g = parser.add_argument_group("training")
@@ -246,7 +227,7 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _tokenizer(args: argparse.Namespace, dataset: Dataset, backend) -> Tokenizer:
+def caption_tokenizer(args: argparse.Namespace, dataset: Dataset, backend) -> Tokenizer:
     """The tokenizer the flags name, or a BPE the root rank trains on the captions and sends to the others."""
     try:
         tokenizer = tokenizer_from_options(args.bpe_path, args.hug, args.chinese, args.chinese_vocab)
@@ -275,13 +256,38 @@ def _image_tokens(args: argparse.Namespace, vae: nn.Module, dataset: Dataset, lo
     return tokens
 
 
-def _check_captions(dataset: Dataset, tokenizer: Tokenizer, args: argparse.Namespace) -> None:
+def check_captions(dataset: Dataset, tokenizer: Tokenizer, args: argparse.Namespace) -> None:
     """Fail before the first step when a caption is too long and truncation was not asked for (a stream is
     not read ahead: there such captions are skipped and reported)."""
     if args.truncate_captions or isinstance(dataset, ShardDataset):
         return
     for caption in dataset.captions():
         tokenizer.tokenize([caption], args.text_seq_len, truncate_text=False)
+
+
+def _pretrained_vae(args: argparse.Namespace, backend) -> nn.Module | None:
+    """The frozen pretrained VAE the flags ask for (VQGAN or OpenAI's dVAE), or None. ``--taming`` alone
+    downloads DALLE-pytorch's ImageNet VQGAN once into the cache (the root rank; the others wait)."""
+    taming = args.taming or args.vqgan_model_path is not None or args.vqgan_config_path is not None
+    openai = args.openai_enc_path is not None or args.openai_dec_path is not None
+    asked = [flag for flag, on in (("--vae_path", args.vae_path is not None), ("--taming", taming),
+                                   ("--openai_enc_path", openai)) if on]  # fmt: skip
+    if len(asked) > 1:
+        raise UserError(f"{' and '.join(asked)} name two VAEs: keep one")
+    if taming:
+        model, config = args.vqgan_model_path, args.vqgan_config_path
+        if model is None and config is None:
+            if backend.is_root:
+                model, config = fetch(VQGAN_MODEL), fetch(VQGAN_CONFIG)
+            backend.barrier()
+            model, config = fetch(VQGAN_MODEL), fetch(VQGAN_CONFIG)  # cached by now: every rank's path
+        return VQGanVAE(model, config)
+    if openai:
+        # OpenAI's dVAE is convolutional: any multiple of 8 px works (256 as trained, smaller for tests)
+        return OpenAIDiscreteVAE(
+            args.openai_enc_path, args.openai_dec_path, image_size=args.image_size or 256
+        )
+    return None
 
 
 @cli
@@ -309,13 +315,18 @@ def main(argv: list[str] | None = None) -> None:
         args.text_seq_len = dalle.text_seq_len
         source = ckpt.meta.get("vae_source")
     else:
-        if args.vae_path is None:
+        pretrained = _pretrained_vae(args, backend)
+        if pretrained is not None:
+            vae, source = pretrained, f"pretrained {type(pretrained).__name__}"
+        elif args.vae_path is None:
             raise UserError(
-                "train_dalle.py needs --vae_path (a train_vae.py run) or --dalle_path to start from"
+                "train_dalle.py needs --vae_path (a train_vae.py run), --taming with --vqgan_model_path / "
+                "--vqgan_config_path, --openai_enc_path / --openai_dec_path, or --dalle_path to start from"
             )
-        vae, vae_ckpt = load_vae(args.vae_path)
+        else:
+            vae, vae_ckpt = load_vae(args.vae_path)
+            source = str(vae_ckpt.path)
         args.image_size = args.image_size or vae.image_size
-        source = str(vae_ckpt.path)
         dalle = None
     if dalle is not None:  # resumed or fine-tuned: the checkpoint's tokenizer; flags may only confirm it
         try:
@@ -331,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--image_size {args.image_size} does not match the VAE's {vae_size}: drop --image_size"
         )
     if dalle is None:
-        tokenizer = _tokenizer(args, dataset, backend)
+        tokenizer = caption_tokenizer(args, dataset, backend)
         try:
             dalle = DALLE(vae=vae, num_text_tokens=tokenizer.vocab_size, **_model_kwargs(args))
         except ValueError as e:
@@ -342,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--output {args.output} already holds a run: to continue it use --resume --output "
             f"{args.output} (--dalle_path starts a new run initialised from those weights)"
         )
-    _check_captions(dataset, tokenizer, args)
+    check_captions(dataset, tokenizer, args)
     tokens = _image_tokens(args, dalle.vae, dataset, backend.is_root)
     run = prepare_run(args, "train_dalle", backend)
     meta = {"vae_source": source, "data": dataset.describe()}
