@@ -87,12 +87,13 @@ class VAETask(Task):
         a = self.args
         self.temperature = max(a.starting_temp * math.exp(-a.anneal_rate * step), a.temp_min)
         loss = model(batch, return_loss=True, temp=self.temperature)
-        warning = self.usage.collapse_warning(step + 1)
-        if warning and (self.warned_at is None or step - self.warned_at >= WARN_EVERY):
-            self.warned_at = step
-            self.log(warning)
-        usage = {"codebook_used": self.usage.used_share(), "codebook_perplexity": self.usage.perplexity()}
-        return loss, {"temperature": self.temperature, **usage}
+        # checked once a window (reading the counts waits for the device), not every step
+        if (step + 1) % self.usage.window == 0:
+            warning = self.usage.collapse_warning(step + 1)
+            if warning and (self.warned_at is None or step - self.warned_at >= WARN_EVERY):
+                self.warned_at = step
+                self.log(warning)
+        return loss, {"temperature": self.temperature, **self.usage.figures()}
 
     @torch.no_grad()
     def save_samples(self, module: nn.Module, batch: Tensor, step: int, folder: Path) -> Path:
