@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 
-.PHONY: install install-dev test test-fast lint demo clean
+.PHONY: install install-dev test test-fast lint demo bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ lint: install-dev
 
 demo: install
 	bash scripts/demo.sh $(BIN)/python runs/demo
+
+# DALLE-pytorch 1.6.6 side by side (bench/RESULTS.md): its own venv under bench/, then ~5-15 min on 2 cores
+bench-compare:
+	bash bench/setup_dalle_pytorch.sh
+	bench/.venv-dalle-pytorch/bin/python bench/compare_dalle_pytorch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

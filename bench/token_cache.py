@@ -12,8 +12,11 @@ Two VAEs, each at 64 and 128 px with 3 down-samplings (an 8 x 8 / 16 x 16 token 
 - demo: configs/demo_vae.yaml's width (hidden 64, 1 res block, 128 codes, codebook dim 64);
 - small: bench/reversible_memory.py's (hidden 16, no res block, 512 codes, codebook dim 64).
 The DALL-E is the demo's (configs/demo_dalle.yaml: dim 256, depth 4, 8 heads of 32, text 16).
+``--vqgan`` adds Taming's ImageNet VQGAN architecture (f16, 1024 codes: what ``--taming`` downloads) at
+256 px, a 16 x 16 grid, with untrained weights (the cost is the architecture's, not the weights').
 
     .venv/bin/python bench/token_cache.py [--batch 16] [--steps 7] [--amp] [--threads 1] [--clock cpu]
+    .venv/bin/python bench/token_cache.py --vqgan --batch 4 --steps 3 --warmup 1
 """
 
 from __future__ import annotations
@@ -32,9 +35,41 @@ VAES = {
 }
 
 
+# taming-transformers' configs/imagenet_vqgan-f16-1024 (model.params), the VQGAN --taming downloads
+IMAGENET_VQGAN = {
+    "target": "taming.models.vqgan.VQModel",
+    "embed_dim": 256,
+    "n_embed": 1024,
+    "ddconfig": {
+        "double_z": False,
+        "z_channels": 256,
+        "resolution": 256,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": 128,
+        "ch_mult": [1, 1, 2, 2, 4],
+        "num_res_blocks": 2,
+        "attn_resolutions": [16],
+        "dropout": 0.0,
+    },
+}
+
+
+def imagenet_vqgan() -> torch.nn.Module:
+    """Taming's ImageNet VQGAN network, untrained (no download: its cost is what is measured)."""
+    from dalle_dist.models.pretrained import VQGanVAE
+
+    files = {"vqgan_model_path": "untrained", "vqgan_config_path": "untrained"}
+    config = {"class": "VQGanVAE", **files, "sha256": dict.fromkeys(files, ""), "model": IMAGENET_VQGAN}
+    return VQGanVAE.from_config(config)
+
+
 def build(vae_name: str, image_size: int) -> DALLE:
     torch.manual_seed(0)
-    vae = DiscreteVAE(image_size=image_size, num_layers=3, **VAES[vae_name])
+    if vae_name == "vqgan":
+        vae = imagenet_vqgan()
+    else:
+        vae = DiscreteVAE(image_size=image_size, num_layers=3, **VAES[vae_name])
     return DALLE(dim=256, vae=vae, num_text_tokens=1024, text_seq_len=16, depth=4, heads=8, dim_head=32)
 
 
@@ -90,6 +125,7 @@ def main() -> None:
     parser.add_argument(
         "--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or wall time"
     )
+    parser.add_argument("--vqgan", action="store_true", help="Taming's ImageNet VQGAN at 256 px instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,14 +138,14 @@ def main() -> None:
     print(f"median of {args.steps} interleaved steps after {args.warmup} warm-up, {args.clock} time")
     header = f"{'VAE':6} {'px':>4} {'tokens':>6} {'pixels ms':>10} {'cached ms':>10} {'encode share':>13}"
     print(f"{header} {'speed-up':>9}")
-    for vae_name in VAES:
-        for size in (64, 128):
-            pixels, cached, share, ratio = compare(vae_name, size, args)
-            grid = (size // 8) ** 2
-            print(
-                f"{vae_name:6} {size:>4} {grid:>6} {pixels * 1e3:>10.1f} {cached * 1e3:>10.1f} "
-                f"{share:>12.0%} {ratio:>8.2f}x"
-            )
+    settings = [("vqgan", 256)] if args.vqgan else [(name, size) for name in VAES for size in (64, 128)]
+    for vae_name, size in settings:
+        pixels, cached, share, ratio = compare(vae_name, size, args)
+        grid = (size // (16 if vae_name == "vqgan" else 8)) ** 2
+        print(
+            f"{vae_name:6} {size:>4} {grid:>6} {pixels * 1e3:>10.1f} {cached * 1e3:>10.1f} "
+            f"{share:>12.0%} {ratio:>8.2f}x"
+        )
 
 
 if __name__ == "__main__":

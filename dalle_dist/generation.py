@@ -81,6 +81,12 @@ def build_parser() -> Parser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--no_cache", action="store_true", help="recompute every step (slow; for checking)")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the cached decode step through torch.compile: the first batch pays the compilation "
+        "(tens of seconds on a CPU), later ones run faster (bench/RESULTS.md)",
+    )
+    parser.add_argument(
         "--bf16",
         action="store_true",
         help="sample with the transformer's weights and cache in bf16 (decoding reads every weight and "
@@ -105,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
             f"--text {args.text!r} holds an empty prompt: write one, e.g. --text 'a red square' ('|' "
             "separates several), or add --gentxt to let the model write the text"
         )
+    if args.compile and args.no_cache:
+        raise UserError("--compile compiles the cached decode step: drop --no_cache (or --compile)")
     device = pick_device(args.device)
     dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
     try:
@@ -139,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     for prompt in prompts:
         if args.gentxt:
             # condition on the sampled tokens themselves: decoding and re-encoding need not round-trip
-            text, texts = dalle.generate_texts(tokenizer, prompt or None, filter_thres=args.top_k)
+            text, texts = dalle.generate_texts(
+                tokenizer, prompt or None, filter_thres=args.top_k, compile=args.compile
+            )
             prompt = texts[0]
             print(f"generated text: {prompt}")
         else:
@@ -160,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                 img=prime.expand(n, -1, -1, -1) if prime is not None else None,
                 num_init_img_tokens=args.num_init_img_tokens,
                 use_cache=not args.no_cache,
+                compile=args.compile,
             )
             images.append(to_pixels(out).clamp(0, 1).cpu())
         images = torch.cat(images)

@@ -363,3 +363,31 @@ def test_generate_in_bf16(tmp_path, dalle_run):
     flags = ["--num_images", "2", "--outputs_dir", out, "--seed", "1", "--bf16", "--cond_scale", "2"]
     run("generate.py", "--dalle_path", dalle_run, "--text", "a red circle", *flags)
     assert Image.open(out / "a_red_circle" / "1.png").size == (16, 16)
+
+
+@pytest.mark.slow
+def test_generate_compiled_writes_the_same_images(tmp_path, dalle_run):
+    """--compile runs the decode step through torch.compile: the same seed gives the same images."""
+    images = {}
+    for compiled in (False, True):
+        out = tmp_path / f"compiled_{compiled}"
+        flags = ["--num_images", "2", "--outputs_dir", out, "--seed", "1", "--cond_scale", "2"]
+        run(
+            "generate.py",
+            "--dalle_path",
+            dalle_run,
+            "--text",
+            "a red circle",
+            *flags,
+            *["--compile"] * compiled,
+        )
+        images[compiled] = [np.asarray(Image.open(out / "a_red_circle" / f"{i}.png")) for i in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(images[False], images[True], strict=True))
+
+
+def test_final_samples_are_drawn_once(tmp_path):
+    """Samples at the last step when --sample_every divides --max_steps, and not a second time at the end."""
+    out = tmp_path / "vae"
+    proc = run("train_vae.py", "--output", out, "--max_steps", "4", *VAE_FLAGS)  # VAE_FLAGS: sample every 4
+    assert proc.stdout.count("step 4: samples in") == 1, proc.stdout
+    assert len(list((out / "samples").iterdir())) == 1

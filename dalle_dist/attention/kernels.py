@@ -178,10 +178,15 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, plan: BandPlan, dropout_p: f
 
 
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, q_offset: int = 0, dropout_p: float = 0.0
+    q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, q_offset: int | Tensor = 0, dropout_p: float = 0.0
 ) -> Tensor:
-    """Scaled dot-product attention of ``q [B,H,n,d]`` over ``k, v [B,H,K,d]`` under ``spec``."""
+    """Scaled dot-product attention of ``q [B,H,n,d]`` over ``k, v [B,H,K,d]`` under ``spec``.
+
+    A tensor ``q_offset`` holds the query positions (the fixed-shape compiled decode step): the keys are
+    a whole preallocated cache, masked by position."""
     n, kv_len = q.shape[-2], k.shape[-2]
+    if isinstance(q_offset, Tensor):
+        return static_decode_attention(q, k, v, spec, q_offset)
     if n == 1 and spec.key_padding is None:
         return decode_attention(q, k, v, spec, q_offset)
     full_pass = q_offset == 0 and n == kv_len and spec.key_padding is None
@@ -216,6 +221,22 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, q_offset: 
     elif spec.causal and kv_len > q_offset + 1:
         k, v = k[..., : q_offset + 1, :], v[..., : q_offset + 1, :]
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
+    return probs @ v
+
+
+def static_decode_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, positions: Tensor) -> Tensor:
+    """Queries at ``positions [n]`` against a whole cache ``k, v [B, H, L, d]`` whose slots past them are
+    masked: every shape is fixed, so ``torch.compile`` traces one graph for every decode step."""
+    keys = torch.arange(k.shape[-2], device=k.device)
+    if spec.pattern is not None:
+        allowed = spec.pattern[positions, : k.shape[-2]]
+    else:
+        allowed = keys[None, :] <= positions[:, None]
+    if spec.key_padding is not None:
+        allowed = allowed & spec.key_padding[:, None, None, :]
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    scores = scores.masked_fill(~allowed, float("-inf"))
     probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
     return probs @ v
 

@@ -7,7 +7,8 @@ frozen VAE) or as token ids. Generation decodes one token per step against a per
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from itertools import cycle, islice
 from typing import Any
 
@@ -327,6 +328,33 @@ class DALLE(nn.Module):
             h = h / h.abs().amax(dim=-1, keepdim=True).detach().clamp_min(1e-6)
         return h
 
+    def _decode_step(self, ids: Tensor, positions: Tensor, is_text: bool, cache: KVCache) -> Tensor:
+        """The last hidden state ``[B, D]`` after token ``ids [B, 1]`` at ``positions [1]``: the
+        fixed-shape form of one cached decode step that ``torch.compile`` traces once (per part)."""
+        if self.share_input_output_emb:
+            text_w = self.to_logits.weight[: self.num_text_tokens]
+            image_w = self.to_logits.weight[self.num_text_tokens :]
+        else:
+            text_w, image_w = self.text_emb.weight, self.image_emb.weight
+        x = F.embedding(ids, text_w if is_text else image_w)
+        if self.rotary is None:
+            if is_text:
+                x = x + self.text_pos_emb.weight[positions]
+            else:
+                img, f = positions - self.layout.text_len, self.image_fmap_size
+                x = x + self.image_row_emb(img // f) + self.image_col_emb(img % f)
+        h = self.transformer(x, self.mask_specs(), self.rotary, cache, positions)
+        h = self.to_logits_norm(h[:, -1])
+        if self.stable:
+            h = h / h.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
+        return h
+
+    def _compiled_decode_step(self) -> Callable[..., Tensor]:
+        """``_decode_step`` of this model through ``torch.compile``. One compiled function serves every
+        model (not one kept per instance, which a copy of the model would share with its original): torch
+        recompiles only for another architecture, batch size, dtype or device."""
+        return functools.partial(_compiled_decode_step(), self)
+
     def _logit_weights(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """``(weight, bias)`` of the text logits and of the image logits.
 
@@ -398,15 +426,19 @@ class DALLE(nn.Module):
         cond_scale: float = 1.0,
         null_ids: Tensor | None = None,
         use_cache: bool = True,
+        compile: bool = False,
         logits_out: list[Tensor] | None = None,
     ) -> Tensor:
-        """Extend internal ids ``[B, P]`` to length ``end``; guidance runs cond and null in one batch."""
+        """Extend internal ids ``[B, P]`` to length ``end``; guidance runs cond and null in one batch.
+
+        ``compile`` runs each cached decode step through ``torch.compile`` (fixed shapes: one graph)."""
         batch, t = ids.shape[0], self.layout.text_len
         guided = cond_scale != 1
         if guided and (null_ids is None or null_ids.shape != ids.shape):
             raise ValueError("guidance needs null-conditioned ids of the same shape as the prompt")
         seq = torch.cat((ids, null_ids)) if guided else ids
         cache = KVCache(self.transformer.depth, self.total_seq_len - 1) if use_cache else None
+        step = self._compiled_decode_step() if compile and use_cache else None
         pos = seq.shape[1]
         h = self._hidden(seq, 0, cache)[:, -1]
         while pos < end:
@@ -428,7 +460,10 @@ class DALLE(nn.Module):
             pos += 1
             if pos == end:
                 break
-            if cache is not None:
+            if step is not None:
+                positions = torch.full((1,), pos - 1, dtype=torch.long, device=seq.device)
+                h = step(seq[:, -1:].contiguous(), positions, pos - 1 < t, cache)
+            elif cache is not None:
                 h = self._hidden(seq[:, -1:], pos - 1, cache)[:, -1]
             else:
                 h = self._hidden(seq)[:, -1]
@@ -448,11 +483,13 @@ class DALLE(nn.Module):
         cond_scale: float = 1.0,
         use_cache: bool = True,
         top_p: float = 1.0,
+        compile: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Images ``[B, C, H, W]`` for captions ``text [B, <=S]``; with ``clip`` also its scores ``[B]``.
 
         ``img`` primes the first ``num_init_img_tokens`` image tokens (default 43.75 % of the image);
-        ``cond_scale != 1`` applies classifier-free guidance against an empty caption.
+        ``cond_scale != 1`` applies classifier-free guidance against an empty caption. ``compile`` runs the
+        decode step through ``torch.compile`` (the first call compiles: worth it for many images).
         """
         del mask
         text = text[:, : self.text_seq_len]
@@ -475,6 +512,7 @@ class DALLE(nn.Module):
             cond_scale=cond_scale,
             null_ids=null_ids,
             use_cache=use_cache,
+            compile=compile,
         )
         images = self.vae.decode(seq[:, self.layout.text_len :])
         if clip is not None:
@@ -491,6 +529,7 @@ class DALLE(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         use_cache: bool = True,
+        compile: bool = False,
     ) -> tuple[Tensor, list[str]]:
         """Continue ``text`` (or start afresh) to ``text_seq_len`` tokens: ``(tokens [1, S], [str])``."""
         device = self.to_logits.weight.device
@@ -503,7 +542,14 @@ class DALLE(nn.Module):
             temperature=temperature,
             top_p=top_p,
             use_cache=use_cache,
+            compile=compile,
         )
         tokens = seq[:, 1:]
         tokens = tokens.masked_fill(tokens >= self.num_text_tokens_input, 0)
         return tokens, [tokenizer.decode([i for i in row if i != 0]) for row in tokens.tolist()]
+
+
+@functools.cache
+def _compiled_decode_step() -> Callable[..., Tensor]:
+    """The process's one compiled ``DALLE._decode_step`` (the model is its first argument)."""
+    return torch.compile(DALLE._decode_step, dynamic=False)

@@ -63,13 +63,17 @@ class Rotary(nn.Module):
         self.register_buffer("rest", rest, persistent=False)
         self._step: tuple[int, Tensor] | None = None  # (position, matrix) last used
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """Rotate ``x [..., n, d]`` whose positions start at ``offset``."""
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> Tensor:
+        """Rotate ``x [..., n, d]`` whose positions start at ``offset`` (a tensor: the positions of
+        ``x``, as the fixed-shape compiled decode step passes them)."""
         n = x.shape[-2]
-        if n == 1 and not torch.is_grad_enabled():
+        if isinstance(offset, Tensor):
+            cos, sin = self.cos[offset].to(x.dtype), self.sin[offset].to(x.dtype)
+        elif n == 1 and not torch.is_grad_enabled():
             return x @ self._step_matrix(offset, x.dtype)
-        cos = self.cos[offset : offset + n].to(x.dtype)
-        sin = self.sin[offset : offset + n].to(x.dtype)
+        else:
+            cos = self.cos[offset : offset + n].to(x.dtype)
+            sin = self.sin[offset : offset + n].to(x.dtype)
         rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
         a, b = rot.chunk(2, dim=-1)
         return torch.cat((a * cos - b * sin, b * cos + a * sin, rest), dim=-1)
@@ -96,18 +100,21 @@ class TokenShift(nn.Module):
         super().__init__()
         self.layout = layout
 
-    def forward(self, x: Tensor, offset: int = 0, history: Tensor | None = None) -> Tensor:
-        """Shift ``x [B, n, D]`` at positions ``offset..``; ``history`` holds every input up to the end."""
+    def forward(self, x: Tensor, offset: int | Tensor = 0, history: Tensor | None = None) -> Tensor:
+        """Shift ``x [B, n, D]`` at positions ``offset..``; ``history`` holds every input up to the end.
+
+        A tensor ``offset`` holds the positions themselves (the fixed-shape compiled decode step)."""
         t, f = self.layout.text_len, self.layout.fmap_size
         n, q = x.shape[1], x.shape[-1] // 4
-        if n == 1 and history is not None:
+        tensor_offset = isinstance(offset, Tensor)
+        if n == 1 and history is not None and not tensor_offset:
             return self._decode_step(x, offset, history)
-        pos = torch.arange(offset, offset + n, device=x.device)
+        pos = offset if tensor_offset else torch.arange(offset, offset + n, device=x.device)
         img = pos - t
         is_img = img >= 0
         prev_ok = torch.where(is_img, img % f != 0, pos > 0)[None, :, None]
         top_ok = (is_img & (img >= f))[None, :, None]
-        if history is None and offset == 0:
+        if history is None and not tensor_offset and offset == 0:
             # a full pass: shifting by padding keeps backward a slice (a gather's backward is a slow
             # index_put that accumulates)
             prev = F.pad(x[:, : n - 1, : 2 * q], (0, 0, 1, 0))
@@ -150,7 +157,7 @@ class Attention(nn.Module):
         spec: MaskSpec,
         rotary: Rotary | None = None,
         cache: LayerCache | None = None,
-        offset: int = 0,
+        offset: int | Tensor = 0,
         max_len: int = 0,
     ) -> Tensor:
         b, n, _ = x.shape
@@ -239,7 +246,7 @@ class Transformer(nn.Module):
         branch: Branch,
         kind: str,
         x: Tensor,
-        offset: int,
+        offset: int | Tensor,
         cache: KVCache | None,
         layer: int,
         **attn_kwargs,
@@ -264,7 +271,7 @@ class Transformer(nn.Module):
         specs: MaskSpec | Sequence[MaskSpec],
         rotary: Rotary | None = None,
         cache: KVCache | None = None,
-        offset: int = 0,
+        offset: int | Tensor = 0,
     ) -> Tensor:
         """Run ``x [B, n, D]`` whose first position is ``offset``; ``specs`` is one mask or one per layer."""
         if isinstance(specs, MaskSpec):

@@ -146,6 +146,7 @@ class TrainingLoop:
         self.nonfinite_in_a_row = self.nonfinite_skipped = 0
         # samples that reached an optimizer step: before this process (from the checkpoint) and by this rank
         self.samples_before, self.samples_here = 0, 0
+        self.sampled_at: int | None = None  # the step whose samples were drawn last
         if self.streaming:
             self.batches_per_epoch = shards.num_batches(dataset, settings.batch_size, world)
             for problem in dataset.shard_problems:
@@ -321,6 +322,7 @@ class TrainingLoop:
         return sum(losses) / len(losses) if losses else None
 
     def _samples(self, batch: Any) -> None:
+        self.sampled_at = self.step
         # every rank enters (engines that partition the weights gather them); the root draws
         with self.wrapped.sampling_module() as module:
             if not self.backend.is_root:
@@ -521,7 +523,7 @@ class TrainingLoop:
         if self.backend.is_root:
             self.log(f"data: trained on {trained} samples in {self.step} steps")
             self._record({"step": self.step, "samples_trained": trained})
-        if last_batch is not None:
+        if last_batch is not None and self.sampled_at != self.step:  # not twice when sample_every divides it
             self._samples(last_batch)
         val = self.evaluate()
         if val is not None and self.backend.is_root:

@@ -171,6 +171,11 @@ CASES: list[Case] = [
         lambda t, v, d: ["generate.py", "--dalle_path", d, "--text", "a", "--top_k", "1.5"],
         ["--top_k"],
     ),
+    (
+        "generate_compile_without_cache",
+        lambda t, v, d: ["generate.py", "--dalle_path", d, "--text", "a", "--compile", "--no_cache"],
+        ["--compile", "--no_cache"],
+    ),
 ]
 
 
