@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from torch import Tensor
 
 from .errors import UserError, load_failure
 from .models import DALLE, DiscreteVAE
+from .safe_load import NotTorchFileError, UnsafeFileError, load_plain
 from .text import HuggingFaceTokenizer, Tokenizer, YttmTokenizer
 from .text.options import tokenizer_from_options
 from .training.checkpoint import describe_vae, save_checkpoint
@@ -137,32 +137,25 @@ def _show(value: Any) -> str:
 
 # ----------------------------------------------------------------------------------------- reading files
 def _load(file: Path) -> Any:
-    """``torch.load(weights_only=True)`` of ``file``; anything else than tensors and plain data is refused."""
+    """The tensors and plain data in ``file``; anything else is refused in words."""
+    not_a_checkpoint = "pass the vae.pt or dalle.pt DALLE-pytorch wrote, or its DeepSpeed folder"
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        why = load_failure(e)
-        if "GLOBAL" not in why:  # not a pickle torch understands (a text file, a truncated download)
-            raise UserError(
-                f"{file} is not a PyTorch checkpoint file ({why}; nothing in it was run): pass the vae.pt "
-                "or dalle.pt DALLE-pytorch wrote, or its DeepSpeed folder"
-            ) from None
+        return load_plain(file)
+    except (NotTorchFileError, OSError) as e:
+        why = e if isinstance(e, NotTorchFileError) else load_failure(e)
+        raise UserError(f"{file} is not a PyTorch checkpoint file ({why}): {not_a_checkpoint}") from None
+    except UnsafeFileError as e:
         hint = ""
-        if "GLOBAL deepspeed." in why and importlib.util.find_spec("deepspeed") is None:
+        if "GLOBAL deepspeed." in str(e) and importlib.util.find_spec("deepspeed") is None:
             hint = (
                 "; the class is DeepSpeed's: install DeepSpeed (bash scripts/install_deepspeed.sh) so that "
                 "the few its checkpoints hold can be allowed"
             )
-        elif "GLOBAL deepspeed." in why:
+        elif "GLOBAL deepspeed." in str(e):
             hint = "; that DeepSpeed class is not one its checkpoints hold"
         raise UserError(
-            f"refused to load {file}: it holds more than tensors and plain data ({why}), which "
+            f"refused to load {file}: it holds more than tensors and plain data ({e}), which "
             f"DALLE-pytorch's checkpoints never do; nothing in it was run{hint}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(
-            f"{file} is not a PyTorch checkpoint file ({load_failure(e)}): pass the vae.pt or dalle.pt "
-            "DALLE-pytorch wrote, or its DeepSpeed folder"
         ) from None
 
 

@@ -203,6 +203,23 @@ def test_shards_stream_over_http(shards):
         server.wait()
 
 
+def test_make_shards_mixes_a_sorted_folder_unless_in_order(folder, tmp_path):
+    """A folder sorted by class must not become one-class shards: samples go in a seeded random order."""
+
+    def first_shard_keys(*flags: str) -> list[str]:
+        out = tmp_path / "_".join(flags or ("default",))
+        assert make_shards_main([str(folder), str(out), "--maxcount", "5", *flags]) == 0
+        with tarfile.open(out / "shard-000000.tar") as tar:
+            return [m.name.rsplit(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".txt")]
+
+    ordered = first_shard_keys("--in_order")
+    assert ordered == [f"img{i:03d}" for i in range(5)]
+    mixed = first_shard_keys()
+    assert len(mixed) == 5 and mixed != ordered
+    assert first_shard_keys("--seed", "0") == mixed  # the default seed: repeatable
+    assert first_shard_keys("--seed", "1") != mixed
+
+
 def test_make_shards_and_wds_flags_bad_input(tmp_path):
     with pytest.raises(SystemExit, match="is not a folder"):
         make_shards_main([str(tmp_path / "nope"), str(tmp_path / "out")])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError, load_failure
 from ..files import sha256
+from ..safe_load import NotTorchFileError, UnsafeFileError, load_plain
 from .openai_dvae import Decoder, Encoder, decoder_config, encoder_config, map_pixels, unmap_pixels
 from .vqgan import VQModel, build_vqgan, check_ddconfig
 
@@ -78,19 +78,17 @@ _LIGHTNING_GLOBALS = [(_LightningCallbackKey, "pytorch_lightning.callbacks.model
 
 
 def _torch_load(path: Path, what: str, expected: str, allow_lightning: bool = False) -> Any:
-    """``torch.load(weights_only=True)`` of ``path``: objects besides tensors and plain data are refused."""
+    """The tensors and plain data in ``path``; anything else is refused in words."""
     try:
-        with torch.serialization.safe_globals(_LIGHTNING_GLOBALS if allow_lightning else []):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        why = load_failure(e)
-        if "GLOBAL" not in why:  # not a pickle torch wrote (a text file, a truncated download)
-            raise UserError(f"{what} {path} is not a PyTorch file ({why}): expected {expected}") from None
+        return load_plain(path, _LIGHTNING_GLOBALS if allow_lightning else ())
+    except NotTorchFileError as e:
+        raise UserError(f"{what} {path} is not a PyTorch file ({e}): expected {expected}") from None
+    except UnsafeFileError as e:
         raise UserError(
-            f"refused to load {what} {path}: it holds Python objects besides tensors and plain data ({why}), "
+            f"refused to load {what} {path}: it holds Python objects besides tensors and plain data ({e}), "
             f"and unpickling them could run code from the file; nothing in it was run. Expected {expected}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except OSError as e:
         raise UserError(
             f"{what} {path} is not a PyTorch file ({load_failure(e)}): expected {expected}"
         ) from None

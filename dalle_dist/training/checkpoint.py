@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from ..errors import UserError
 from ..files import fsync_path, sha256
 from ..models import DALLE, DiscreteVAE
 from ..models.pretrained import PRETRAINED_VAES, pretrained_vae_from_config
+from ..safe_load import NotTorchFileError, UnsafeFileError, load_plain
 from ..text import Tokenizer, load_tokenizer
 
 FORMAT = "dalle_dist"
@@ -229,13 +229,13 @@ class Checkpoint:
                 f"{self.path} holds no training state (it is an export): it cannot be resumed from"
             )
         try:
-            return torch.load(file, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            # weights_only refuses anything but tensors and plain containers: a crafted file stops here
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return load_plain(file)
+        except UnsafeFileError as e:  # a crafted file stops here, with nothing in it run
             raise UserError(
-                f"refused to load {file}: it holds more than tensors and plain data ({first})"
+                f"refused to load {file}: it holds more than tensors and plain data ({e})"
             ) from None
+        except NotTorchFileError as e:
+            raise UserError(f"{file} is damaged ({e}): resume from another checkpoint") from None
 
 
 _NAME = {"vae": "VAE", "dalle": "DALL-E", "clip": "CLIP"}

@@ -25,9 +25,9 @@ from ..errors import UserError
 from ..models import CLIP
 from ..text import Tokenizer
 from ..text.options import check_matches
+from .captions import caption_tokenizer, check_captions
 from .checkpoint import Checkpoint, load_checkpoint, load_weights, resolve_latest
 from .config import Parser, add_caption_data_flags, add_common_flags, positive_float, positive_int
-from .dalle_job import caption_tokenizer, check_captions
 from .job import build_dataset, cli, load_item, prepare_run, run_training, seed_everything, start_backend
 from .loop import Task
 

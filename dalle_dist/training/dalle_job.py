@@ -21,8 +21,9 @@ from ..errors import UserError
 from ..models import DALLE
 from ..models.dalle import ATTN_IMPLS
 from ..models.pretrained import OpenAIDiscreteVAE, VQGanVAE
-from ..text import BPETokenizer, Tokenizer
-from ..text.options import check_matches, tokenizer_from_options
+from ..text import Tokenizer
+from ..text.options import check_matches
+from .captions import caption_tokenizer, check_captions
 from .checkpoint import RunDirectory, describe_vae, load_dalle, load_vae, resolve_latest
 from .config import (
     Parser,
@@ -227,19 +228,6 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def caption_tokenizer(args: argparse.Namespace, dataset: Dataset, backend) -> Tokenizer:
-    """The tokenizer the flags name, or a BPE the root rank trains on the captions and sends to the others."""
-    try:
-        tokenizer = tokenizer_from_options(args.bpe_path, args.hug, args.chinese, args.chinese_vocab)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if tokenizer is not None:
-        return tokenizer
-    if backend.is_root:
-        tokenizer = BPETokenizer.train(dataset.captions(), vocab_size=args.bpe_vocab_size)
-    return backend.broadcast_object(tokenizer)
-
-
 def _image_tokens(args: argparse.Namespace, vae: nn.Module, dataset: Dataset, log: bool) -> TokenCache | None:
     """``--image_tokens``, opened and checked against this run's VAE and data (one line on failure)."""
     if args.image_tokens is None:
@@ -254,15 +242,6 @@ def _image_tokens(args: argparse.Namespace, vae: nn.Module, dataset: Dataset, lo
             f"square; {crops or 'random crop positions (non-square images)'} do not apply"
         )
     return tokens
-
-
-def check_captions(dataset: Dataset, tokenizer: Tokenizer, args: argparse.Namespace) -> None:
-    """Fail before the first step when a caption is too long and truncation was not asked for (a stream is
-    not read ahead: there such captions are skipped and reported)."""
-    if args.truncate_captions or isinstance(dataset, ShardDataset):
-        return
-    for caption in dataset.captions():
-        tokenizer.tokenize([caption], args.text_seq_len, truncate_text=False)
 
 
 def _pretrained_vae(args: argparse.Namespace, backend) -> nn.Module | None:
