@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import UserError, load_failure
+from .errors import UserError
 from .models import DALLE, DiscreteVAE
 from .safe_load import NotTorchFileError, UnsafeFileError, load_plain
 from .text import HuggingFaceTokenizer, Tokenizer, YttmTokenizer
@@ -138,12 +138,13 @@ def _show(value: Any) -> str:
 # ----------------------------------------------------------------------------------------- reading files
 def _load(file: Path) -> Any:
     """The tensors and plain data in ``file``; anything else is refused in words."""
-    not_a_checkpoint = "pass the vae.pt or dalle.pt DALLE-pytorch wrote, or its DeepSpeed folder"
     try:
         return load_plain(file)
-    except (NotTorchFileError, OSError) as e:
-        why = e if isinstance(e, NotTorchFileError) else load_failure(e)
-        raise UserError(f"{file} is not a PyTorch checkpoint file ({why}): {not_a_checkpoint}") from None
+    except NotTorchFileError as e:
+        raise UserError(
+            f"{file} is not a PyTorch checkpoint file ({e}): pass the vae.pt or dalle.pt DALLE-pytorch "
+            "wrote, or its DeepSpeed folder"
+        ) from None
     except UnsafeFileError as e:
         hint = ""
         if "GLOBAL deepspeed." in str(e) and importlib.util.find_spec("deepspeed") is None:

@@ -29,8 +29,8 @@ class NotTorchFileError(Exception):
 def load_plain(path: str | Path, allowed: Sequence[Any] = ()) -> Any:
     """The tensors and plain containers in ``path``, on the CPU; ``allowed`` classes may also appear.
 
-    Raises ``UnsafeFileError`` or ``NotTorchFileError``; other ``OSError`` subclasses (a missing file, a
-    permission) are left to the caller's own checks."""
+    Raises ``UnsafeFileError``, or ``NotTorchFileError`` for anything else that stops the load (an
+    unreadable file included)."""
     context = torch.serialization.safe_globals(list(allowed)) if allowed else contextlib.nullcontext()
     try:
         with context:
@@ -40,5 +40,5 @@ def load_plain(path: str | Path, allowed: Sequence[Any] = ()) -> Any:
         if "GLOBAL" in why:
             raise UnsafeFileError(why) from None
         raise NotTorchFileError(why) from None  # not a pickle torch wrote: text, a truncated download
-    except (RuntimeError, EOFError, ValueError) as e:
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise NotTorchFileError(load_failure(e)) from None

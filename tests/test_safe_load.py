@@ -42,3 +42,8 @@ def test_truncated_file_is_not_a_torch_file(tmp_path):
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(NotTorchFileError):
         load_plain(path)
+
+
+def test_an_unreadable_path_is_not_a_torch_file(tmp_path):
+    with pytest.raises(NotTorchFileError):
+        load_plain(tmp_path)  # a folder: torch.load's OSError becomes the same error

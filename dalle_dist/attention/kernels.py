@@ -220,23 +220,28 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, q_offset: 
             k, v = k.index_select(2, keys), v.index_select(2, keys)
     elif spec.causal and kv_len > q_offset + 1:
         k, v = k[..., : q_offset + 1, :], v[..., : q_offset + 1, :]
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-    probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
-    return probs @ v
+    return _explicit_attention(q, k, v)
 
 
 def static_decode_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, positions: Tensor) -> Tensor:
     """Queries at ``positions [n]`` against a whole cache ``k, v [B, H, L, d]`` whose slots past them are
     masked: every shape is fixed, so ``torch.compile`` traces one graph for every decode step."""
-    keys = torch.arange(k.shape[-2], device=k.device)
+    kv_len = k.shape[-2]
     if spec.pattern is not None:
-        allowed = spec.pattern[positions, : k.shape[-2]]
+        allowed = spec.pattern[positions, :kv_len]
     else:
-        allowed = keys[None, :] <= positions[:, None]
+        allowed = torch.arange(kv_len, device=k.device)[None, :] <= positions[:, None]
     if spec.key_padding is not None:
         allowed = allowed & spec.key_padding[:, None, None, :]
+    return _explicit_attention(q, k, v, allowed)
+
+
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None) -> Tensor:
+    """Scores, softmax (in fp32 at least, as SDPA) and values as plain products: for a single query they
+    cost a fraction of a flash-attention call's set-up."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
     probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
     return probs @ v
 

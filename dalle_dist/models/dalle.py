@@ -295,16 +295,23 @@ class DALLE(nn.Module):
             raise ValueError(f"got {image.shape[1]} image tokens, the model takes {self.image_seq_len}")
         return image.long()
 
+    def _embedding_weights(self) -> tuple[Tensor, Tensor]:
+        """The token embedding tables of the text part and of the image part."""
+        if self.share_input_output_emb:
+            return self.to_logits.weight.split([self.num_text_tokens, self.num_image_tokens])
+        return self.text_emb.weight, self.image_emb.weight
+
+    def _image_position_emb(self, image_index: Tensor) -> Tensor:
+        """Learned row + column embeddings of image positions (without rotary embedding)."""
+        f = self.image_fmap_size
+        return self.image_row_emb(image_index // f) + self.image_col_emb(image_index % f)
+
     def _embed(self, ids: Tensor, offset: int) -> Tensor:
         """Embed internal ids whose first position is ``offset`` (text part, then image part)."""
         t = self.layout.text_len
         n_text = min(max(t - offset, 0), ids.shape[1])
+        text_w, image_w = self._embedding_weights()
         parts = []
-        if self.share_input_output_emb:
-            text_w = self.to_logits.weight[: self.num_text_tokens]
-            image_w = self.to_logits.weight[self.num_text_tokens :]
-        else:
-            text_w, image_w = self.text_emb.weight, self.image_emb.weight
         if n_text:
             emb = F.embedding(ids[:, :n_text], text_w)
             if self.rotary is None:
@@ -314,14 +321,17 @@ class DALLE(nn.Module):
             emb = F.embedding(ids[:, n_text:], image_w)
             if self.rotary is None:
                 start = offset + n_text - t
-                img = torch.arange(start, start + emb.shape[1], device=ids.device)
-                f = self.image_fmap_size
-                emb = emb + self.image_row_emb(img // f) + self.image_col_emb(img % f)
+                emb = emb + self._image_position_emb(
+                    torch.arange(start, start + emb.shape[1], device=ids.device)
+                )
             parts.append(emb)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def _hidden(self, ids: Tensor, offset: int = 0, cache: KVCache | None = None) -> Tensor:
         h = self.transformer(self._embed(ids, offset), self.mask_specs(), self.rotary, cache, offset)
+        return self._output_norm(h)
+
+    def _output_norm(self, h: Tensor) -> Tensor:
         h = self.to_logits_norm(h)
         if self.stable:
             # bound the logits' scale for fp16 (DALLE-pytorch's DivideMax)
@@ -331,23 +341,15 @@ class DALLE(nn.Module):
     def _decode_step(self, ids: Tensor, positions: Tensor, is_text: bool, cache: KVCache) -> Tensor:
         """The last hidden state ``[B, D]`` after token ``ids [B, 1]`` at ``positions [1]``: the
         fixed-shape form of one cached decode step that ``torch.compile`` traces once (per part)."""
-        if self.share_input_output_emb:
-            text_w = self.to_logits.weight[: self.num_text_tokens]
-            image_w = self.to_logits.weight[self.num_text_tokens :]
-        else:
-            text_w, image_w = self.text_emb.weight, self.image_emb.weight
+        text_w, image_w = self._embedding_weights()
         x = F.embedding(ids, text_w if is_text else image_w)
         if self.rotary is None:
             if is_text:
                 x = x + self.text_pos_emb.weight[positions]
             else:
-                img, f = positions - self.layout.text_len, self.image_fmap_size
-                x = x + self.image_row_emb(img // f) + self.image_col_emb(img % f)
+                x = x + self._image_position_emb(positions - self.layout.text_len)
         h = self.transformer(x, self.mask_specs(), self.rotary, cache, positions)
-        h = self.to_logits_norm(h[:, -1])
-        if self.stable:
-            h = h / h.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
-        return h
+        return self._output_norm(h[:, -1])
 
     def _compiled_decode_step(self) -> Callable[..., Tensor]:
         """``_decode_step`` of this model through ``torch.compile``. One compiled function serves every

@@ -88,10 +88,6 @@ def _torch_load(path: Path, what: str, expected: str, allow_lightning: bool = Fa
             f"refused to load {what} {path}: it holds Python objects besides tensors and plain data ({e}), "
             f"and unpickling them could run code from the file; nothing in it was run. Expected {expected}"
         ) from None
-    except OSError as e:
-        raise UserError(
-            f"{what} {path} is not a PyTorch file ({load_failure(e)}): expected {expected}"
-        ) from None
 
 
 def _tensors(value: Any, where: str, expected: str) -> dict[str, Tensor]:
