@@ -38,6 +38,11 @@ def single(script: str, *args) -> list:
     return [sys.executable, ROOT / script, *args]
 
 
+def shm_segments() -> set[str]:
+    """DeepSpeed's shared-memory all-reduce segments present in /dev/shm."""
+    return {p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")}
+
+
 def weights(run_dir: Path, which: str = "final") -> dict[str, torch.Tensor]:
     folder = run_dir / which if which == "final" else run_dir / "checkpoints" / which
     return load_file(folder / "model.safetensors")
@@ -98,6 +103,7 @@ def dalle_flags(vae_run: Path, out: Path, *extra) -> list:
 )
 def test_zero_stages_equal_single_process(tmp_path, vae_run, reference, launcher, stage):
     out = tmp_path / f"zero{stage}"
+    segments_before = shm_segments()
     if launcher == "deepspeed":  # the backend is inferred from the deepspeed launcher's environment
         proc = run(deepspeed_launch("train_dalle.py", *dalle_flags(vae_run, out, "--zero_stage", stage)))
     else:
@@ -110,6 +116,8 @@ def test_zero_stages_equal_single_process(tmp_path, vae_run, reference, launcher
     assert "weights identical on all 2 ranks: yes" in proc.stdout
     assert proc.stdout.count("DALL-E trained") == 1, "only the root rank reports"
     assert_same(weights(reference), weights(out))
+    # DeepSpeed's CPU all-reduce never unlinks its /dev/shm segments (~66 MB a rank): the backend does
+    assert shm_segments() == segments_before
     # every checkpoint holds the portable weights next to DeepSpeed's own files (one optimizer shard per
     # rank when ZeRO partitions it), and meta.json says how it was trained
     step3 = out / "checkpoints" / "step-00000003"

@@ -395,6 +395,7 @@ class DeepSpeedBackend(DDPBackend):
                 verbose=False,
                 timeout=timedelta(minutes=30),
             )
+            _release_shm_names()
 
     def build_config(
         self, micro_batch_size: int, ga_steps: int, clip_grad_norm: float | None, precision: Precision
@@ -501,3 +502,18 @@ def _flops_profile(engine: Any, root: bool) -> Iterator[None]:
             profiler.print_model_profile(profile_step=engine.global_steps, module_depth=-1, top_modules=3)
     finally:
         profiler.end_profile()
+
+
+def _release_shm_names() -> None:
+    """Unlink this rank's name of DeepSpeed's CPU all-reduce segment.
+
+    DeepSpeed's shared-memory comm op gives every rank a ~66 MB segment in /dev/shm, named after the job,
+    and never unlinks it: each CPU run left its segments in RAM, and a machine that ran many filled up
+    (and then hung). ``init_distributed`` returns only after this rank has mapped every other rank's
+    segment, so after a barrier every name may go; the mappings live on until the processes end."""
+    if dist.get_world_size() < 2:
+        return
+    dist.barrier()
+    address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    name = Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_{dist.get_rank()}"
+    name.unlink(missing_ok=True)
