@@ -16,7 +16,7 @@ import time
 import torch
 
 from dalle_dist.attention import SequenceLayout, band_attention, band_plan, make_pattern
-from dalle_dist.attention.kernels import MaskSpec, attention
+from dalle_dist.attention.kernels import AttentionPlan, attention
 
 PATTERNS = [("axial_row", {}), ("axial_col", {}), ("conv_like", {}), ("sparse", {})]
 
@@ -42,15 +42,15 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; time per forward+backward")
     print(f"{'grid':>6} {'tokens':>6} {'pattern':>10} {'dense x full':>13} {'band x full':>12}")
-    causal = MaskSpec(causal=True)
+    causal = AttentionPlan(causal=True)
     for fmap in (8, 16, 32):
         layout = SequenceLayout(64, fmap)
         n = layout.total_len - 1
         qkv = tuple(torch.randn(4, 8, n, 32, requires_grad=True) for _ in range(3))
         full = timed(lambda qkv=qkv: step(qkv, lambda a, b, c: attention(a, b, c, causal)))
         for name, options in PATTERNS:
-            pattern = make_pattern(name, layout, **options)
-            spec = MaskSpec(pattern=pattern.dense_mask(n))
+            pattern = make_pattern(name, layout, options)
+            spec = AttentionPlan(mask=pattern.dense_mask(n))
             plan = band_plan(pattern, n)
             dense = timed(lambda qkv=qkv, spec=spec: step(qkv, lambda a, b, c: attention(a, b, c, spec)))
             fast = timed(lambda qkv=qkv, plan=plan: step(qkv, lambda a, b, c: band_attention(a, b, c, plan)))

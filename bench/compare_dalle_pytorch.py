@@ -251,7 +251,11 @@ def attention_layers(dp, pattern: str, fmap: int, impls: tuple[str, ...] = IMPLS
             **BASE,
             **COMMON,
         )
-        attn, spec, rotary = dalle.transformer.attns["0"].fn, dalle.mask_specs()[0], dalle.rotary
+        attn, spec, rotary = (
+            dalle.transformer.attns["0"].fn,
+            dalle.planner.plans(torch.device("cpu"))[0],
+            dalle.rotary,
+        )
         layers[f"ours {impl}"] = (attn, lambda x, a=attn, s=spec, r=rotary: a(x, s, r))
     n = BASE["text_seq_len"] + fmap * fmap  # training length: every position but the last
     if dp is not None and pattern != "sparse":

@@ -20,7 +20,7 @@ import statistics
 
 import torch
 
-from dalle_dist.attention import MaskSpec, SequenceLayout, flex_plan, make_pattern, reference_attention
+from dalle_dist.attention import AttentionPlan, SequenceLayout, flex_plan, make_pattern, reference_attention
 from dalle_dist.attention.kernels import attention
 from dalle_dist.models import DALLE, DiscreteVAE
 from dalle_dist.training.throughput import dalle_flops_per_sample, matmul_peak
@@ -48,9 +48,9 @@ def check_flex(device: torch.device) -> None:
     layout = SequenceLayout(64, 16)
     n = layout.total_len - 1
     for name, options in [*PATTERNS, ("conv_like", {"kernel_size": 3, "dilation": 2})]:
-        pattern = make_pattern(name, layout, **options)
+        pattern = make_pattern(name, layout, options)
         mask = pattern.dense_mask(n, device=device)
-        spec = MaskSpec(pattern=mask, flex=flex_plan(pattern, n, device))
+        spec = AttentionPlan(mask=mask, flex=flex_plan(pattern, n, device))
         q, k, v = (torch.randn(2, 4, n, 64, device=device, requires_grad=True) for _ in range(3))
         out = attention(q, k, v, spec)
         ref = reference_attention(q.double(), k.double(), v.double(), mask)
@@ -76,15 +76,15 @@ def time_patterns(device: torch.device) -> None:
             for _ in range(3)
         ]
 
-        def step(spec: MaskSpec, qkv=qkv) -> None:
+        def step(spec: AttentionPlan, qkv=qkv) -> None:
             attention(*qkv, spec).sum().backward()
 
-        causal = cuda_ms(lambda: step(MaskSpec(causal=True)))
+        causal = cuda_ms(lambda: step(AttentionPlan(causal=True)))
         for name, options in PATTERNS:
-            pattern = make_pattern(name, layout, **options)
+            pattern = make_pattern(name, layout, options)
             mask = pattern.dense_mask(n, device=device)
-            dense = cuda_ms(lambda mask=mask: step(MaskSpec(pattern=mask)))
-            flex_spec = MaskSpec(pattern=mask, flex=flex_plan(pattern, n, device))
+            dense = cuda_ms(lambda mask=mask: step(AttentionPlan(mask=mask)))
+            flex_spec = AttentionPlan(mask=mask, flex=flex_plan(pattern, n, device))
             flex = cuda_ms(lambda spec=flex_spec: step(spec))
             times = f"{causal:>8.2f} {dense:>8.2f} {flex:>8.2f} {flex / dense:>13.2f}"
             print(f"{fmap:>4}^2 {n:>6} {name:>10} {times}")
@@ -113,7 +113,7 @@ def training_mfu(device: torch.device, batch: int) -> None:
     print(f"training step, dim 1024 depth 12, {dalle.total_seq_len} positions, batch {batch}, bf16 autocast, "
           f"{torch.cuda.get_device_name(device)}: {ms:.1f} ms, {flops / ms / 1e9:.1f} TFLOP/s, "
           f"bf16 matmul peak {peak / 1e12:.1f} TFLOP/s, MFU {flops / (ms / 1e3) / peak:.1%}")  # fmt: skip
-    executors = ["flex" if spec.flex else "sdpa" for spec in dalle.mask_specs()[: len(layers)]]
+    executors = ["flex" if spec.flex else "sdpa" for spec in dalle.planner.plans(device)[: len(layers)]]
     print(f"  executors per layer type {dict(zip(layers, executors, strict=True))}")
 
 

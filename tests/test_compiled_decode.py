@@ -13,6 +13,7 @@ from conftest import small_dalle
 from torch._dynamo.utils import counters
 
 from dalle_dist import ByteTokenizer
+from dalle_dist.models import sampling
 
 ALL_TYPES = ("full", "axial_row", "axial_col", "conv_like", "sparse")
 SPARSE_SMALL = dict(sparse_block_size=3, sparse_local_blocks=2, sparse_global_stride=2, conv_kernel_size=3)
@@ -31,7 +32,8 @@ def _sample(dalle, text, cond_scale, **kwargs):
     torch.manual_seed(123)
     logits = []
     with torch.inference_mode():
-        seq = dalle._sample_sequence(
+        seq = sampling.sample_sequence(
+            dalle,
             ids[:, :3],  # a short prompt: the step also decodes text positions
             dalle.total_seq_len,
             filter_thres=0.5,
@@ -78,7 +80,7 @@ def test_fixed_shape_step_equals_eager_cache(vae, options, cond_scale, monkeypat
     text = _text()
     eager = _sample(dalle, text, cond_scale)
     # the fixed-shape step itself, run eagerly: its arithmetic, without the compiler's time
-    monkeypatch.setattr(type(dalle), "_compiled_decode_step", lambda self: self._decode_step)
+    monkeypatch.setattr(sampling, "_compiled", lambda step: step)
     fixed = _sample(dalle, text, cond_scale, compile=True)
     _assert_same_run(fixed, eager)
     assert eager[0][:, dalle.layout.text_len :].unique().numel() > 4, "sampling should draw varied tokens"

@@ -6,6 +6,7 @@ from conftest import small_dalle, small_vae
 from torch.utils.flop_counter import FlopCounterMode
 
 from dalle_dist import ByteTokenizer
+from dalle_dist.models.sampling import sample_sequence
 
 ALL_TYPES = ("full", "axial_row", "axial_col", "conv_like", "sparse")
 SPARSE_SMALL = dict(sparse_block_size=3, sparse_local_blocks=2, sparse_global_stride=2, conv_kernel_size=3)
@@ -46,7 +47,7 @@ def test_image_as_token_ids_equals_pixels(vae):
 def test_padding_gets_a_token_per_position(vae):
     dalle = small_dalle(vae)
     ids = dalle.text_ids(torch.tensor([[7, 0, 0, 9, 0, 0]]))
-    n = dalle.num_text_tokens_input
+    n = dalle.text_vocab_size
     assert ids.tolist() == [[0, 7, n + 1, n + 2, 9, n + 4, n + 5]]
 
 
@@ -73,7 +74,8 @@ def test_cached_generation_equals_uncached(vae, attn_type, shift_tokens, cond_sc
         torch.manual_seed(123)
         logits = []
         with torch.no_grad():
-            seq = dalle._sample_sequence(
+            seq = sample_sequence(
+                dalle,
                 ids,
                 dalle.total_seq_len,
                 filter_thres=0.5,
@@ -117,7 +119,8 @@ def test_guidance_mixes_conditional_and_null_logits(vae):
     scale = 4.0
     logits = []
     with torch.no_grad():
-        dalle._sample_sequence(
+        sample_sequence(
+            dalle,
             dalle.text_ids(text),
             dalle.total_seq_len,
             filter_thres=0.5,
@@ -153,16 +156,16 @@ def test_priming_keeps_the_initial_tokens(vae):
 def test_decode_step_cost_does_not_grow_with_prefix(vae):
     """Projections and feed-forward of a cached step process one token, wherever it sits."""
     dalle = small_dalle(vae, attn_types=ALL_TYPES, depth=5, **SPARSE_SMALL).eval()
-    from dalle_dist.models.sampling import KVCache
+    from dalle_dist.models.kv_cache import KVCache
 
     seq = torch.cat((dalle.text_ids(_text(batch=1)), torch.randint(0, 32, (1, 16))), dim=1)
     cache = KVCache(dalle.transformer.depth, dalle.total_seq_len - 1)
     flops = []
     with torch.no_grad():
-        dalle._hidden(seq[:, :8], 0, cache)
+        dalle.hidden_states(seq[:, :8], 0, cache)
         for pos in range(8, seq.shape[1]):
             with FlopCounterMode(display=False) as counter:
-                dalle._hidden(seq[:, pos : pos + 1], pos, cache)
+                dalle.hidden_states(seq[:, pos : pos + 1], pos, cache)
             counts = counter.get_flop_counts()["Global"]
             # linear layers (mm / addmm); the attention products (bmm) grow with the keys the step sees
             flops.append(sum(v for op, v in counts.items() if str(op).split(".")[-1] in ("mm", "addmm")))
@@ -189,7 +192,8 @@ def test_layer_sharing_keeps_separate_caches(vae):
         torch.manual_seed(9)
         with torch.no_grad():
             seqs.append(
-                dalle._sample_sequence(
+                sample_sequence(
+                    dalle,
                     ids,
                     dalle.total_seq_len,
                     filter_thres=0.5,
@@ -296,14 +300,17 @@ def test_tiny_dalle_memorises_pairs(vae):
     assert torch.equal(decoded[0], image[:1])
 
 
-def test_mask_specs_are_built_once_and_follow_the_buffers(vae):
-    """The per-layer specs are cached (hot path) but rebuilt when .to() replaces the mask buffers."""
+def test_attention_plans_are_built_once_per_device(vae):
+    """The per-layer plans are cached (hot path), built anew on another device, and live there."""
     dalle = small_dalle(vae, attn_types=("full", "axial_row"))
-    first = dalle.mask_specs()
-    assert dalle.mask_specs() is first
-    dalle.to(torch.float64)  # any _apply replaces buffers (a device move does the same)
-    assert dalle.mask_specs() is not first
-    assert dalle.mask_specs()[1].pattern is dalle.mask_axial_row
+    cpu = torch.device("cpu")
+    first = dalle.planner.plans(cpu)
+    assert dalle.planner.plans(cpu) is first
+    dalle.to(torch.float64)  # a dtype change leaves the (bool) masks as they are
+    assert dalle.planner.plans(cpu) is first
+    elsewhere = dalle.planner.plans(torch.device("meta"))
+    assert elsewhere is not first and elsewhere[1].mask.device.type == "meta"
+    assert first[0].causal and first[1].mask.shape == (dalle.total_seq_len, dalle.total_seq_len)
 
 
 def test_bf16_weights_sample_like_fp32(vae):

@@ -5,7 +5,7 @@ import torch
 
 from dalle_dist.attention import (
     PATTERNS,
-    MaskSpec,
+    AttentionPlan,
     SequenceLayout,
     attention,
     band_attention,
@@ -16,6 +16,7 @@ from dalle_dist.attention import (
 )
 
 LAYOUT = SequenceLayout(text_len=4, fmap_size=4)
+SMALL = {"sparse": dict(block_size=3, local_blocks=2, global_stride=2)}
 
 
 def _qkv(n, b=2, h=3, d=8, seed=0):
@@ -25,13 +26,13 @@ def _qkv(n, b=2, h=3, d=8, seed=0):
 
 @pytest.mark.parametrize("name", list(PATTERNS))
 def test_full_pass_matches_reference(name):
-    pattern = make_pattern(name, LAYOUT, block_size=3, local_blocks=2, global_stride=2)
+    pattern = make_pattern(name, LAYOUT, SMALL.get(name))
     n = LAYOUT.total_len
     q, k, v = _qkv(n)
     mask = pattern.dense_mask()
-    spec = MaskSpec(causal=True) if name == "full" else MaskSpec(pattern=mask)
+    plan = AttentionPlan(causal=True) if name == "full" else AttentionPlan(mask=mask)
     torch.testing.assert_close(
-        attention(q, k, v, spec), reference_attention(q, k, v, mask), atol=1e-5, rtol=1e-5
+        attention(q, k, v, plan), reference_attention(q, k, v, mask), atol=1e-5, rtol=1e-5
     )
 
 
@@ -39,27 +40,27 @@ def test_full_pass_matches_reference(name):
 @pytest.mark.parametrize("offset", [0, 3, 4, 11, 19])
 def test_decode_rows_match_reference(name, offset):
     """A query block at `offset` against the cached prefix equals those rows of the full computation."""
-    pattern = make_pattern(name, LAYOUT, block_size=3, local_blocks=2, global_stride=2)
+    pattern = make_pattern(name, LAYOUT, SMALL.get(name))
     n = LAYOUT.total_len
     q, k, v = _qkv(n, seed=1)
     mask = pattern.dense_mask()
     full = reference_attention(q, k, v, mask)
-    spec = MaskSpec(causal=True) if name == "full" else MaskSpec(pattern=mask)
+    plan = AttentionPlan(causal=True) if name == "full" else AttentionPlan(mask=mask)
     rows = slice(offset, offset + 1)
-    out = attention(q[:, :, rows], k[:, :, : offset + 1], v[:, :, : offset + 1], spec, q_offset=offset)
+    out = attention(q[:, :, rows], k[:, :, : offset + 1], v[:, :, : offset + 1], plan, q_offset=offset)
     torch.testing.assert_close(out, full[:, :, rows], atol=1e-5, rtol=1e-5)
 
 
 def test_key_padding_hides_keys():
     q, k, v = _qkv(6)
     keep = torch.tensor([[True] * 6, [True, True, True, False, False, False]])
-    out = attention(q, k, v, MaskSpec(key_padding=keep))
+    out = attention(q, k, v, AttentionPlan(key_padding=keep))
     dense = keep[:, None, None, :].expand(2, 1, 6, 6)
     torch.testing.assert_close(out, reference_attention(q, k, v, dense), atol=1e-5, rtol=1e-5)
     # changing a padded key changes nothing
     v2 = v.clone()
     v2[1, :, 4] += 100
-    torch.testing.assert_close(attention(q, k, v2, MaskSpec(key_padding=keep))[1], out[1])
+    torch.testing.assert_close(attention(q, k, v2, AttentionPlan(key_padding=keep))[1], out[1])
 
 
 STRUCTURED = [
@@ -78,7 +79,7 @@ def test_band_executor_matches_reference(name, options, fmap):
     """Outputs and gradients of the band executor equal the dense reference (fp64), for a whole sequence
     and for the training length (all but the last position)."""
     layout = SequenceLayout(4, fmap)
-    pattern = make_pattern(name, layout, **options)
+    pattern = make_pattern(name, layout, options)
     for length in (layout.total_len, layout.total_len - 1):
         plan = band_plan(pattern, length)
         expected = pattern.dense_mask(length)
@@ -118,8 +119,8 @@ def test_structured_model_equals_dense_model():
         for impl in ("structured", "dense")
     ]
     models[1].load_state_dict(models[0].state_dict())
-    assert all(spec.plan is not None for spec in models[0].mask_specs())
-    assert all(spec.plan is None for spec in models[1].mask_specs())
+    assert all(plan.band is not None for plan in models[0].planner.plans(torch.device("cpu")))
+    assert all(plan.band is None for plan in models[1].planner.plans(torch.device("cpu")))
     text = torch.randint(1, 50, (3, 6))
     image = torch.rand(3, 3, models[0].vae.image_size, models[0].vae.image_size)
     grads = []
@@ -154,7 +155,7 @@ def test_auto_follows_the_measured_thresholds():
             dim_head=8,
             attn_types=kinds,
         )
-        assert [spec.plan is not None for spec in model.mask_specs()] == expected, size
+        assert [plan.band is not None for plan in model.planner.plans(torch.device("cpu"))] == expected, size
 
 
 @pytest.mark.parametrize(("name", "options"), STRUCTURED)
@@ -162,13 +163,13 @@ def test_flex_block_mask_matches_reference(name, options):
     """FlexAttention under the block mask built from the pattern's mask_mod equals the dense reference
     (forward; on a GPU the same block mask drives the compiled Triton kernels, backward included)."""
     layout = SequenceLayout(4, 5)
-    pattern = make_pattern(name, layout, **options)
+    pattern = make_pattern(name, layout, options)
     length = layout.total_len - 1
-    plan = flex_plan(pattern, length, "cpu")
+    flex = flex_plan(pattern, length, "cpu")
     q, k, v = (x.double() for x in _qkv(length))
-    spec = MaskSpec(pattern=pattern.dense_mask(length), flex=plan)
+    plan = AttentionPlan(mask=pattern.dense_mask(length), flex=flex)
     torch.testing.assert_close(
-        attention(q, k, v, spec), reference_attention(q, k, v, pattern.dense_mask(length)), atol=1e-12, rtol=0
+        attention(q, k, v, plan), reference_attention(q, k, v, pattern.dense_mask(length)), atol=1e-12, rtol=0
     )
 
 
@@ -184,8 +185,10 @@ def test_flex_model_equals_dense_model():
     ]
     for model in models[1:]:
         model.load_state_dict(models[0].state_dict())
-    assert [spec.flex is not None for spec in models[0].mask_specs()] == [True] * 4 + [False]
-    assert all(spec.flex is None for spec in models[2].mask_specs())  # no GPU here
+    assert [plan.flex is not None for plan in models[0].planner.plans(torch.device("cpu"))] == [True] * 4 + [
+        False
+    ]
+    assert all(plan.flex is None for plan in models[2].planner.plans(torch.device("cpu")))  # no GPU here
     text = torch.randint(1, 50, (2, 6))
     image = torch.randint(0, 32, (2, models[0].image_seq_len))
     with torch.no_grad():
@@ -198,8 +201,8 @@ def test_causal_sdpa_under_bf16_autocast(length):
     """Causal attention of bf16 inputs keeps their dtype (short sequences compute in fp32 on the CPU)
     and stays within bf16 rounding of the fp32 result."""
     q, k, v = _qkv(length, d=16)
-    want = attention(q, k, v, MaskSpec(causal=True))
+    want = attention(q, k, v, AttentionPlan(causal=True))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = attention(*(x.bfloat16() for x in (q, k, v)), MaskSpec(causal=True))
+        got = attention(*(x.bfloat16() for x in (q, k, v)), AttentionPlan(causal=True))
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)

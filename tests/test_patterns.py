@@ -6,6 +6,7 @@ import torch
 from dalle_dist.attention import PATTERNS, SequenceLayout, make_pattern
 
 LAYOUT = SequenceLayout(text_len=5, fmap_size=6)
+SPARSE_LOCAL = dict(block_size=4, local_blocks=1, global_stride=0)
 
 
 def reference_allowed(name: str, q: int, k: int, layout: SequenceLayout, **opt) -> bool:
@@ -52,7 +53,7 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "opt"), CASES)
 def test_dense_mask_matches_definition(name, opt):
-    mask = make_pattern(name, LAYOUT, **opt).dense_mask()
+    mask = make_pattern(name, LAYOUT, opt).dense_mask()
     n = LAYOUT.total_len
     expected = torch.tensor(
         [[reference_allowed(name, q, k, LAYOUT, **opt) for k in range(n)] for q in range(n)]
@@ -63,7 +64,7 @@ def test_dense_mask_matches_definition(name, opt):
 
 @pytest.mark.parametrize(("name", "opt"), CASES)
 def test_structural_promises(name, opt):
-    mask = make_pattern(name, LAYOUT, **opt).dense_mask()
+    mask = make_pattern(name, LAYOUT, opt).dense_mask()
     t = LAYOUT.text_len
     assert not torch.triu(mask, diagonal=1).any(), "a position attends to a later one"
     assert mask.diagonal().all(), "every position must see itself"
@@ -74,7 +75,7 @@ def test_structural_promises(name, opt):
 
 def test_patterns_really_differ_on_image_positions():
     masks = {
-        name: make_pattern(name, LAYOUT, block_size=4, local_blocks=1, global_stride=0).dense_mask()
+        name: make_pattern(name, LAYOUT, SPARSE_LOCAL if name == "sparse" else None).dense_mask()
         for name in PATTERNS
     }
     counts = {name: int(m.sum()) for name, m in masks.items()}
@@ -104,4 +105,4 @@ def test_mask_mod_broadcasts_like_flex_attention():
 )
 def test_bad_options_are_named(name, opt, message):
     with pytest.raises(ValueError, match=message):
-        make_pattern(name, LAYOUT, **opt)
+        make_pattern(name, LAYOUT, opt)

@@ -2,8 +2,8 @@
 
 On a GPU, ``torch.compile`` turns FlexAttention into Triton kernels, forward and backward, that skip every
 block the mask leaves empty: the project's block-sparse attention through Triton (DeepSpeed removed its
-triton-1.0 SparseSelfAttention in 0.19.7). On a CPU torch 2.13 runs it forward only, and compiled it
-measured slower than causal SDPA here (46 ms vs 21 ms, axial 32 x 32, batch 4): the CPU uses the band
+triton-1.0 SparseSelfAttention in 0.19.7). On a CPU torch 2.13 runs it forward only, and compiled it is
+slower than causal SDPA (bench/RESULTS.md, "Executor choices on the CPU"): the CPU uses the band
 executor, and ``attn_impl="flex"`` on a CPU runs FlexAttention's eager reference (for checking).
 """
 

@@ -1,10 +1,11 @@
 """Executors that run attention under a pattern's mask.
 
 This module holds the dense reference (explicit softmax, used by the tests), the scaled-dot-product
-executor with a dense mask, and the band executor that computes only what a pattern allows. A pattern
-arrives as its dense ``[L, L]`` mask (or ``None`` with ``causal=True`` for plain causal attention),
-optionally with a ``BandPlan``; ``q_offset`` says which rows the queries are, so the same call serves a
-full forward pass and a cached decode step.
+executor with a dense mask, and the band executor that computes only what a pattern allows. A layer's
+``AttentionPlan`` carries its pattern as a dense ``[L, L]`` mask (or ``causal=True`` for plain causal
+attention), optionally with a ``BandPlan`` or a ``FlexPlan`` for full passes (``planner.py`` decides
+which); ``q_offset`` says which rows the queries are, so the same call serves a full forward pass and a
+cached decode step.
 
 The band executor (CPU training and anything without FlexAttention): text queries run causal SDPA over
 the text; image queries come in groups (a grid row, a column, a block: ``pattern.band()``) and each group
@@ -30,28 +31,28 @@ _CPU_HALF_UPCAST_MAX_LEN = 512
 
 
 @dataclass(frozen=True)
-class MaskSpec:
-    """What a layer may attend to.
+class AttentionPlan:
+    """How one layer attends: which keys each query may see, and the executors' plans for full passes.
 
-    ``pattern``: a ``[L, L]`` bool mask over absolute positions (row = query), sliced by offset.
-    ``causal``: plain causal attention (used when ``pattern`` is None).
+    ``mask``: a ``[L, L]`` bool mask over absolute positions (row = query), sliced by offset.
+    ``causal``: plain causal attention (used when ``mask`` is None).
     ``key_padding``: ``[B, K]`` bool, False for keys that are padding.
-    ``plan``: run full passes of ``plan.length`` positions with the band executor.
+    ``band``: run full passes of ``band.length`` positions with the band executor.
     ``flex``: run full passes of ``flex.length`` positions with FlexAttention (GPU; see ``flex.py``).
     """
 
-    pattern: Tensor | None = None
+    mask: Tensor | None = None
     causal: bool = False
     key_padding: Tensor | None = None
-    plan: BandPlan | None = None  # the band executor's, for full passes of ``plan.length``
+    band: BandPlan | None = None
     flex: FlexPlan | None = None
 
     def rows(self, q_offset: int, q_len: int, kv_len: int, device: torch.device) -> Tensor | None:
         """The bool mask for queries ``[q_offset, q_offset + q_len)`` against keys ``[0, kv_len)``,
         broadcastable to ``[B, H, q_len, kv_len]``, or None when every key is visible."""
         mask = None
-        if self.pattern is not None:
-            mask = self.pattern[q_offset : q_offset + q_len, :kv_len]
+        if self.mask is not None:
+            mask = self.mask[q_offset : q_offset + q_len, :kv_len]
         elif self.causal and not (q_len == 1 and q_offset + 1 == kv_len):
             q = torch.arange(q_offset, q_offset + q_len, device=device)
             mask = torch.arange(kv_len, device=device)[None, :] <= q[:, None]
@@ -84,9 +85,9 @@ class BandPlan:
     def groups(self) -> int:
         return self.mask.shape[0]
 
-    def with_tensors(self, global_keys: Tensor, mask: Tensor) -> BandPlan:
-        """The same plan over other copies of its tensors (e.g. a model's buffers after ``.to()``)."""
-        return replace(self, global_keys=global_keys, mask=mask)
+    def to(self, device: torch.device | str) -> BandPlan:
+        """The same plan with its tensors on ``device``."""
+        return replace(self, global_keys=self.global_keys.to(device), mask=self.mask.to(device))
 
 
 def band_plan(pattern: Any, length: int) -> BandPlan | None:
@@ -178,61 +179,62 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, plan: BandPlan, dropout_p: f
 
 
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, q_offset: int | Tensor = 0, dropout_p: float = 0.0
+    q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan, q_offset: int | Tensor = 0, dropout_p: float = 0.0
 ) -> Tensor:
-    """Scaled dot-product attention of ``q [B,H,n,d]`` over ``k, v [B,H,K,d]`` under ``spec``.
+    """Scaled dot-product attention of ``q [B,H,n,d]`` over ``k, v [B,H,K,d]`` under ``plan``.
 
     A tensor ``q_offset`` holds the query positions (the fixed-shape compiled decode step): the keys are
     a whole preallocated cache, masked by position."""
     n, kv_len = q.shape[-2], k.shape[-2]
     if isinstance(q_offset, Tensor):
-        return static_decode_attention(q, k, v, spec, q_offset)
-    if n == 1 and spec.key_padding is None:
-        return decode_attention(q, k, v, spec, q_offset)
-    full_pass = q_offset == 0 and n == kv_len and spec.key_padding is None
-    if spec.flex is not None and full_pass and n == spec.flex.length and dropout_p == 0:
-        return flex_attention(q, k, v, spec.flex)
-    plan = spec.plan
-    if plan is not None and q_offset == 0 and n == kv_len == plan.length and spec.key_padding is None:
-        return band_attention(q, k, v, plan, dropout_p)
-    if spec.pattern is None and spec.key_padding is None and spec.causal and q_offset == 0 and n == kv_len:
+        return static_decode_attention(q, k, v, plan, q_offset)
+    if n == 1 and plan.key_padding is None:
+        return decode_attention(q, k, v, plan, q_offset)
+    full_pass = q_offset == 0 and n == kv_len and plan.key_padding is None
+    if plan.flex is not None and full_pass and n == plan.flex.length and dropout_p == 0:
+        return flex_attention(q, k, v, plan.flex)
+    if plan.band is not None and full_pass and n == plan.band.length:
+        return band_attention(q, k, v, plan.band, dropout_p)
+    if plan.mask is None and plan.causal and full_pass:
         if q.device.type == "cpu" and q.dtype in _HALF and n <= _CPU_HALF_UPCAST_MAX_LEN:
-            # torch 2.13's CPU flash kernel is slower in bf16 than in fp32 up to ~500 positions (2.8x at
-            # 128, 1.1x at 320, even at 576, slower at 1088; bench/RESULTS.md): run short ones in fp32
+            # torch 2.13's CPU flash kernel is slower in bf16 than in fp32 for short sequences
+            # (bench/RESULTS.md, "Executor choices on the CPU"): run short ones in fp32
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(
                     q.float(), k.float(), v.float(), is_causal=True, dropout_p=dropout_p
                 )
             return out.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-    mask = spec.rows(q_offset, n, kv_len, q.device)
+    mask = plan.rows(q_offset, n, kv_len, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
-def decode_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, q_offset: int) -> Tensor:
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan, q_offset: int) -> Tensor:
     """One new query ``q [B, H, 1, d]`` at position ``q_offset`` against the cached keys: only the keys its
-    pattern allows are gathered and scored. Explicit products: for a single query they cost a fraction of
-    a flash-attention call's set-up (measured ~300 us per call at 320 keys on this CPU)."""
+    pattern allows are gathered and scored, with explicit products (cheaper than a flash-attention call's
+    set-up for a single query: bench/RESULTS.md, "Executor choices on the CPU")."""
     kv_len = k.shape[-2]
-    if spec.pattern is not None:
-        keys = spec.pattern[q_offset, :kv_len].nonzero().squeeze(1)
+    if plan.mask is not None:
+        keys = plan.mask[q_offset, :kv_len].nonzero().squeeze(1)
         if keys.numel() < kv_len:
             k, v = k.index_select(2, keys), v.index_select(2, keys)
-    elif spec.causal and kv_len > q_offset + 1:
+    elif plan.causal and kv_len > q_offset + 1:
         k, v = k[..., : q_offset + 1, :], v[..., : q_offset + 1, :]
     return _explicit_attention(q, k, v)
 
 
-def static_decode_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, positions: Tensor) -> Tensor:
+def static_decode_attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan, positions: Tensor
+) -> Tensor:
     """Queries at ``positions [n]`` against a whole cache ``k, v [B, H, L, d]`` whose slots past them are
     masked: every shape is fixed, so ``torch.compile`` traces one graph for every decode step."""
     kv_len = k.shape[-2]
-    if spec.pattern is not None:
-        allowed = spec.pattern[positions, :kv_len]
+    if plan.mask is not None:
+        allowed = plan.mask[positions, :kv_len]
     else:
         allowed = torch.arange(kv_len, device=k.device)[None, :] <= positions[:, None]
-    if spec.key_padding is not None:
-        allowed = allowed & spec.key_padding[:, None, None, :]
+    if plan.key_padding is not None:
+        allowed = allowed & plan.key_padding[:, None, None, :]
     return _explicit_attention(q, k, v, allowed)
 
 

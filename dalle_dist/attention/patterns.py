@@ -8,12 +8,16 @@ which earlier *image* positions an image position may see; that rule is the one 
 ``mask_mod(q, k)`` takes broadcastable integer tensors of absolute positions and returns a bool tensor
 (True = may attend), written with element-wise tensor ops only so the same function can drive a dense
 mask, a FlexAttention ``BlockMask`` and a cached decode step.
+
+A pattern with parameters declares them as its own ``Options`` dataclass (defaults and checks in one
+place), so a new pattern is one class here plus its line in ``PATTERNS``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -34,6 +38,18 @@ class SequenceLayout:
     def total_len(self) -> int:
         return self.text_len + self.image_len
 
+    def coordinates(self) -> Tensor:
+        """Per position ``[total_len, 3]``: (text index, image row, image column), each part's other axes
+        held constant (the axes of DALL-E's rotary embedding)."""
+        t, f = self.text_len, self.fmap_size
+        pos = torch.arange(self.total_len)
+        img = (pos - t).clamp(min=0)
+        is_img = pos >= t
+        text_axis = torch.where(is_img, torch.full_like(pos, t), pos)
+        row = torch.where(is_img, img // f, torch.full_like(pos, -1))
+        col = torch.where(is_img, img % f, torch.full_like(pos, -1))
+        return torch.stack((text_axis, row, col), dim=1)
+
 
 @dataclass(frozen=True)
 class Band:
@@ -51,13 +67,20 @@ class Band:
     global_keys: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """A pattern without parameters."""
+
+
 class AttentionPattern:
     """Base class: text is causal, image sees all text, ``image_rule`` decides image -> image."""
 
     name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
 
-    def __init__(self, layout: SequenceLayout) -> None:
+    def __init__(self, layout: SequenceLayout, options: Any = None) -> None:
         self.layout = layout
+        self.opts = self.Options() if options is None else options
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
         """May image position ``qi`` see image position ``ki`` (grid indices, ``ki <= qi``)?"""
@@ -75,9 +98,9 @@ class AttentionPattern:
         pos = torch.arange(n, device=device)
         return self.mask_mod(pos[:, None], pos[None, :])
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         """Parameters beyond the layout, as recorded in checkpoints."""
-        return {}
+        return asdict(self.opts)
 
     def band(self) -> Band | None:
         """The band the image keys lie in (see ``Band``); None: no structure worth exploiting (full)."""
@@ -130,28 +153,31 @@ class ConvLikePattern(AttentionPattern):
 
     name = "conv_like"
 
-    def __init__(self, layout: SequenceLayout, kernel_size: int = 5, dilation: int = 1) -> None:
-        super().__init__(layout)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"conv_like kernel_size must be odd and positive, got {kernel_size}")
-        if dilation < 1:
-            raise ValueError(f"conv_like dilation must be positive, got {dilation}")
-        self.kernel_size, self.dilation = kernel_size, dilation
+    @dataclass(frozen=True)
+    class Options:
+        kernel_size: int = 5
+        dilation: int = 1
+
+        def __post_init__(self) -> None:
+            if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+                raise ValueError(f"conv_like kernel_size must be odd and positive, got {self.kernel_size}")
+            if self.dilation < 1:
+                raise ValueError(f"conv_like dilation must be positive, got {self.dilation}")
+
+    @property
+    def reach(self) -> int:
+        """How many rows (and columns) away the farthest visible neighbour lies."""
+        return (self.opts.kernel_size // 2) * self.opts.dilation
 
     def band(self) -> Band:
         f = self.layout.fmap_size
-        reach = (self.kernel_size // 2) * self.dilation
-        return Band(group=f, width=(reach + 1) * f)  # a grid row sees its own row and `reach` rows above
+        return Band(group=f, width=(self.reach + 1) * f)  # a grid row sees its own row and `reach` above
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
-        f, d = self.layout.fmap_size, self.dilation
-        reach = (self.kernel_size // 2) * d
+        f, d, reach = self.layout.fmap_size, self.opts.dilation, self.reach
         dr = torch.div(qi, f, rounding_mode="floor") - torch.div(ki, f, rounding_mode="floor")
         dc = qi % f - ki % f
         return (dr.abs() <= reach) & (dc.abs() <= reach) & (dr % d == 0) & (dc % d == 0)
-
-    def options(self) -> dict:
-        return {"kernel_size": self.kernel_size, "dilation": self.dilation}
 
 
 class BlockSparsePattern(AttentionPattern):
@@ -161,37 +187,34 @@ class BlockSparsePattern(AttentionPattern):
 
     name = "sparse"
 
-    def __init__(
-        self, layout: SequenceLayout, block_size: int = 16, local_blocks: int = 4, global_stride: int = 4
-    ) -> None:
-        super().__init__(layout)
-        for key, value in (("block_size", block_size), ("local_blocks", local_blocks)):
-            if value < 1:
-                raise ValueError(f"sparse {key} must be positive, got {value}")
-        if global_stride < 0:
-            raise ValueError(f"sparse global_stride must be >= 0 (0 = no global blocks), got {global_stride}")
-        self.block_size, self.local_blocks, self.global_stride = block_size, local_blocks, global_stride
+    @dataclass(frozen=True)
+    class Options:
+        block_size: int = 16
+        local_blocks: int = 4
+        global_stride: int = 4  # 0: no global blocks
+
+        def __post_init__(self) -> None:
+            for key in ("block_size", "local_blocks"):
+                if getattr(self, key) < 1:
+                    raise ValueError(f"sparse {key} must be positive, got {getattr(self, key)}")
+            if self.global_stride < 0:
+                raise ValueError(
+                    f"sparse global_stride must be >= 0 (0 = no global blocks), got {self.global_stride}"
+                )
 
     def band(self) -> Band:
-        b, n = self.block_size, self.layout.image_len
-        stride = self.global_stride
+        b, n, stride = self.opts.block_size, self.layout.image_len, self.opts.global_stride
         global_keys = tuple(i for i in range(n) if stride > 0 and (i // b) % stride == stride - 1)
-        return Band(group=b, width=self.local_blocks * b, global_keys=global_keys)
+        return Band(group=b, width=self.opts.local_blocks * b, global_keys=global_keys)
 
     def image_rule(self, qi: Tensor, ki: Tensor) -> Tensor:
-        bq = torch.div(qi, self.block_size, rounding_mode="floor")
-        bk = torch.div(ki, self.block_size, rounding_mode="floor")
-        allowed = bq - bk < self.local_blocks
-        if self.global_stride > 0:
-            allowed = allowed | (bk % self.global_stride == self.global_stride - 1)
+        b, stride = self.opts.block_size, self.opts.global_stride
+        bq = torch.div(qi, b, rounding_mode="floor")
+        bk = torch.div(ki, b, rounding_mode="floor")
+        allowed = bq - bk < self.opts.local_blocks
+        if stride > 0:
+            allowed = allowed | (bk % stride == stride - 1)
         return allowed
-
-    def options(self) -> dict:
-        return {
-            "block_size": self.block_size,
-            "local_blocks": self.local_blocks,
-            "global_stride": self.global_stride,
-        }
 
 
 PATTERNS: dict[str, type[AttentionPattern]] = {
@@ -200,15 +223,25 @@ PATTERNS: dict[str, type[AttentionPattern]] = {
 }
 
 
-def make_pattern(name: str, layout: SequenceLayout, **options) -> AttentionPattern:
-    """Build the pattern called ``name``; options that it does not take are ignored."""
+def pattern_options(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The ``Options`` of pattern ``name`` from a mapping (missing keys take their defaults); unknown names
+    and keys are a ``ValueError`` that lists the valid ones."""
     try:
         cls = PATTERNS[name]
     except KeyError:
         raise ValueError(f"unknown attention type {name!r}: choose from {', '.join(PATTERNS)}") from None
-    if cls is ConvLikePattern:
-        return cls(layout, **{k: options[k] for k in ("kernel_size", "dilation") if k in options})
-    if cls is BlockSparsePattern:
-        keys = ("block_size", "local_blocks", "global_stride")
-        return cls(layout, **{k: options[k] for k in keys if k in options})
-    return cls(layout)
+    options = dict(options or {})
+    known = [f.name for f in fields(cls.Options)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = f"takes {', '.join(known)}" if known else "takes no options"
+        raise ValueError(f"attention type {name!r} {takes}; got {', '.join(unknown)}")
+    return cls.Options(**options)
+
+
+def make_pattern(
+    name: str, layout: SequenceLayout, options: Mapping[str, Any] | None = None
+) -> AttentionPattern:
+    """Build the pattern called ``name`` with ``options`` (its ``Options`` fields, as a mapping)."""
+    opts = pattern_options(name, options)
+    return PATTERNS[name](layout, opts)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import MaskSpec
+from ..attention import AttentionPlan
 from .transformer import Transformer
 
 
@@ -75,7 +75,7 @@ class CLIP(nn.Module):
         mask = mask.clone()
         mask[:, 0] = True  # an all-padding caption still attends somewhere
         x = self.text_emb(text) + self.text_pos_emb.weight[: text.shape[1]]
-        x = self.text_norm(self.text_transformer(x, MaskSpec(key_padding=mask)))
+        x = self.text_norm(self.text_transformer(x, AttentionPlan(key_padding=mask)))
         weights = mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * weights).sum(dim=1) / weights.sum(dim=1)
         return F.normalize(self.to_text_latent(pooled), dim=-1)
@@ -94,7 +94,7 @@ class CLIP(nn.Module):
         patches = image.unfold(2, p, p).unfold(3, p, p)  # [B, C, h, w, p, p]
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, self.channels * p * p)
         x = self.to_patch(patches) + self.visual_pos_emb.weight
-        x = self.visual_norm(self.visual_transformer(x, MaskSpec()))
+        x = self.visual_norm(self.visual_transformer(x, AttentionPlan()))
         return F.normalize(self.to_visual_latent(x.mean(dim=1)), dim=-1)
 
     def forward(

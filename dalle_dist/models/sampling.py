@@ -1,9 +1,21 @@
-"""Token sampling (top-k / top-p / temperature) and the static key-value cache used while decoding."""
+"""Sampling from a DALLE: token filters (top-k, top-p, temperature) and the decoding loop.
+
+The loop extends a prompt one token per step against a key-value cache (``kv_cache.py``), with
+classifier-free guidance run as one batch of conditioned and null-conditioned rows, and optionally
+through the model's fixed-shape decode step compiled by ``torch.compile``. ``DALLE.generate_images`` and
+``generate_texts`` are thin methods over ``generate_images`` / ``generate_texts`` here.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from .kv_cache import KVCache
 
 
 def top_k_filter(logits: Tensor, thres: float = 0.5) -> Tensor:
@@ -39,52 +51,169 @@ def sample(logits: Tensor, temperature: float = 1.0, generator: torch.Generator 
     return (logits.float() / temperature + gumbel).argmax(dim=-1)
 
 
-class LayerCache:
-    """One layer's decode state: keys and values, and the inputs its token-shift reads back."""
+# ------------------------------------------------------------------------------------------ the loop
+def sample_sequence(
+    model: nn.Module,
+    ids: Tensor,
+    end: int,
+    *,
+    filter_thres: float,
+    temperature: float,
+    top_p: float = 1.0,
+    cond_scale: float = 1.0,
+    null_ids: Tensor | None = None,
+    use_cache: bool = True,
+    compile: bool = False,
+    logits_out: list[Tensor] | None = None,
+) -> Tensor:
+    """Extend a DALLE's internal ids ``[B, P]`` to length ``end``; guidance runs cond and null rows in one
+    batch. ``compile`` runs each cached decode step through ``torch.compile`` (fixed shapes: one graph);
+    ``logits_out`` collects the filtered-from logits of every step (for tests)."""
+    batch, t = ids.shape[0], model.layout.text_len
+    guided = cond_scale != 1
+    if guided and (null_ids is None or null_ids.shape != ids.shape):
+        raise ValueError("guidance needs null-conditioned ids of the same shape as the prompt")
+    seq = torch.cat((ids, null_ids)) if guided else ids
+    cache = KVCache(model.transformer.depth, model.total_seq_len - 1) if use_cache else None
+    step = functools.partial(_compiled(type(model).decode_step), model) if compile and use_cache else None
+    pos = seq.shape[1]
+    h = model.hidden_states(seq, 0, cache)[:, -1]
+    while pos < end:
+        is_text = pos < t  # the token at `pos` belongs to the text
+        logits = model.text_logits(h) if is_text else model.image_logits(h)
+        if guided:
+            cond, null = logits[:batch], logits[batch:]
+            logits = cond if is_text else null + (cond - null) * cond_scale
+        if logits_out is not None:
+            logits_out.append(logits)
+        token = sample(top_p_filter(top_k_filter(logits, filter_thres), top_p), temperature)
+        if guided:
+            # the null branch keeps its padding text and follows the guided image tokens
+            null_token = torch.full_like(token, model.text_vocab_size + pos - 1) if is_text else token
+            token = torch.cat((token, null_token))
+        seq = torch.cat((seq, token[:, None]), dim=1)
+        pos += 1
+        if pos == end:
+            break
+        if step is not None:
+            positions = torch.full((1,), pos - 1, dtype=torch.long, device=seq.device)
+            h = step(seq[:, -1:].contiguous(), positions, pos - 1 < t, cache)
+        elif cache is not None:
+            h = model.hidden_states(seq[:, -1:], pos - 1, cache)[:, -1]
+        else:
+            h = model.hidden_states(seq)[:, -1]
+    return seq[:batch]
 
-    def __init__(self) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-        self.shift_inputs: dict[str, Tensor] = {}
 
-    def append_kv(self, k: Tensor, v: Tensor, offset: int | Tensor, max_len: int) -> tuple[Tensor, Tensor]:
-        """Write ``k, v [B,H,n,d]`` at ``offset`` and return every key and value up to the new end.
-
-        A tensor ``offset`` (one position, the compiled decode step) returns the whole buffer: its shape
-        stays fixed, and the zeros past the end are masked out by the caller."""
-        if self.k is None:
-            # zeros, not empty: a fixed-shape step scores every slot, and garbage could be NaN
-            shape = (*k.shape[:2], max_len, k.shape[-1])
-            self.k, self.v = k.new_zeros(shape), v.new_zeros(shape)
-        if isinstance(offset, Tensor):
-            self.k.index_copy_(2, offset, k)
-            self.v.index_copy_(2, offset, v)
-            return self.k, self.v
-        end = offset + k.shape[-2]
-        self.k[:, :, offset:end] = k
-        self.v[:, :, offset:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def append_shift_input(self, key: str, x: Tensor, offset: int | Tensor, max_len: int) -> Tensor:
-        """Record the token-shift input ``x [B,n,D]`` at ``offset``; return the whole prefix (the whole
-        buffer for a tensor ``offset``)."""
-        buf = self.shift_inputs.get(key)
-        if buf is None:
-            buf = self.shift_inputs[key] = x.new_zeros((x.shape[0], max_len, x.shape[-1]))
-        if isinstance(offset, Tensor):
-            return buf.index_copy_(1, offset, x)
-        end = offset + x.shape[1]
-        buf[:, offset:end] = x
-        return buf[:, :end]
+@functools.cache
+def _compiled(decode_step: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``decode_step`` (a model class's function, the model its first argument) through ``torch.compile``,
+    once per process: not one compiled function per model instance, which a copy of the model would share
+    with its original. torch recompiles only for another architecture, batch size, dtype or device."""
+    return torch.compile(decode_step, dynamic=False)
 
 
-class KVCache:
-    """Preallocated decode state for every layer of a transformer.
+def _inference(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn(model, ...)`` with the model in eval mode and under inference mode, restoring its mode.
 
-    Each *layer* (not each module) has its own slot, so layers that share weights never share a cache.
-    """
+    Inference mode (not just no_grad) trims the per-operation bookkeeping that dominates a decode step of
+    small tensors; the results are cloned out of it so that callers may use them in autograd."""
 
-    def __init__(self, depth: int, max_len: int) -> None:
-        self.max_len = max_len
-        self.layers = [LayerCache() for _ in range(depth)]
-        self.length = 0  # positions already written
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                out = fn(model, *args, **kwargs)
+            return _plain(out)
+        finally:
+            model.train(was_training)
+
+    return wrapper
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its tensors copied out of inference mode."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+@_inference
+def generate_images(
+    model: nn.Module,
+    text: Tensor,
+    *,
+    clip: nn.Module | None = None,
+    filter_thres: float = 0.5,
+    temperature: float = 1.0,
+    img: Tensor | None = None,
+    num_init_img_tokens: int | None = None,
+    cond_scale: float = 1.0,
+    use_cache: bool = True,
+    top_p: float = 1.0,
+    compile: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``DALLE.generate_images`` (see there)."""
+    text = text[:, : model.text_seq_len]
+    ids = model.text_ids(text)
+    null_ids = model.text_ids(torch.zeros_like(text))
+    if img is not None:
+        n_image = model.image_seq_len
+        n_init = int(0.4375 * n_image) if num_init_img_tokens is None else num_init_img_tokens
+        if not 0 <= n_init < n_image:
+            raise ValueError(f"num_init_img_tokens must be in [0, {n_image}), got {n_init}")
+        prime = model.image_ids(img)[:, :n_init]
+        if prime.shape[0] != ids.shape[0]:
+            raise ValueError(f"img has batch {prime.shape[0]}, text has {ids.shape[0]}")
+        ids, null_ids = torch.cat((ids, prime), dim=1), torch.cat((null_ids, prime), dim=1)
+    seq = sample_sequence(
+        model,
+        ids,
+        model.total_seq_len,
+        filter_thres=filter_thres,
+        temperature=temperature,
+        top_p=top_p,
+        cond_scale=cond_scale,
+        null_ids=null_ids,
+        use_cache=use_cache,
+        compile=compile,
+    )
+    images = model.vae.decode(seq[:, model.layout.text_len :])
+    if clip is not None:
+        return images, clip(text, images, return_loss=False)
+    return images
+
+
+@_inference
+def generate_texts(
+    model: nn.Module,
+    tokenizer: Any,
+    text: str | None = None,
+    *,
+    filter_thres: float = 0.5,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    use_cache: bool = True,
+    compile: bool = False,
+) -> tuple[Tensor, list[str]]:
+    """``DALLE.generate_texts`` (see there)."""
+    device = model.to_logits.weight.device
+    prompt = list(tokenizer.encode(text))[: model.text_seq_len] if text else []
+    ids = model.text_ids(torch.tensor([prompt], dtype=torch.long, device=device))[:, : len(prompt) + 1]
+    seq = sample_sequence(
+        model,
+        ids,
+        model.layout.text_len,
+        filter_thres=filter_thres,
+        temperature=temperature,
+        top_p=top_p,
+        use_cache=use_cache,
+        compile=compile,
+    )
+    tokens = seq[:, 1:]
+    tokens = tokens.masked_fill(tokens >= model.text_vocab_size, 0)
+    return tokens, [tokenizer.decode([i for i in row if i != 0]) for row in tokens.tolist()]

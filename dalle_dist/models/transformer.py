@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import MaskSpec, SequenceLayout, attention
+from ..attention import AttentionPlan, SequenceLayout, attention
+from .kv_cache import KVCache, LayerCache
 from .reversible import reversible_sequence
-from .sampling import KVCache, LayerCache
 
 
 def layer_ids(ids: int | Sequence[int] | None, depth: int) -> tuple[int, ...]:
@@ -143,7 +143,7 @@ class TokenShift(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention whose mask comes from a ``MaskSpec``; writes to a layer cache when given."""
+    """Multi-head attention under an ``AttentionPlan``; writes to a layer cache when given."""
 
     def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0) -> None:
         super().__init__()
@@ -154,7 +154,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        spec: MaskSpec,
+        plan: AttentionPlan,
         rotary: Rotary | None = None,
         cache: LayerCache | None = None,
         offset: int | Tensor = 0,
@@ -170,7 +170,7 @@ class Attention(nn.Module):
             q, k, v = qkv
         if cache is not None:
             k, v = cache.append_kv(k, v, offset, max_len)
-        out = attention(q, k, v, spec, q_offset=offset, dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, plan, q_offset=offset, dropout_p=self.dropout if self.training else 0.0)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -268,20 +268,21 @@ class Transformer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        specs: MaskSpec | Sequence[MaskSpec],
+        plans: AttentionPlan | Sequence[AttentionPlan],
         rotary: Rotary | None = None,
         cache: KVCache | None = None,
         offset: int | Tensor = 0,
     ) -> Tensor:
-        """Run ``x [B, n, D]`` whose first position is ``offset``; ``specs`` is one mask or one per layer."""
-        if isinstance(specs, MaskSpec):
-            specs = [specs] * self.depth
+        """Run ``x [B, n, D]`` whose first position is ``offset``; ``plans``: one for every layer, or one
+        per layer."""
+        if isinstance(plans, AttentionPlan):
+            plans = [plans] * self.depth
         blocks = []
         for layer in range(self.depth):
             attn, ff = self.attns[str(self.attn_ids[layer])], self.ffs[str(self.ff_ids[layer])]
 
             def f(h, attn=attn, layer=layer):
-                return self._run(attn, "attn", h, offset, cache, layer, spec=specs[layer], rotary=rotary)
+                return self._run(attn, "attn", h, offset, cache, layer, plan=plans[layer], rotary=rotary)
 
             def g(h, ff=ff, layer=layer):
                 return self._run(ff, "ff", h, offset, cache, layer)

@@ -12,14 +12,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..attention import PATTERNS
+from ..attention import ATTN_IMPLS, PATTERNS
 from ..data import image_grid
 from ..data.shards import ShardDataset, Skipped
 from ..data.token_cache import TokenCache, item_entry, stream_key, vae_hash
 from ..download import VQGAN_CONFIG, VQGAN_MODEL, fetch
 from ..errors import UserError
 from ..models import DALLE
-from ..models.dalle import ATTN_IMPLS
 from ..models.pretrained import OpenAIDiscreteVAE, VQGanVAE
 from ..text import Tokenizer
 from ..text.options import check_matches

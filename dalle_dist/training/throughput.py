@@ -27,10 +27,9 @@ def dalle_flops_per_sample(dalle: nn.Module) -> float:
     # the output layer: text positions score text tokens only, image positions image tokens only
     s, dim = dalle.text_seq_len, dalle.to_logits.in_features
     flops += 6.0 * dim * (s * dalle.num_text_tokens + (n - s) * dalle.num_image_tokens)
-    heads, dim_head = dalle.config()["heads"], dalle.config()["dim_head"]
-    for spec in dalle.mask_specs():
-        visible = float(spec.pattern[:n, :n].sum()) if spec.pattern is not None else n * (n + 1) / 2
-        flops += 3 * 4 * heads * dim_head * visible
+    heads, dim_head = dalle.hparams.heads, dalle.hparams.dim_head
+    visible = {p.name: float(p.dense_mask(n).sum()) for p in dalle.planner.layer_patterns}
+    flops += 3 * 4 * heads * dim_head * sum(visible[p.name] for p in dalle.planner.layer_patterns)
     return flops
 
 
