@@ -45,9 +45,8 @@ def loader_rate(shards: Path, image_size: int) -> float:
     dataset = ShardDataset(shards, Keys.parse("jpg,txt"), image_size, shuffle_buffer=100)
     rates = []
     for epoch in range(2):
-        dataset.set_epoch(epoch)
         start = time.perf_counter()
-        count = sum(1 for _ in DataLoader(dataset, batch_size=None, num_workers=1))
+        count = sum(1 for _ in DataLoader(dataset.stream(epoch), batch_size=None, num_workers=1))
         rates.append(count / (time.perf_counter() - start))
     return rates[-1]
 

@@ -34,13 +34,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checkpoint import describe_vae, save_checkpoint
+from .cli import Parser, add_tokenizer_flags, cli, tokenizer_from_flags
 from .errors import UserError
 from .models import DALLE, DiscreteVAE
 from .safe_load import NotTorchFileError, UnsafeFileError, load_plain
 from .text import HuggingFaceTokenizer, Tokenizer, YttmTokenizer
-from .text.options import tokenizer_from_options
-from .training.checkpoint import describe_vae, save_checkpoint
-from .training.job import cli
 
 SOURCE = "DALLE-pytorch 1.6.6"
 DS_MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -686,10 +685,7 @@ def dalle_kwargs(hparams: Any, where: str, report: Report) -> dict[str, Any]:
 def _tokenizer(args: argparse.Namespace, num_text_tokens: int) -> tuple[Tokenizer, int]:
     """The tokenizer the flags name, and how far its ids are shifted from the ones the model was trained
     on (0, or 1 for files whose id 0 is not a padding token)."""
-    try:
-        tokenizer = tokenizer_from_options(args.bpe_path, args.hug, args.chinese, args.chinese_vocab)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    tokenizer = tokenizer_from_flags(args)
     if tokenizer is None:
         default = (
             f" (num_text_tokens={num_text_tokens} is the size of that default tokenizer)"
@@ -815,8 +811,6 @@ def convert_dalle(src: Source, args: argparse.Namespace, output: Path, report: R
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.config import Parser
-
     parser = Parser(
         prog="python -m dalle_dist.convert",
         description="Convert a DALLE-pytorch 1.6.6 checkpoint (vae.pt, dalle.pt or a DeepSpeed folder such "
@@ -826,16 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, required=True, help="the checkpoint folder to write (new)")
     parser.add_argument("--tag", default=None, help="DeepSpeed folder: the tag to read (default: 'latest')")
     tok = parser.add_argument_group("tokenizer (DALL-E only): the one train_dalle.py was given")
-    tok.add_argument(
-        "--bpe_path", type=Path, default=None, help="YouTokenToMe .model, or with --hug a tokenizer.json"
-    )
-    tok.add_argument("--hug", action="store_true", help="--bpe_path is a Hugging Face tokenizer.json")
-    tok.add_argument(
-        "--chinese", action="store_true", help="the model was trained with --chinese (BERT Chinese)"
-    )
-    tok.add_argument(
-        "--chinese_vocab", default=None, help="folder or file with BERT's vocab.txt for --chinese"
-    )
+    add_tokenizer_flags(tok, trained=True)
     return parser
 
 

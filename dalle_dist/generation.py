@@ -12,16 +12,23 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import load_clip, load_dalle
+from .cli import (
+    Parser,
+    add_device_flag,
+    add_tokenizer_flags,
+    check_tokenizer_flags,
+    cli,
+    positive_float,
+    positive_int,
+    refuse,
+    unit_interval,
+)
 from .data import image_grid, label_image, load_image
 from .devices import pick_device
 from .errors import UserError
 from .evaluation.clip_score import clip_scores
 from .text import CaptionTooLongError
-from .text.options import check_matches
-from .training.checkpoint import load_dalle
-from .training.clip_job import load_clip
-from .training.config import Parser, positive_float, positive_int, refuse, unit_interval
-from .training.job import cli
 
 
 def build_parser() -> Parser:
@@ -70,15 +77,8 @@ def build_parser() -> Parser:
     parser.add_argument("--seed", type=int, default=None)
     # the checkpoint carries its tokenizer; these are accepted, and checked, so DALLE-pytorch commands work
     tok = parser.add_argument_group("tokenizer (not needed: must match the checkpoint's when given)")
-    tok.add_argument(
-        "--bpe_path", type=Path, default=None, help="the tokenizer file the model was trained with"
-    )
-    tok.add_argument("--hug", action="store_true", help="the model was trained with a Hugging Face tokenizer")
-    tok.add_argument("--chinese", action="store_true", help="the model was trained with --chinese")
-    tok.add_argument(
-        "--chinese_vocab", type=str, default=None, help="the --chinese_vocab it was trained with"
-    )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add_tokenizer_flags(tok, trained=True)
+    add_device_flag(parser)
     parser.add_argument("--no_cache", action="store_true", help="recompute every step (slow; for checking)")
     parser.add_argument(
         "--compile",
@@ -115,10 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--compile compiles the cached decode step: drop --no_cache (or --compile)")
     device = pick_device(args.device)
     dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
-    try:
-        check_matches(tokenizer, args.bpe_path, args.hug, args.chinese, args.chinese_vocab)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    check_tokenizer_flags(tokenizer, args, "generate.py")
     dalle.to(device).eval()
     if args.bf16:
         dalle.to(torch.bfloat16).vae.float()

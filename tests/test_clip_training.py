@@ -16,11 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dalle_dist import CLIP
+from dalle_dist.checkpoint import load_clip, save_checkpoint
 from dalle_dist.data.make_shards import make_shards
 from dalle_dist.errors import UserError
 from dalle_dist.training import clip_job
-from dalle_dist.training.checkpoint import save_checkpoint
-from dalle_dist.training.clip_job import load_clip
 
 TINY_CLIP = (
     "--dim_text 32 --dim_image 32 --dim_latent 8 --text_enc_depth 1 --visual_enc_depth 1 --text_heads 2 "

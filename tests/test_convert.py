@@ -18,8 +18,8 @@ from conftest import run_cmd
 from torch import nn
 
 from dalle_dist import DALLE, DiscreteVAE
+from dalle_dist.checkpoint import load_dalle, load_vae
 from dalle_dist.convert import main
-from dalle_dist.training.checkpoint import load_dalle, load_vae
 
 CONVERT = [sys.executable, "-m", "dalle_dist.convert"]
 VAE_HPARAMS = dict(

@@ -16,6 +16,7 @@ from conftest import ROOT, run_cmd, small_vae
 from torch import nn
 
 from dalle_dist import CLIP, ByteTokenizer
+from dalle_dist.checkpoint import save_checkpoint
 from dalle_dist.data import ShapesDataset, to_pil
 from dalle_dist.errors import UserError
 from dalle_dist.evaluation import evaluate as evaluation
@@ -29,7 +30,6 @@ from dalle_dist.evaluation.clip_score import (
     text_embeddings,
 )
 from dalle_dist.evaluation.frechet import feature_statistics, frechet_distance, frechet_distance_of
-from dalle_dist.training.checkpoint import save_checkpoint
 
 # --------------------------------------------------------------------------------------- Fréchet distance
 

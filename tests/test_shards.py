@@ -55,8 +55,7 @@ def shards(folder, tmp_path_factory) -> Path:
 
 
 def read_all(dataset: ShardDataset, epoch: int = 0, rank: int = 0, world: int = 1, workers: int = 0, skip=0):
-    dataset.set_epoch(epoch, rank, world, skip)
-    return list(DataLoader(dataset, batch_size=None, num_workers=workers))
+    return list(DataLoader(dataset.stream(epoch, rank, world, skip), batch_size=None, num_workers=workers))
 
 
 def test_folder_and_shards_give_the_same_samples(folder, shards):
@@ -107,9 +106,9 @@ def test_resume_skips_slots_before_decoding(shards):
     stream = ShardDataset(shards, KEYS, 16, shuffle_buffer=3)
     full = [c[0] for _, c in read_all(stream, 2, 0, 1, workers=2)]
     for skip in (0, 1, 4, 7, 20):
-        stream.set_epoch(2, 0, 1, skip)
-        loader = iter(DataLoader(stream, batch_size=None, num_workers=2))
-        for _ in range(stream.skip_plan(2)[1]):  # what the training loop drops itself
+        epoch = stream.stream(2, 0, 1, skip)
+        loader = iter(DataLoader(epoch, batch_size=None, num_workers=2))
+        for _ in range(epoch.skip_plan(2)[1]):  # what the training loop drops itself
             next(loader)
         assert [c[0] for _, c in loader] == full[skip:], skip
     # round-robin over live workers: 2 rounds of 3, then 1 round of 2 (worker 1 ran dry); 1 left over
@@ -123,9 +122,9 @@ def test_resampled_mode(shards):
     assert len(per_rank[0]) == len(per_rank[1]) == N // 2
     assert per_rank[0] != per_rank[1]
     assert [c[0] for _, c in read_all(stream, 0, 1, 2, workers=2)] == per_rank[1]
-    stream.set_epoch(0, 1, 2, 5)
-    loader = iter(DataLoader(stream, batch_size=None, num_workers=2))
-    for _ in range(stream.skip_plan(2)[1]):
+    epoch = stream.stream(0, 1, 2, 5)
+    loader = iter(DataLoader(epoch, batch_size=None, num_workers=2))
+    for _ in range(epoch.skip_plan(2)[1]):
         next(loader)
     assert [c[0] for _, c in loader] == per_rank[1][5:]
 

@@ -18,12 +18,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dalle_dist import DiscreteVAE
+from dalle_dist.checkpoint import describe_vae, save_checkpoint
 from dalle_dist.data import load_image
-from dalle_dist.data.encode_tokens import main as encode_main
 from dalle_dist.data.make_shards import main as make_shards_main
 from dalle_dist.data.token_cache import TokenCache, default_file_name, vae_hash
+from dalle_dist.encode_tokens import main as encode_main
 from dalle_dist.training import dalle_job
-from dalle_dist.training.checkpoint import describe_vae, save_checkpoint
 
 N = 10
 DALLE = [*TINY_DALLE.split(), "--batch_size", "4", "--max_steps", "3", "--log_every", "1"]

@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 
-from dalle_dist.data.sampler import EpochBatches, split_indices
-from dalle_dist.errors import UserError
-from dalle_dist.generation import prompt_folder
-from dalle_dist.models import DiscreteVAE
-from dalle_dist.training.checkpoint import (
+from dalle_dist.checkpoint import (
     RunDirectory,
     describe_vae,
     load_checkpoint,
     load_vae,
     save_checkpoint,
 )
+from dalle_dist.data.sampler import EpochBatches, split_indices
+from dalle_dist.errors import UserError
+from dalle_dist.generation import prompt_folder
+from dalle_dist.models import DiscreteVAE
 from dalle_dist.training.schedule import LRSchedule
 
 

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from .batches import IndexedDataset, Ranks
+from .config import DataConfig
 from .errors import DataError
 from .transforms import load_image
 
@@ -81,7 +82,7 @@ def _image_problem(path: Path, image_size: int) -> tuple[str, str] | None:
     return None
 
 
-class FolderDataset(Dataset):
+class FolderDataset(IndexedDataset):
     """``dataset[i] -> (image [3, image_size, image_size] in [0, 1], list of captions)``.
 
     ``strict=True`` raises :class:`DataError` on the first kind of problem found; ``strict=False`` skips
@@ -111,6 +112,36 @@ class FolderDataset(Dataset):
         self.skipped: dict[str, list[str]] = {kind: [] for kind in SKIP_KINDS}
         self._items: list[tuple[Path, list[str]]] = []
         self._load()
+
+    @classmethod
+    def from_config(cls, config: DataConfig, ranks: Ranks) -> FolderDataset:
+        """The folder of a ``DataConfig``: every rank scans it; broken pairs are skipped (the root rank
+        lists them) unless ``strict``."""
+        dataset = cls(
+            config.location,
+            config.image_size,
+            resize_ratio=config.resize_ratio,
+            strict=config.strict,
+            check_size=config.check_size,
+        )
+        if ranks.is_root:
+            for line in dataset.skip_report():
+                print(line, flush=True)
+        return dataset
+
+    def skip_report(self) -> list[str]:
+        """One line per kind of pair skipped, with the first few names; none when nothing was."""
+        skipped = {kind: paths for kind, paths in self.skipped.items() if paths}
+        if not skipped:
+            return []
+        total = sum(map(len, skipped.values()))
+        lines = [
+            f"data: skipped {total} of {total + len(self)} pairs in {self.root}, training on the "
+            f"{len(self)} good ones (--strict_data stops instead)"
+        ]
+        for kind, paths in skipped.items():
+            lines.append(f"data: skipped {len(paths)} {kind.replace('_', ' ')}: {_examples(paths)}")
+        return lines
 
     def _problem(self, kind: str, paths: list[str], message: str) -> None:
         """Raise in strict mode; otherwise remember what was skipped."""

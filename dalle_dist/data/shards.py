@@ -22,6 +22,7 @@ How a run reads them, exactly once per epoch on any number of ranks and workers:
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
@@ -33,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .batches import Ranks, Reading, Samples
+from .config import DataConfig
 from .errors import DataError
 from .transforms import load_image
 
@@ -241,14 +244,25 @@ def worker_skips(counts: Sequence[int], skip: int) -> tuple[list[int], int]:
     return dropped, skip
 
 
-# ------------------------------------------------------------------------------------------- the stream
-class ShardDataset(IterableDataset):
-    """Samples from shards for one rank; call ``set_epoch`` before iterating (the loop does).
+# ------------------------------------------------------------------------------------------- the dataset
+class _Pairs:
+    """Samples as decoded: ``(image, captions)`` (what a stream yields when no task is given)."""
+
+    def make_sample(self, image: torch.Tensor, captions: list[str], rng: random.Random) -> Any:
+        return image, captions
+
+    def sample_from_key(self, dataset: Any, url: str, key: str, captions: list[str], rng: random.Random):
+        return None
+
+
+class ShardDataset:
+    """A set of shards, counted: ``stream(epoch, rank, world, skip, samples)`` reads one rank's share of
+    an epoch, and ``batch_source`` gives the training loop its batches.
 
     ``counted`` is ``count_shards(resolve_shards(location))`` when already known (other ranks).
-    ``make_item(image, captions, rng)`` turns a decoded pair into a training sample inside the workers; it
-    may raise ``ValueError`` (e.g. a caption too long), which skips the slot.
     """
+
+    streamed = True  # read in order, never ahead: its captions are checked as they come
 
     def __init__(
         self,
@@ -263,32 +277,39 @@ class ShardDataset(IterableDataset):
         resampled: bool = False,
         counted: tuple[list[tuple[str, int]], list[Skipped]] | None = None,
     ) -> None:
-        super().__init__()
         self.location, self.keys, self.image_size = str(location), keys, image_size
         self.resize_ratio, self.seed, self.shuffle_buffer = resize_ratio, seed, shuffle_buffer
         self.caption_limit, self.resampled = caption_limit, resampled
         self.urls = resolve_shards(location)
         if counted is None:
             counted = count_shards(self.urls)
-        self.counts, self.shard_problems = counted  # problems are reported once, by the loop
+        self.counts, self.shard_problems = counted  # problems are reported once, by the batch source
         self.num_slots = sum(c for _, c in self.counts)
         if self.num_slots == 0:
             raise DataError(
                 f"{location}: no samples in {len(self.urls)} shard(s) (missing or empty shards): "
                 "check the path or pattern"
             )
-        self.make_item: Callable[[torch.Tensor, list[str], random.Random], Any] = lambda i, c, r: (i, c)
-        # when set, called as (url, key, captions, rng) instead of decoding the image: cached image
-        # tokens (token_cache.py); may return a Skipped or raise ValueError like make_item
-        self.make_item_from_key: Callable[[str, str, list[str], random.Random], Any] | None = None
-        self.epoch, self.rank, self.world, self.skip = 0, 0, 1, 0
+
+    @classmethod
+    def from_config(cls, config: DataConfig, ranks: Ranks) -> ShardDataset:
+        """The shards of a ``DataConfig``; the root rank counts them, the others receive the counts."""
+        location = config.location
+        counted = ranks.broadcast(count_shards(resolve_shards(location)) if ranks.is_root else None)
+        return cls(
+            location,
+            Keys.parse(config.shard_keys, config.caption_field),
+            config.image_size,
+            resize_ratio=config.resize_ratio,
+            seed=config.seed,
+            shuffle_buffer=config.shuffle_buffer,
+            caption_limit=config.caption_limit,
+            resampled=config.resampled,
+            counted=counted,
+        )
 
     def __len__(self) -> int:
         return self.num_slots
-
-    def set_epoch(self, epoch: int, rank: int = 0, world: int = 1, skip: int = 0) -> None:
-        """Read ``epoch`` as rank ``rank`` of ``world``, starting ``skip`` slots into this rank's share."""
-        self.epoch, self.rank, self.world, self.skip = epoch, rank, world, skip
 
     def slots_per_rank(self, world: int) -> int:
         return self.num_slots // world
@@ -334,26 +355,29 @@ class ShardDataset(IterableDataset):
                 continue
             yield sample_key(url, key), image
 
-    # ----------------------------------------------------------------------------------- workers
-    def _pieces(self, worker: int, workers: int) -> list[Piece]:
-        """What worker ``worker`` of ``workers`` reads this epoch."""
-        if self.resampled:
-            per_rank = self.slots_per_rank(self.world)
-            quota = per_rank // workers + (worker < per_rank % workers)
-            return resampled_pieces(self.counts, self.seed, self.epoch, self.rank, worker, quota)
-        return epoch_pieces(self.counts, self.seed, self.epoch, self.rank, self.world)[worker::workers]
+    def stream(
+        self, epoch: int, rank: int = 0, world: int = 1, skip: int = 0, samples: Samples | None = None
+    ) -> ShardStream:
+        """Rank ``rank`` of ``world``'s slots of ``epoch`` from slot ``skip`` on, made into samples by
+        ``samples`` (a task: ``make_sample`` / ``sample_from_key``; default ``(image, captions)``)."""
+        return ShardStream(self, epoch, rank, world, skip, samples or _Pairs())
 
-    def skip_plan(self, workers: int) -> tuple[list[int], int]:
-        """``worker_skips`` for this epoch's pieces dealt to ``workers`` workers (0: the main process)."""
-        workers = max(workers, 1)
-        counts = [sum(p.stop - p.start for p in self._pieces(w, workers)) for w in range(workers)]
-        return worker_skips(counts, self.skip)
+    def batch_source(
+        self,
+        samples: Samples,
+        reading: Reading,
+        indices: Sequence[int] | None = None,
+        *,
+        shuffle: bool = True,
+        on_skip: Callable[[Skipped], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> ShardBatches:
+        """The training loop's batches (``data/batches.py``): every slot, in the stream's seeded order."""
+        if (indices is not None and len(indices) != self.num_slots) or not shuffle:
+            raise ValueError("shards are read whole and in their seeded order: no subsets, no fixed order")
+        return ShardBatches(self, samples, reading, on_skip or (lambda _: None), log or (lambda _: None))
 
-    def _worker_pieces(self) -> tuple[list[Piece], int, int]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self._pieces(worker, workers), self.skip_plan(workers)[0][worker], worker
-
+    # ----------------------------------------------------------------------------------- reading
     def _slots(self, pieces: list[Piece]) -> Iterator[tuple[str, str, dict[str, bytes]] | Skipped]:
         for piece in pieces:
             seen = 0
@@ -382,14 +406,6 @@ class ShardDataset(IterableDataset):
         rng.shuffle(buffer)
         yield from buffer
 
-    def __iter__(self) -> Iterator[Any]:
-        pieces, skip, worker = self._worker_pieces()
-        rng = random.Random(f"buffer/{self.seed}/{self.epoch}/{self.rank}/{worker}")
-        for i, slot in enumerate(self._shuffled(self._slots(pieces), rng)):
-            if i < skip:
-                continue  # before decoding: resuming costs reading, not decoding
-            yield slot if isinstance(slot, Skipped) else self._decode(*slot)
-
     def _captions(self, members: dict[str, bytes]) -> list[str] | str:
         data = members.get(self.keys.caption)
         if data is None:
@@ -409,27 +425,101 @@ class ShardDataset(IterableDataset):
         lines = [line.strip() for line in lines if line.strip()]
         return lines if lines else "empty caption"
 
+
+class ShardStream(IterableDataset):
+    """One rank's share of one epoch of a ``ShardDataset``, for a ``DataLoader`` (its workers split it)."""
+
+    def __init__(
+        self, dataset: ShardDataset, epoch: int, rank: int, world: int, skip: int, samples: Samples
+    ) -> None:
+        super().__init__()
+        self.dataset, self.epoch, self.rank, self.world = dataset, epoch, rank, world
+        self.skip, self.samples = skip, samples
+
+    def _pieces(self, worker: int, workers: int) -> list[Piece]:
+        """What worker ``worker`` of ``workers`` reads this epoch."""
+        d = self.dataset
+        if d.resampled:
+            per_rank = d.slots_per_rank(self.world)
+            quota = per_rank // workers + (worker < per_rank % workers)
+            return resampled_pieces(d.counts, d.seed, self.epoch, self.rank, worker, quota)
+        return epoch_pieces(d.counts, d.seed, self.epoch, self.rank, self.world)[worker::workers]
+
+    def skip_plan(self, workers: int) -> tuple[list[int], int]:
+        """``worker_skips`` for this epoch's pieces dealt to ``workers`` workers (0: the main process)."""
+        workers = max(workers, 1)
+        counts = [sum(p.stop - p.start for p in self._pieces(w, workers)) for w in range(workers)]
+        return worker_skips(counts, self.skip)
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        pieces, skip = self._pieces(worker, workers), self.skip_plan(workers)[0][worker]
+        rng = random.Random(f"buffer/{self.dataset.seed}/{self.epoch}/{self.rank}/{worker}")
+        for i, slot in enumerate(self.dataset._shuffled(self.dataset._slots(pieces), rng)):
+            if i < skip:
+                continue  # before decoding: resuming costs reading, not decoding
+            yield slot if isinstance(slot, Skipped) else self._decode(*slot)
+
     def _decode(self, url: str, key: str, members: dict[str, bytes]) -> Any:
-        captions = self._captions(members)
+        d = self.dataset
+        captions = d._captions(members)
         if isinstance(captions, str):
             return Skipped(captions, url, key)
-        image_ext = next((k for k in self.keys.image if k in members), None)
+        image_ext = next((k for k in d.keys.image if k in members), None)
         if image_ext is None:
-            return Skipped("missing image", url, key, f"no {'/'.join(self.keys.image)} member")
-        rng = random.Random(f"{self.seed}/{self.epoch}/{url}/{key}")
-        if self.make_item_from_key is not None:
+            return Skipped("missing image", url, key, f"no {'/'.join(d.keys.image)} member")
+        rng = random.Random(f"{d.seed}/{self.epoch}/{url}/{key}")
+        try:  # a sample may be refused with a ValueError (e.g. a caption longer than the text context)
+            sample = self.samples.sample_from_key(d, url, key, captions, rng)
+            if sample is not None:
+                return sample
             try:
-                return self.make_item_from_key(url, key, captions, rng)
-            except ValueError as e:
-                return Skipped(type(e).__name__, url, key, str(e).splitlines()[0])
-        try:
-            image = load_image(io.BytesIO(members[image_ext]), self.image_size, self.resize_ratio, rng)
-        except Exception as e:  # Pillow raises many types for broken files
-            return Skipped("broken image", url, key, f"{type(e).__name__}: {e}")
-        try:
-            return self.make_item(image, captions, rng)
-        except ValueError as e:  # e.g. a caption longer than the text context
+                image = load_image(io.BytesIO(members[image_ext]), d.image_size, d.resize_ratio, rng)
+            except Exception as e:  # Pillow raises many types for broken files
+                return Skipped("broken image", url, key, f"{type(e).__name__}: {e}")
+            return self.samples.make_sample(image, captions, rng)
+        except ValueError as e:
             return Skipped(type(e).__name__, url, key, str(e).splitlines()[0])
+
+
+class ShardBatches:
+    """The ``BatchSource`` of shards: batches of ``batch_size`` slots from this rank's stream; broken slots
+    are reported through ``on_skip`` and not trained on."""
+
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        samples: Samples,
+        reading: Reading,
+        on_skip: Callable[[Skipped], None],
+        log: Callable[[str], None],
+    ) -> None:
+        self.dataset, self.samples, self.reading, self.on_skip = dataset, samples, reading, on_skip
+        self.num_samples = dataset.num_slots
+        self.batches_per_epoch = math.floor(dataset.slots_per_rank(reading.world) / reading.batch_size)
+        for problem in dataset.shard_problems:
+            on_skip(problem)
+        readers = reading.world * max(reading.num_workers, 1)
+        if len(dataset.urls) < readers:
+            log(
+                f"note: {len(dataset.urls)} shards for {reading.world} ranks x {max(reading.num_workers, 1)} "
+                "workers: shards are split between readers, so this works, but smaller shards "
+                "(make_shards --maxcount) let every worker read its own"
+            )
+
+    def batches(self, epoch: int, skip: int = 0) -> Iterator[Any]:
+        r = self.reading
+        stream = self.dataset.stream(epoch, r.rank, r.world, skip * r.batch_size, self.samples)
+        loader = DataLoader(
+            stream,
+            batch_size=None,  # slots one by one from the workers, batched here
+            num_workers=r.num_workers,
+            pin_memory=r.pin_memory,
+        )
+        # the workers drop whole rounds of the slots to skip; the main process the last few
+        slots = itertools.islice(iter(loader), stream.skip_plan(r.num_workers)[1], None)
+        return batches(slots, r.batch_size, self.batches_per_epoch - skip, self.samples.collate, self.on_skip)
 
 
 def batches(
@@ -449,7 +539,3 @@ def batches(
             else:
                 items.append(slot)
         yield collate(items) if items else None
-
-
-def num_batches(dataset: ShardDataset, batch_size: int, world: int) -> int:
-    return math.floor(dataset.slots_per_rank(world) / batch_size)

@@ -15,8 +15,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from .batches import IndexedDataset, Ranks
+from .config import DataConfig
+from .errors import DataError
 from .transforms import pil_to_tensor
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -112,7 +114,7 @@ def render(attrs: ShapeAttributes, image_size: int) -> Image.Image:
     return canvas.resize((image_size, image_size), Image.Resampling.BOX)
 
 
-class ShapesDataset(Dataset):
+class ShapesDataset(IndexedDataset):
     """Captioned shapes: ``dataset[i] -> (image [3, image_size, image_size] in [0, 1], 3 captions)``."""
 
     def __init__(
@@ -128,6 +130,14 @@ class ShapesDataset(Dataset):
         self.holdout = parse_holdout(holdout)
         held = set(self.holdout)
         self._pairs = [(c, s) for c in COLORS for s in SHAPES if f"{c} {s}" not in held]
+
+    @classmethod
+    def from_config(cls, config: DataConfig, ranks: Ranks) -> ShapesDataset:
+        """The built-in dataset of a ``DataConfig`` (drawn on demand: nothing to read)."""
+        try:
+            return cls(config.image_size, config.dataset_size, config.seed, config.holdout)
+        except ValueError as e:
+            raise DataError(f"--holdout / --image_size: {e}") from None
 
     def __len__(self) -> int:
         return self.length

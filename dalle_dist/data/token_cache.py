@@ -1,4 +1,4 @@
-"""Image tokens of a frozen VAE, computed once (``python -m dalle_dist.data.encode_tokens``) and looked up
+"""Image tokens of a frozen VAE, computed once (``python -m dalle_dist.encode_tokens``) and looked up
 by sample key during DALL-E training (``train_dalle.py --image_tokens FILE``) instead of encoding pixels
 every step.
 
@@ -42,7 +42,7 @@ from .transforms import load_image
 
 FORMAT = "dalle_dist.image_tokens"
 FORMAT_VERSION = 1
-ENCODE = "python -m dalle_dist.data.encode_tokens"
+ENCODE = "python -m dalle_dist.encode_tokens"
 # what load_image does without an rng: recorded in the file, for people reading it
 PREPROCESSING = {
     "crop": "largest centred square",

@@ -1,6 +1,14 @@
 """Distributed backends: the only package that imports deepspeed, horovod or torch.distributed."""
 
-from .backend import DistributedBackend, Precision, Wrapped
-from .registry import BACKENDS, backend_from_name
+from .backend import BackendConfig, DistributedBackend, Precision, TrainingEngine
+from .registry import BACKENDS, backend_from_config, backend_from_name
 
-__all__ = ["BACKENDS", "DistributedBackend", "Precision", "Wrapped", "backend_from_name"]
+__all__ = [
+    "BACKENDS",
+    "BackendConfig",
+    "DistributedBackend",
+    "Precision",
+    "TrainingEngine",
+    "backend_from_config",
+    "backend_from_name",
+]

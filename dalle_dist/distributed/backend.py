@@ -1,14 +1,14 @@
 """The interface the training loop talks to, whatever engine runs underneath.
 
-A backend knows its process group (world size, ranks, barriers), how the data is split between ranks,
-and how a model is trained under it: ``distribute`` wraps model, optimizer and scheduler into a
-``Wrapped`` whose ``backward`` / ``step`` do what the engine needs (gradient accumulation, clipping,
-averaging across ranks). The loop never branches on the engine's name.
+A backend is configured by a ``BackendConfig`` (built once from the flags), knows its process group
+(world size, ranks, barriers), how the data is split between ranks, and how a model is trained under it:
+``distribute`` wraps model, optimizer and scheduler into a ``TrainingEngine`` whose ``backward`` / ``step``
+do what the engine needs (gradient accumulation, clipping, averaging across ranks). The loop never
+branches on the engine's name.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -27,6 +27,23 @@ TORCH_FORMAT = "torch"  # optimizer state saved as torch state dicts (single, DD
 def ranks_text(n: int | None) -> str:
     """``1 rank`` / ``N ranks``, for messages."""
     return f"{n} rank" if n == 1 else f"{n} ranks"
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How a run is distributed and computed: the engine (None: the launcher's, else single), the
+    device, the per-rank micro-batch and accumulation, the precision flags, and DeepSpeed's options."""
+
+    name: str | None = None
+    device: str = "auto"
+    batch_size: int = 1
+    ga_steps: int = 1
+    fp16: bool = False
+    bf16: bool = False
+    amp: bool = False
+    zero_stage: int = 1
+    cpu_offload: bool = False
+    deepspeed_config: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,7 @@ class Precision:
 
 
 @dataclass
-class Wrapped:
+class TrainingEngine:
     """A model ready to train under a backend.
 
     ``model`` is what the loop calls (maybe an engine wrapper); ``module`` is the plain ``nn.Module``
@@ -202,19 +219,23 @@ class DistributedBackend(ABC):
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
-    wrapped_class: ClassVar[type[Wrapped]] = Wrapped
+    engine_class: ClassVar[type[TrainingEngine]] = TrainingEngine
 
     def __init__(self, device: str = "auto") -> None:
         self.requested_device = device
         self.device = torch.device("cpu")
+        self.config = BackendConfig(name=self.name, device=device)
 
     @classmethod
     def launched_here(cls) -> bool:
         """Does the environment show this engine's launcher started the process?"""
         return False
 
-    def configure(self, args: argparse.Namespace) -> None:
-        """Read this engine's own flags (before ``initialize``); may adjust shared ones it overrides."""
+    def configure(self, config: BackendConfig) -> BackendConfig:
+        """Take ``config`` (before ``initialize``); return what the engine will run, which its own settings
+        may change (a DeepSpeed config file fixes the batch size): ``self.config`` afterwards."""
+        self.config = config
+        return config
 
     @abstractmethod
     def initialize(self) -> None:
@@ -269,10 +290,10 @@ class DistributedBackend(ABC):
         clip_grad_norm: float | None = None,
         precision: Precision | None = None,
         micro_batch_size: int = 1,
-    ) -> Wrapped:
+    ) -> TrainingEngine:
         """Wrap model, optimizer and scheduler for training under this backend (``micro_batch_size`` is
         one rank's batch, for engines that want to know it)."""
-        return self.wrapped_class(
+        return self.engine_class(
             self.wrap_model(model),
             model,
             self.wrap_optimizer(model, optimizer, ga_steps),

@@ -1,7 +1,7 @@
 """DeepSpeed (``deepspeed`` launcher or ``torchrun``): ZeRO 0-3, bf16 / fp16 / autocast, its own checkpoints.
 
 The engine owns gradient accumulation, clipping, loss scaling and the optimizer's partitions. What the
-rest of dalle_dist needs from it goes through ``DeepSpeedWrapped``: full fp32 weights gathered from the
+rest of dalle_dist needs from it goes through ``DeepSpeedEngine``: full fp32 weights gathered from the
 partitions (the portable checkpoint), DeepSpeed's own checkpoint files (resume), and a context that
 gathers ZeRO-3 parameters so the root rank can draw samples.
 """
@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .backend import Precision, Wrapped, ranks_text
+from .backend import BackendConfig, Precision, TrainingEngine, ranks_text
 from .ddp import DDPBackend
 
 TAG = "state"  # the one tag a checkpoint folder's engine files are saved under
@@ -132,7 +133,7 @@ def convert_to_universal(source: str, target: str) -> None:
         ds_to_universal.main(args)
 
 
-class DeepSpeedWrapped(Wrapped):
+class DeepSpeedEngine(TrainingEngine):
     """A DeepSpeed engine stepped by the loop: it accumulates, clips, scales and steps by itself."""
 
     def __init__(
@@ -145,7 +146,7 @@ class DeepSpeedWrapped(Wrapped):
         **kw: Any,
     ) -> None:
         super().__init__(engine, engine.module, engine.optimizer, None, **kw)
-        self.engine = engine
+        self.ds_engine = engine  # DeepSpeed's own
         # frozen weights (the VAE inside DALLE) never change, and bf16 / fp16 modes keep only a rounded copy
         # of them and of float buffers in the module: the export takes them from before the engine
         self.frozen, self.buffers = frozen, buffers
@@ -169,19 +170,19 @@ class DeepSpeedWrapped(Wrapped):
         return contextlib.nullcontext()
 
     def backward(self, loss: Tensor) -> None:
-        self.engine.backward(loss)  # divides by the accumulation steps itself
+        self.ds_engine.backward(loss)  # divides by the accumulation steps itself
 
     def step(self) -> bool:
-        boundary = self.engine.is_gradient_accumulation_boundary()
-        self.engine.step()
+        boundary = self.ds_engine.is_gradient_accumulation_boundary()
+        self.ds_engine.step()
         self.micro_step += 1
         if boundary:
-            norm = self.engine.get_global_grad_norm()
+            norm = self.ds_engine.get_global_grad_norm()
             self.last_grad_norm = float(norm) if norm is not None else None
         return boundary
 
     def profiler(self, log: Callable[[str], None]) -> contextlib.AbstractContextManager:
-        return _flops_profile(self.engine, root=dist.get_rank() == 0)
+        return _flops_profile(self.ds_engine, root=dist.get_rank() == 0)
 
     def full_state_dict(self) -> dict[str, Tensor]:
         from deepspeed.utils import safe_get_full_fp32_param
@@ -215,7 +216,7 @@ class DeepSpeedWrapped(Wrapped):
             yield None
             return
         self.template.load_state_dict(weights)
-        self.template.to(self.engine.device).eval()
+        self.template.to(self.ds_engine.device).eval()
         try:
             yield self.template
         finally:
@@ -238,7 +239,7 @@ class DeepSpeedWrapped(Wrapped):
         info = {
             UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
         }
-        self.engine.save_checkpoint(str(folder), tag=TAG, client_state=info)
+        self.ds_engine.save_checkpoint(str(folder), tag=TAG, client_state=info)
 
     def load_state(self, state: dict[str, Any], folder: Path) -> None:
         if state.get("format") != ENGINE_FORMAT:
@@ -260,10 +261,10 @@ class DeepSpeedWrapped(Wrapped):
         universal = stage > 0 and (state.get("world_size") != world or stage != saved_stage)
         load_from = self._universal(folder, state) if universal else folder
         # DeepSpeed reads this switch when loading, not when the engine is built
-        self.engine._config.load_universal_checkpoint = universal
+        self.ds_engine._config.load_universal_checkpoint = universal
         try:
             with _SafeLoading():
-                path, _ = self.engine.load_checkpoint(
+                path, _ = self.ds_engine.load_checkpoint(
                     str(load_from), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
                 )
         except pickle.UnpicklingError as e:
@@ -273,7 +274,7 @@ class DeepSpeedWrapped(Wrapped):
                 f"({first})"
             ) from None
         finally:
-            self.engine._config.load_universal_checkpoint = False
+            self.ds_engine._config.load_universal_checkpoint = False
         if universal:
             dist.barrier()
             if dist.get_rank() == 0:
@@ -310,7 +311,7 @@ class DeepSpeedWrapped(Wrapped):
                 (target / "latest").write_text(TAG)
         else:
             ok = True
-        flag = torch.tensor([int(ok)], device=self.engine.device)  # NCCL broadcasts GPU tensors only
+        flag = torch.tensor([int(ok)], device=self.ds_engine.device)  # NCCL broadcasts GPU tensors only
         dist.broadcast(flag, src=0)
         if not flag.item():
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] if dist.get_rank() == 0 else []
@@ -362,21 +363,27 @@ class DeepSpeedBackend(DDPBackend):
         # the deepspeed launcher (not torchrun) sets these next to RANK / WORLD_SIZE
         return "CROSS_RANK" in os.environ and "LOCAL_SIZE" in os.environ
 
-    def configure(self, args: argparse.Namespace) -> None:
-        self.zero_stage = args.zero_stage
-        self.cpu_offload = args.cpu_offload
-        if args.deepspeed_config is not None:
-            self.file_config = read_config_file(args.deepspeed_config)
+    def configure(self, config: BackendConfig) -> BackendConfig:
+        self.zero_stage = config.zero_stage
+        self.cpu_offload = config.cpu_offload
+        if config.deepspeed_config is not None:
+            self.file_config = read_config_file(config.deepspeed_config)
             zero = self.file_config.get("zero_optimization", {})
             if isinstance(zero, dict) and "stage" in zero:
                 self.zero_stage = int(zero["stage"])
             # the file's batch settings win: the data loader must feed what the engine expects
-            if "train_micro_batch_size_per_gpu" in self.file_config:
-                args.batch_size = int(self.file_config["train_micro_batch_size_per_gpu"])
-            if "gradient_accumulation_steps" in self.file_config:
-                args.ga_steps = int(self.file_config["gradient_accumulation_steps"])
+            batch = {
+                field: int(self.file_config[key])
+                for field, key in (
+                    ("batch_size", "train_micro_batch_size_per_gpu"),
+                    ("ga_steps", "gradient_accumulation_steps"),
+                )
+                if key in self.file_config
+            }
+            config = replace(config, zero_stage=self.zero_stage, **batch)
         if self.cpu_offload and self.zero_stage == 0:
             raise UserError("--cpu_offload needs ZeRO stage 1, 2 or 3: add --zero_stage 2 (or 3)")
+        return super().configure(config)
 
     def initialize(self) -> None:
         deepspeed = _deepspeed()
@@ -435,7 +442,7 @@ class DeepSpeedBackend(DDPBackend):
         clip_grad_norm: float | None = None,
         precision: Precision | None = None,
         micro_batch_size: int = 1,
-    ) -> Wrapped:
+    ) -> TrainingEngine:
         deepspeed = _deepspeed()
         precision = precision or Precision("fp32", self.device)
         config = self.build_config(micro_batch_size, ga_steps, clip_grad_norm, precision)
@@ -475,7 +482,7 @@ class DeepSpeedBackend(DDPBackend):
             "zero_stage": int(engine.zero_optimization_stage()),
             "precision": precision.name,
         }
-        return DeepSpeedWrapped(
+        return DeepSpeedEngine(
             engine,
             frozen,
             buffers,

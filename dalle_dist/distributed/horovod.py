@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .backend import DistributedBackend, Wrapped
+from .backend import DistributedBackend, TrainingEngine
 
 
 def _hvd():
@@ -30,7 +30,7 @@ def _horovod_installed() -> bool:
     return importlib.util.find_spec("horovod") is not None
 
 
-class HorovodWrapped(Wrapped):
+class HorovodEngine(TrainingEngine):
     """Horovod reduces gradients inside the optimizer: synchronise before clipping, then step without it."""
 
     def reduce_gradients(self) -> None:
@@ -45,7 +45,7 @@ class HorovodBackend(DistributedBackend):
 
     name = "horovod"
     aliases = ("hvd",)
-    wrapped_class = HorovodWrapped
+    engine_class = HorovodEngine
 
     @classmethod
     def launched_here(cls) -> bool:

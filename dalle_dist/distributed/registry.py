@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .backend import DistributedBackend
+from .backend import BackendConfig, DistributedBackend
 from .ddp import DDPBackend
 from .deepspeed import DeepSpeedBackend
 from .horovod import HorovodBackend
@@ -27,3 +27,10 @@ def backend_from_name(name: str | None, device: str = "auto") -> DistributedBack
             return cls(device)
     known = sorted({n for cls in BACKENDS.values() for n in (cls.name, *cls.aliases)})
     raise UserError(f"unknown --distributed_backend {name!r}: choose from {', '.join(known)}")
+
+
+def backend_from_config(config: BackendConfig) -> DistributedBackend:
+    """The backend ``config`` names, configured (not yet initialised): its ``config`` is what it will run."""
+    backend = backend_from_name(config.name, config.device)
+    backend.configure(config)
+    return backend

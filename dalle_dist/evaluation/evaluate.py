@@ -26,14 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint import load_clip
+from ..cli import Parser, add_device_flag, cli, positive_int
 from ..data.folder import IMAGE_SUFFIXES, scan_folder
 from ..devices import pick_device
 from ..errors import UserError
 from ..models import CLIP
 from ..text import Tokenizer
-from ..training.clip_job import load_clip
-from ..training.config import Parser, positive_int
-from ..training.job import cli
 from .clip_score import (
     image_embeddings,
     image_features,
@@ -88,7 +87,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--batch_size", type=positive_int, default=64)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add_device_flag(parser)
     return parser
 
 

@@ -1,23 +1,24 @@
-"""The caption side of the text-image trainers (DALL-E, CLIP): which tokenizer, and captions that fit."""
+"""The caption side of the text-image trainers (DALL-E, CLIP): which tokenizer, captions that fit, and
+the samples they make of (image, captions) pairs."""
 
 from __future__ import annotations
 
 import argparse
+import random
+from typing import Any
 
-from torch.utils.data import Dataset
+import torch
+from torch import Tensor
 
-from ..data.shards import ShardDataset
-from ..errors import UserError
+from ..cli import tokenizer_from_flags
+from ..distributed import DistributedBackend
 from ..text import BPETokenizer, Tokenizer
-from ..text.options import tokenizer_from_options
+from .task import Task
 
 
-def caption_tokenizer(args: argparse.Namespace, dataset: Dataset, backend) -> Tokenizer:
+def caption_tokenizer(args: argparse.Namespace, dataset: Any, backend: DistributedBackend) -> Tokenizer:
     """The tokenizer the flags name, or a BPE the root rank trains on the captions and sends to the others."""
-    try:
-        tokenizer = tokenizer_from_options(args.bpe_path, args.hug, args.chinese, args.chinese_vocab)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    tokenizer = tokenizer_from_flags(args)
     if tokenizer is not None:
         return tokenizer
     if backend.is_root:
@@ -25,10 +26,31 @@ def caption_tokenizer(args: argparse.Namespace, dataset: Dataset, backend) -> To
     return backend.broadcast_object(tokenizer)
 
 
-def check_captions(dataset: Dataset, tokenizer: Tokenizer, args: argparse.Namespace) -> None:
+def check_captions(dataset: Any, tokenizer: Tokenizer, text_seq_len: int, truncate: bool) -> None:
     """Fail before the first step when a caption is too long and truncation was not asked for (a stream is
     not read ahead: there such captions are skipped and reported)."""
-    if args.truncate_captions or isinstance(dataset, ShardDataset):
+    if truncate or getattr(dataset, "streamed", False):
         return
     for caption in dataset.captions():
-        tokenizer.tokenize([caption], args.text_seq_len, truncate_text=False)
+        tokenizer.tokenize([caption], text_seq_len, truncate_text=False)
+
+
+class CaptionTask(Task):
+    """A task whose samples are ``(caption tokens, image)``: each sample draws one of its item's captions
+    at random (from the item's own RNG), and batches stack both."""
+
+    tokenizer: Tokenizer
+    truncate_captions: bool = False
+
+    def make_item(self, dataset: Any, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
+        return self.make_sample(*dataset.get(index, rng), rng)
+
+    def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> tuple[Tensor, Tensor]:
+        caption = rng.choice(captions)
+        text = self.tokenizer.tokenize(
+            [caption], self.model.text_seq_len, truncate_text=self.truncate_captions
+        )
+        return text[0], image
+
+    def collate(self, items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        return torch.stack([t for t, _ in items]), torch.stack([i for _, i in items])

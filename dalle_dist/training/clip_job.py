@@ -1,5 +1,5 @@
-"""``train_clip.py``: train a CLIP (text and image towers, contrastive loss) on the trainers' data, and
-``load_clip`` to read its checkpoints back (``evaluate.py --clip_path``).
+"""``train_clip.py``: train a CLIP (text and image towers, contrastive loss) on the trainers' data
+(``checkpoint.load_clip`` reads its checkpoints back for ``generate.py`` and ``evaluate.py``).
 
 The run is the other trainers' run: the same flags, data sources, backends, run directory and resume. The
 text goes through the same tokenizer choice as ``train_dalle.py`` (``--bpe_path`` / ``--hug`` /
@@ -12,24 +12,21 @@ rank's micro-batch is its own set of negatives (features are not gathered across
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
+from ..checkpoint import load_clip
+from ..cli import Parser, check_tokenizer_flags, cli, positive_float, positive_int
 from ..data import image_grid
 from ..errors import UserError
 from ..models import CLIP
 from ..text import Tokenizer
-from ..text.options import check_matches
-from .captions import caption_tokenizer, check_captions
-from .checkpoint import Checkpoint, load_checkpoint, load_weights, resolve_latest
-from .config import Parser, add_caption_data_flags, add_common_flags, positive_float, positive_int
-from .job import build_dataset, cli, load_item, prepare_run, run_training, seed_everything, start_backend
-from .loop import Task
+from .captions import CaptionTask, caption_tokenizer, check_captions
+from .flags import add_caption_data_flags, add_common_flags, backend_config, data_config
+from .job import load_data, prepare_run, resume_point, run_training, seed_everything, start_backend
 
 KIND = "clip"
 
@@ -73,28 +70,22 @@ def build_parser() -> Parser:
     return parser
 
 
-class CLIPTask(Task):
+class CLIPTask(CaptionTask):
     """Caption + image pairs, the symmetric contrastive loss, retrieval grids as samples."""
 
     kind = KIND
 
     def __init__(
-        self, clip: CLIP, tokenizer: Tokenizer, args: argparse.Namespace, meta: dict[str, Any]
+        self,
+        clip: CLIP,
+        tokenizer: Tokenizer,
+        meta: dict[str, Any],
+        *,
+        truncate_captions: bool = False,
+        num_images_save: int = 8,
     ) -> None:
-        self.model, self.tokenizer, self.args, self.meta = clip, tokenizer, args, meta
-
-    def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
-        return self.make_sample(*load_item(dataset, index, rng), rng)
-
-    def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> tuple[Tensor, Tensor]:
-        caption = rng.choice(captions)
-        text = self.tokenizer.tokenize(
-            [caption], self.args.text_seq_len, truncate_text=self.args.truncate_captions
-        )
-        return text[0], image
-
-    def collate(self, items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        return torch.stack([t for t, _ in items]), torch.stack([i for _, i in items])
+        self.model, self.tokenizer, self.meta = clip, tokenizer, meta
+        self.truncate_captions, self.num_images_save = truncate_captions, num_images_save
 
     def loss(
         self, model: nn.Module, batch: tuple[Tensor, Tensor], step: int
@@ -105,7 +96,7 @@ class CLIPTask(Task):
     @torch.no_grad()
     def save_samples(self, module: nn.Module, batch: tuple[Tensor, Tensor], step: int, folder: Path) -> Path:
         """The batch's first images, and for each the caption of the batch CLIP ranks first."""
-        text, images = (t[: self.args.num_images_save] for t in batch)
+        text, images = (t[: self.num_images_save] for t in batch)
         similarity = module.embed_image(images) @ module.embed_text(text).t()  # [image, caption]
         captions = [self.tokenizer.decode(t) for t in text.tolist()]
         picked = [captions[j] for j in similarity.argmax(dim=1).tolist()]
@@ -126,23 +117,8 @@ class CLIPTask(Task):
         }
 
 
-def load_clip(path: str | Path) -> tuple[CLIP, Tokenizer, Checkpoint]:
-    """The trained CLIP and tokenizer of a ``train_clip.py`` checkpoint or run directory."""
-    ckpt = load_checkpoint(path, kind=KIND)
-    try:
-        clip = CLIP(**ckpt.meta["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(
-            f"{ckpt.path}/meta.json does not describe a CLIP ({e}): the checkpoint is damaged"
-        ) from None
-    load_weights(clip, ckpt.weights(), ckpt.path)
-    tokenizer = ckpt.tokenizer()
-    if tokenizer is None:
-        raise UserError(f"{ckpt.path} has no tokenizer.json: the checkpoint is damaged")
-    return clip, tokenizer, ckpt
-
-
-def _model_kwargs(args: argparse.Namespace, num_text_tokens: int) -> dict[str, Any]:
+def _model_kwargs(args: argparse.Namespace, num_text_tokens: int, image_size: int) -> dict[str, Any]:
+    """CLIP's constructor arguments from the model flags (the image side is the data's)."""
     return dict(
         dim_text=args.dim_text,
         dim_image=args.dim_image,
@@ -153,8 +129,8 @@ def _model_kwargs(args: argparse.Namespace, num_text_tokens: int) -> dict[str, A
         text_heads=args.text_heads,
         visual_enc_depth=args.visual_enc_depth,
         visual_heads=args.visual_heads,
-        visual_image_size=args.image_size,
-        visual_patch_size=args.visual_patch_size or max(args.image_size // 8, 1),
+        visual_image_size=image_size,
+        visual_patch_size=args.visual_patch_size or max(image_size // 8, 1),
         dim_head=args.dim_head,
     )
 
@@ -167,35 +143,35 @@ def main(argv: list[str] | None = None) -> None:
             f"--batch_size {args.batch_size}: the contrastive loss ranks each caption against the other "
             "images of its batch, so a batch needs at least 2 pairs"
         )
-    backend = start_backend(args)
+    backend = start_backend(backend_config(args))
     seed_everything(args.seed)
-    clip, tokenizer, resume = None, None, None
-    if args.resume:
-        if args.output is None:
-            raise UserError("--resume needs --output naming the run directory to continue")
-        clip, tokenizer, resume = load_clip(resolve_latest(args.output))
-        try:  # resumed: the checkpoint's tokenizer and sizes; flags may only confirm them
-            check_matches(
-                tokenizer, args.bpe_path, args.hug, args.chinese, args.chinese_vocab, "train_clip.py"
-            )
-        except ValueError as e:
-            raise UserError(str(e)) from None
+    clip, tokenizer, ckpt = None, None, None
+    resume = resume_point(args)
+    if resume is not None:  # the run's model, sizes and tokenizer; the flags may only confirm them
+        clip, tokenizer, ckpt = load_clip(resume)
+        check_tokenizer_flags(tokenizer, args, "train_clip.py")
         if args.image_size not in (None, clip.visual_image_size):
             raise UserError(
                 f"--image_size {args.image_size} does not match the run's {clip.visual_image_size}: drop it"
             )
-        args.image_size, args.text_seq_len = clip.visual_image_size, clip.text_seq_len
-    dataset = build_dataset(args, args.image_text_folder, backend=backend)
+    data = data_config(args, args.image_text_folder, clip.visual_image_size if clip else None)
+    dataset = load_data(data, backend)
     if clip is None:
         tokenizer = caption_tokenizer(args, dataset, backend)
         try:
-            clip = CLIP(**_model_kwargs(args, tokenizer.vocab_size))
+            clip = CLIP(**_model_kwargs(args, tokenizer.vocab_size, data.image_size))
         except ValueError as e:
             raise UserError(f"--image_size / --visual_patch_size: {e}") from None
-    check_captions(dataset, tokenizer, args)
-    run = prepare_run(args, "train_clip", backend)
-    task = CLIPTask(clip.to(backend.device), tokenizer, args, {"data": dataset.describe()})
-    final = run_training(task, args, backend, run, dataset, resume)
+    check_captions(dataset, tokenizer, clip.text_seq_len, args.truncate_captions)
+    run, flags = prepare_run(args, "train_clip", backend, data, text_seq_len=clip.text_seq_len)
+    task = CLIPTask(
+        clip.to(backend.device),
+        tokenizer,
+        {"data": dataset.describe()},
+        truncate_captions=args.truncate_captions,
+        num_images_save=args.num_images_save,
+    )
+    final = run_training(task, args, backend, run, flags, dataset, ckpt)
     if backend.is_root and final is not None:
         print(f"CLIP trained: {final}")
     backend.shutdown()

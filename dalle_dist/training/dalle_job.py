@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import random
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from ..attention import ATTN_IMPLS, PATTERNS
-from ..data import image_grid
-from ..data.shards import ShardDataset, Skipped
-from ..data.token_cache import TokenCache, item_entry, stream_key, vae_hash
-from ..download import VQGAN_CONFIG, VQGAN_MODEL, fetch
-from ..errors import UserError
-from ..models import DALLE
-from ..models.pretrained import OpenAIDiscreteVAE, VQGanVAE
-from ..text import Tokenizer
-from ..text.options import check_matches
-from .captions import caption_tokenizer, check_captions
-from .checkpoint import RunDirectory, describe_vae, load_dalle, load_vae, resolve_latest
-from .config import (
+from ..checkpoint import RunDirectory, describe_vae, load_dalle, load_vae
+from ..cli import (
     Parser,
-    add_caption_data_flags,
-    add_common_flags,
+    check_tokenizer_flags,
+    cli,
     int_list,
     positive_float,
     positive_int,
@@ -35,8 +24,17 @@ from .config import (
     str_list,
     unit_interval,
 )
-from .job import build_dataset, cli, load_item, prepare_run, run_training, seed_everything, start_backend
-from .loop import Task
+from ..data import DataConfig, image_grid
+from ..data.shards import Skipped
+from ..data.token_cache import TokenCache, item_entry, stream_key, vae_hash
+from ..download import VQGAN_CONFIG, VQGAN_MODEL, fetch
+from ..errors import UserError
+from ..models import DALLE, DALLEConfig
+from ..models.pretrained import OpenAIDiscreteVAE, VQGanVAE
+from ..text import Tokenizer
+from .captions import CaptionTask, caption_tokenizer, check_captions
+from .flags import add_caption_data_flags, add_common_flags, backend_config, data_config
+from .job import load_data, prepare_run, resume_point, run_training, seed_everything, start_backend
 from .throughput import dalle_flops_per_sample
 
 
@@ -67,7 +65,7 @@ def build_parser() -> Parser:
         "--image_tokens",
         type=Path,
         default=None,
-        help="the data's image tokens, encoded once by python -m dalle_dist.data.encode_tokens with this "
+        help="the data's image tokens, encoded once by python -m dalle_dist.encode_tokens with this "
         "run's VAE: train on them instead of encoding pixels every step (no random crops)",
     )
 
@@ -122,24 +120,27 @@ def build_parser() -> Parser:
     return parser
 
 
-class DALLETask(Task):
+class DALLETask(CaptionTask):
     kind = "dalle"
 
     def __init__(
         self,
         dalle: DALLE,
         tokenizer: Tokenizer,
-        args: argparse.Namespace,
         meta: dict[str, Any],
+        *,
+        truncate_captions: bool = False,
+        null_cond_prob: float = 0.0,
         tokens: TokenCache | None = None,
     ) -> None:
-        self.model, self.tokenizer, self.args, self.meta = dalle, tokenizer, args, meta
+        self.model, self.tokenizer, self.meta = dalle, tokenizer, meta
+        self.truncate_captions, self.null_cond_prob = truncate_captions, null_cond_prob
         self.tokens = tokens  # --image_tokens: items carry token ids [n] instead of pixels
         self.sample_text: Tensor | None = None  # the fixed prompts of the sample grids
 
-    def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
+    def make_item(self, dataset: Any, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
         if self.tokens is None:
-            return self.make_sample(*load_item(dataset, index, rng), rng)
+            return super().make_item(dataset, index, rng)
         key, captions = item_entry(dataset, index, rng)
         tokens = self.tokens.get(key)
         if tokens is None:  # TokenCache.check found every key at start: the file changed under the run
@@ -148,29 +149,21 @@ class DALLETask(Task):
             )
         return self.make_sample(tokens, captions, rng)
 
-    def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> tuple[Tensor, Tensor]:
-        caption = rng.choice(captions)
-        text = self.tokenizer.tokenize(
-            [caption], self.args.text_seq_len, truncate_text=self.args.truncate_captions
-        )
-        return text[0], image
-
-    def make_stream_sample(
-        self, dataset: ShardDataset, url: str, key: str, captions: list[str], rng: random.Random
-    ) -> tuple[Tensor, Tensor] | Skipped:
-        """A shard sample from its cached tokens (``ShardDataset.make_item_from_key``)."""
+    def sample_from_key(
+        self, dataset: Any, url: str, key: str, captions: list[str], rng: random.Random
+    ) -> tuple[Tensor, Tensor] | Skipped | None:
+        """A shard sample from its cached tokens (``--image_tokens``), without decoding its image."""
+        if self.tokens is None:
+            return None
         tokens = self.tokens.stream_item(url, key, stream_key(dataset, url, key, rng))
         return tokens if isinstance(tokens, Skipped) else self.make_sample(tokens, captions, rng)
-
-    def collate(self, items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        return torch.stack([t for t, _ in items]), torch.stack([i for _, i in items])
 
     def loss(
         self, model: nn.Module, batch: tuple[Tensor, Tensor], step: int
     ) -> tuple[Tensor, dict[str, float]]:
         text, images = batch
         loss, text_loss, image_loss = model(
-            text, images, return_loss=True, null_cond_prob=self.args.null_cond_prob, return_loss_parts=True
+            text, images, return_loss=True, null_cond_prob=self.null_cond_prob, return_loss_parts=True
         )
         return loss, {"text_loss": text_loss.detach(), "image_loss": image_loss.detach()}
 
@@ -204,35 +197,32 @@ class DALLETask(Task):
         return {"kind": "dalle", "meta": meta, "tokenizer": self.tokenizer}
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(
-        dim=args.dim,
-        text_seq_len=args.text_seq_len,
-        depth=args.depth,
-        heads=args.heads,
-        dim_head=args.dim_head,
-        ff_dropout=args.ff_dropout,
-        attn_dropout=args.attn_dropout,
-        reversible=args.reversible,
-        loss_img_weight=args.loss_img_weight,
-        attn_types=tuple(args.attn_types),
-        shift_tokens=args.shift_tokens,
-        rotary_emb=args.rotary_emb,
-        shared_attn_ids=tuple(args.shared_attn_ids) if args.shared_attn_ids else None,
-        shared_ff_ids=tuple(args.shared_ff_ids) if args.shared_ff_ids else None,
-        share_input_output_emb=args.share_input_output_emb,
-        stable=args.stable_softmax,
-        attn_impl=args.attn_impl,
-        activation_checkpointing=args.activation_checkpointing,
-    )
+# flags named otherwise than the DALLEConfig field they set
+FLAG_OF_FIELD = {"stable": "stable_softmax"}
 
 
-def _image_tokens(args: argparse.Namespace, vae: nn.Module, dataset: Dataset, log: bool) -> TokenCache | None:
+def model_config(args: argparse.Namespace, num_text_tokens: int) -> DALLEConfig:
+    """The DALLEConfig of the model flags: each field from the flag of its name (``FLAG_OF_FIELD`` says
+    where the names differ); fields without a flag keep their defaults."""
+    values = {}
+    for field in fields(DALLEConfig):
+        flag = FLAG_OF_FIELD.get(field.name, field.name)
+        if hasattr(args, flag):
+            values[field.name] = getattr(args, flag)
+    try:
+        return DALLEConfig.from_kwargs(**{**values, "num_text_tokens": num_text_tokens})
+    except ValueError as e:
+        raise UserError(f"model flags: {e}") from None
+
+
+def _image_tokens(
+    args: argparse.Namespace, vae: nn.Module, data: DataConfig, dataset: Any, log: bool
+) -> TokenCache | None:
     """``--image_tokens``, opened and checked against this run's VAE and data (one line on failure)."""
     if args.image_tokens is None:
         return None
     tokens = TokenCache.load(args.image_tokens)
-    tokens.check(vae_hash(describe_vae(vae), vae.state_dict()), args.image_size, dataset)
+    tokens.check(vae_hash(describe_vae(vae), vae.state_dict()), data.image_size, dataset)
     ratio = getattr(dataset, "resize_ratio", None)  # folders and shards crop at random; shapes do not
     if log and ratio is not None:
         crops = f"the random crops of --random_resize_crop_lower_ratio {ratio}" if ratio < 1 else ""
@@ -243,9 +233,10 @@ def _image_tokens(args: argparse.Namespace, vae: nn.Module, dataset: Dataset, lo
     return tokens
 
 
-def _pretrained_vae(args: argparse.Namespace, backend) -> nn.Module | None:
-    """The frozen pretrained VAE the flags ask for (VQGAN or OpenAI's dVAE), or None. ``--taming`` alone
-    downloads DALLE-pytorch's ImageNet VQGAN once into the cache (the root rank; the others wait)."""
+def _new_vae(args: argparse.Namespace, backend) -> tuple[nn.Module, str]:
+    """The VAE a new DALL-E trains on, and where it came from: a ``train_vae.py`` run, or a frozen
+    pretrained one (VQGAN or OpenAI's dVAE). ``--taming`` alone downloads DALLE-pytorch's ImageNet VQGAN
+    once into the cache (the root rank; the others wait)."""
     taming = args.taming or args.vqgan_model_path is not None or args.vqgan_config_path is not None
     openai = args.openai_enc_path is not None or args.openai_dec_path is not None
     asked = [flag for flag, on in (("--vae_path", args.vae_path is not None), ("--taming", taming),
@@ -259,13 +250,19 @@ def _pretrained_vae(args: argparse.Namespace, backend) -> nn.Module | None:
                 model, config = fetch(VQGAN_MODEL), fetch(VQGAN_CONFIG)
             backend.barrier()
             model, config = fetch(VQGAN_MODEL), fetch(VQGAN_CONFIG)  # cached by now: every rank's path
-        return VQGanVAE(model, config)
+        vae = VQGanVAE(model, config)
+        return vae, f"pretrained {type(vae).__name__}"
     if openai:
         # OpenAI's dVAE is convolutional: any multiple of 8 px works (256 as trained, smaller for tests)
-        return OpenAIDiscreteVAE(
-            args.openai_enc_path, args.openai_dec_path, image_size=args.image_size or 256
+        vae = OpenAIDiscreteVAE(args.openai_enc_path, args.openai_dec_path, image_size=args.image_size or 256)
+        return vae, f"pretrained {type(vae).__name__}"
+    if args.vae_path is None:
+        raise UserError(
+            "train_dalle.py needs --vae_path (a train_vae.py run), --taming with --vqgan_model_path / "
+            "--vqgan_config_path, --openai_enc_path / --openai_dec_path, or --dalle_path to start from"
         )
-    return None
+    vae, vae_ckpt = load_vae(args.vae_path)
+    return vae, str(vae_ckpt.path)
 
 
 @cli
@@ -276,71 +273,51 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(
                 f"--attn_types: unknown attention type {name!r}: choose from {', '.join(PATTERNS)}"
             )
-    backend = start_backend(args)
+    backend = start_backend(backend_config(args))
     seed_everything(args.seed)
-    resume = None
-    if args.resume:
-        if args.output is None:
-            raise UserError("--resume needs --output naming the run directory to continue")
-        dalle, tokenizer, ckpt = load_dalle(resolve_latest(args.output))
-        resume = ckpt
-        args.image_size = args.image_size or dalle.vae.image_size
-        args.text_seq_len = dalle.text_seq_len
-        source = ckpt.meta.get("vae_source")
-    elif args.dalle_path is not None:
-        dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
-        args.image_size = args.image_size or dalle.vae.image_size
-        args.text_seq_len = dalle.text_seq_len
-        source = ckpt.meta.get("vae_source")
+    resume = resume_point(args)
+    dalle = tokenizer = ckpt = None
+    if resume is not None or args.dalle_path is not None:  # the checkpoint's model, VAE and tokenizer
+        dalle, tokenizer, ckpt = load_dalle(resume or args.dalle_path)
+        check_tokenizer_flags(tokenizer, args, "train_dalle.py")  # the flags may only confirm it
+        vae, source = dalle.vae, ckpt.meta.get("vae_source")
     else:
-        pretrained = _pretrained_vae(args, backend)
-        if pretrained is not None:
-            vae, source = pretrained, f"pretrained {type(pretrained).__name__}"
-        elif args.vae_path is None:
-            raise UserError(
-                "train_dalle.py needs --vae_path (a train_vae.py run), --taming with --vqgan_model_path / "
-                "--vqgan_config_path, --openai_enc_path / --openai_dec_path, or --dalle_path to start from"
-            )
-        else:
-            vae, vae_ckpt = load_vae(args.vae_path)
-            source = str(vae_ckpt.path)
-        args.image_size = args.image_size or vae.image_size
-        dalle = None
-    if dalle is not None:  # resumed or fine-tuned: the checkpoint's tokenizer; flags may only confirm it
-        try:
-            check_matches(
-                tokenizer, args.bpe_path, args.hug, args.chinese, args.chinese_vocab, "train_dalle.py"
-            )
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    dataset = build_dataset(args, args.image_text_folder, args.image_size or 128, backend)
-    vae_size = (dalle.vae if dalle is not None else vae).image_size
-    if args.image_size != vae_size:
+        vae, source = _new_vae(args, backend)
+    data = data_config(
+        args,
+        args.image_text_folder,
+        args.image_size or vae.image_size,
+        check_size=args.image_tokens is None,  # stored tokens: images are not decoded at this size
+    )
+    dataset = load_data(data, backend)
+    if data.image_size != vae.image_size:
         raise UserError(
-            f"--image_size {args.image_size} does not match the VAE's {vae_size}: drop --image_size"
+            f"--image_size {data.image_size} does not match the VAE's {vae.image_size}: drop --image_size"
         )
     if dalle is None:
         tokenizer = caption_tokenizer(args, dataset, backend)
-        try:
-            dalle = DALLE(vae=vae, num_text_tokens=tokenizer.vocab_size, **_model_kwargs(args))
-        except ValueError as e:
-            raise UserError(f"model flags: {e}") from None
-    fine_tuning = args.dalle_path is not None and not args.resume
+        dalle = DALLE(model_config(args, tokenizer.vocab_size), vae=vae)
+    fine_tuning = args.dalle_path is not None and resume is None
     if fine_tuning and args.output is not None and RunDirectory(args.output).holds_a_run():
         raise UserError(
             f"--output {args.output} already holds a run: to continue it use --resume --output "
             f"{args.output} (--dalle_path starts a new run initialised from those weights)"
         )
-    check_captions(dataset, tokenizer, args)
-    tokens = _image_tokens(args, dalle.vae, dataset, backend.is_root)
-    run = prepare_run(args, "train_dalle", backend)
+    check_captions(dataset, tokenizer, dalle.text_seq_len, args.truncate_captions)
+    tokens = _image_tokens(args, vae, data, dataset, backend.is_root)
+    run, flags = prepare_run(args, "train_dalle", backend, data, text_seq_len=dalle.text_seq_len)
     meta = {"vae_source": source, "data": dataset.describe()}
     if tokens is not None:
         meta["image_tokens"] = {"file": str(tokens.path), "vae_hash": tokens.vae_hash}
-    task = DALLETask(dalle.to(backend.device), tokenizer, args, meta, tokens)
-    if tokens is not None and isinstance(dataset, ShardDataset):
-        dataset.make_item_from_key = functools.partial(task.make_stream_sample, dataset)
-    final = run_training(task, args, backend, run, dataset, resume)
+    task = DALLETask(
+        dalle.to(backend.device),
+        tokenizer,
+        meta,
+        truncate_captions=args.truncate_captions,
+        null_cond_prob=args.null_cond_prob,
+        tokens=tokens,
+    )
+    final = run_training(task, args, backend, run, flags, dataset, ckpt if resume is not None else None)
     if backend.is_root and final is not None:
         print(f"DALL-E trained: {final}")
     backend.shutdown()

@@ -1,86 +1,35 @@
-"""The training loop both trainers share: step, accumulate, clip, log, evaluate, sample, checkpoint, resume.
+"""The training loop every trainer shares: step, accumulate, clip, log, evaluate, sample, checkpoint, resume.
 
-It knows a ``Task`` (what a sample is, what the loss is, what goes into a checkpoint) and a
-``DistributedBackend`` (how the model is wrapped and stepped); never which engine runs underneath.
+It knows a ``Task`` (what a sample is, what the loss is, what goes into a checkpoint), the data's
+``BatchSource`` (however the data is stored) and a ``DistributedBackend`` with its ``TrainingEngine`` (how
+the model is wrapped and stepped); never which engine or which kind of data is underneath.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import math
 import random
 import resource
 import time
-from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor
 
-from ..data import shards
-from ..data.sampler import EpochBatches, EpochItems
-from ..data.shards import ShardDataset
-from ..distributed import DistributedBackend, Wrapped
+from ..checkpoint import ENGINE_FOLDER, Checkpoint, RunDirectory, staging_folder, start_staging
+from ..data import Reading
+from ..distributed import DistributedBackend, TrainingEngine
 from ..errors import UserError
-from .checkpoint import ENGINE_FOLDER, Checkpoint, RunDirectory, staging_folder, start_staging
 from .faults import Faults
-from .profiler import PROFILE_STEP, torch_profilers
+from .profiler import PROFILE_STEP, StepProfiler, torch_profilers
 from .schedule import LRSchedule
+from .task import Task
 from .throughput import matmul_peak
 from .tracking import Tracking
-
-
-class Task(ABC):
-    """What a run trains: the model, how items become batches, the loss, and what a checkpoint holds."""
-
-    kind: str
-    model: nn.Module
-
-    @abstractmethod
-    def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> Any:
-        """One training sample from dataset item ``index`` (runs in data-loader workers)."""
-
-    @abstractmethod
-    def collate(self, items: list[Any]) -> Any: ...
-
-    @abstractmethod
-    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[Tensor, dict[str, float | Tensor]]:
-        """The loss to minimise and extra numbers worth logging (detached; read only when logging)."""
-
-    @abstractmethod
-    def checkpoint_args(self) -> dict[str, Any]:
-        """``kind``, ``meta`` and optionally ``tokenizer`` for ``save_checkpoint``."""
-
-    def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> Any:
-        """One training sample from a decoded (image, captions) pair of a stream (runs in workers)."""
-        raise UserError(f"{self.kind} training does not read shards: use an image folder")
-
-    def save_samples(self, module: nn.Module, batch: Any, step: int, folder: Path) -> Path | None:
-        """Write pictures of the model's progress; return the file written."""
-        return None
-
-    def log(self, line: str) -> None:
-        """A line for the run's log (the loop points this at its own, on the root rank only)."""
-
-    def flops_per_sample(self) -> float | None:
-        """Useful training FLOPs of one sample, for tokens/s and MFU in the log (None: not estimated)."""
-        return None
-
-    def tokens_per_sample(self) -> int | None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 @dataclass
@@ -113,6 +62,24 @@ def to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None 
     return batch
 
 
+@dataclass
+class _Window:
+    """What happened since the last log line: training samples, summed loss, micro-batches, time."""
+
+    seen: int = 0
+    loss: Tensor | float = 0.0  # kept as a tensor: reading it every step would stall a GPU
+    n: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def restart_clock(self) -> None:
+        """Throughput counts training only: evaluation and sampling time is left out."""
+        self.seen, self.start = 0, time.perf_counter()
+
+    def reset(self) -> None:
+        self.restart_clock()
+        self.loss, self.n = 0.0, 0
+
+
 class TrainingLoop:
     """Runs a ``Task`` to the end, writing checkpoints into a ``RunDirectory``."""
 
@@ -120,54 +87,52 @@ class TrainingLoop:
         self,
         task: Task,
         backend: DistributedBackend,
-        wrapped: Wrapped,
+        engine: TrainingEngine,
         schedule: LRSchedule,
         run: RunDirectory,
         settings: LoopSettings,
-        dataset: Dataset,
+        dataset: Any,
         train_indices: list[int],
         val_indices: list[int],
         tracking: Tracking | None = None,
     ) -> None:
-        self.task, self.backend, self.wrapped, self.schedule = task, backend, wrapped, schedule
+        self.task, self.backend, self.engine, self.schedule = task, backend, engine, schedule
         self.tracking = tracking or Tracking([], progress=False)
-        self.run, self.s, self.log = run, settings, self.tracking.log
+        self.run, self.settings, self.log = run, settings, self.tracking.log
         task.log = self.log if backend.is_root else _quiet  # type: ignore[method-assign]
-        self.dataset, self.train_indices, self.val_indices = dataset, train_indices, val_indices
-        self.items = EpochItems(dataset, task.make_item, settings.seed)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        rank, world = backend.data_shard()
-        self.rank, self.world = rank, world
-        self.streaming = isinstance(dataset, ShardDataset)
+        self.rank, self.world = backend.data_shard()
         self.skipped: Counter[str] = Counter()
         self.faults = Faults()
         self.nonfinite_in_a_row = self.nonfinite_skipped = 0
         # samples that reached an optimizer step: before this process (from the checkpoint) and by this rank
         self.samples_before, self.samples_here = 0, 0
         self.sampled_at: int | None = None  # the step whose samples were drawn last
-        if self.streaming:
-            self.batches_per_epoch = shards.num_batches(dataset, settings.batch_size, world)
-            for problem in dataset.shard_problems:
-                self._skip(problem)
-            readers = world * max(settings.num_workers, 1)
-            if len(dataset.urls) < readers and self.backend.is_root:
-                self.log(
-                    f"note: {len(dataset.urls)} shards for {world} ranks x {max(settings.num_workers, 1)} "
-                    "workers: shards are split between readers, so this works, but smaller shards "
-                    "(make_shards --maxcount) let every worker read its own"
-                )
-        else:
-            self.batches_per_epoch = EpochBatches(
-                train_indices, settings.batch_size, seed=0, epoch=0, rank=rank, world_size=world
-            ).num_batches
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / settings.ga_steps)
+        self.last_batch: Any = None  # stands in for a batch whose every sample was broken
+        self.flops: float | None = None  # per sample, and the device's matmul peak: the root rank's MFU
+        self.peak: float | None = None
+        reading = Reading(
+            settings.batch_size,
+            self.rank,
+            self.world,
+            settings.num_workers,
+            settings.seed,
+            pin_memory=backend.device.type == "cuda",
+        )
+        root_log = self.log if backend.is_root else _quiet
+        self.train_batches = dataset.batch_source(
+            task, reading, train_indices, on_skip=self._skip, log=root_log
+        )
+        self.val_batches = (
+            dataset.batch_source(task, reading, val_indices, shuffle=False) if val_indices else None
+        )
+        self.steps_per_epoch = math.ceil(self.train_batches.batches_per_epoch / settings.ga_steps)
         if self.steps_per_epoch == 0:
-            count = len(dataset) if self.streaming else len(train_indices)
             raise UserError(
-                f"{count} training samples are fewer than one batch of "
-                f"{settings.batch_size} x {world} ranks: lower --batch_size or add data"
+                f"{self.train_batches.num_samples} training samples are fewer than one batch of "
+                f"{settings.batch_size} x {self.world} ranks: lower --batch_size or add data"
             )
         self.total_steps = self.steps_per_epoch * settings.epochs
         if settings.max_steps is not None:
@@ -185,7 +150,7 @@ class TrainingLoop:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "samples_trained": self.samples_before,
-            "engine": self.wrapped.state_dict(),
+            "engine": self.engine.state_dict(),
             "schedule": self.schedule.state_dict(),
             "task": self.task.state_dict(),
             "rng": rng,
@@ -196,7 +161,7 @@ class TrainingLoop:
         state = checkpoint.training_state()
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.samples_before = int(state.get("samples_trained", 0))
-        self.wrapped.load_state(state["engine"], checkpoint.path / ENGINE_FOLDER)
+        self.engine.load_state(state["engine"], checkpoint.path / ENGINE_FOLDER)
         self.schedule.load_state_dict(state["schedule"])
         self.task.load_state_dict(state["task"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -213,9 +178,9 @@ class TrainingLoop:
         if self.backend.is_root:
             start_staging(folder)
         self.backend.barrier()
-        self.wrapped.save_engine(staging_folder(folder) / ENGINE_FOLDER)
+        self.engine.save_engine(staging_folder(folder) / ENGINE_FOLDER)
         if weights is None:
-            weights = self.wrapped.full_state_dict()
+            weights = self.engine.full_state_dict()
         self.backend.barrier()
         path = None
         if self.backend.is_root:
@@ -225,7 +190,7 @@ class TrainingLoop:
                 "step": self.step,
                 "epoch": self.epoch,
                 "samples_trained": trained,
-                "engine": self.wrapped.describe(),
+                "engine": self.engine.describe(),
             }
             if final:
                 path = self.run.save_final(weights=weights, staged=True, **args)
@@ -233,7 +198,7 @@ class TrainingLoop:
                 state = {**self.training_state(), "samples_trained": trained}
                 path = self.run.save_step(
                     self.step,
-                    keep=self.s.keep_n_checkpoints,
+                    keep=self.settings.keep_n_checkpoints,
                     weights=weights,
                     training_state=state,
                     staged=True,
@@ -250,87 +215,223 @@ class TrainingLoop:
             here = self.backend.average(here) * self.world
         return self.samples_before + round(float(here))
 
-    # --------------------------------------------------------------------------------- data
-    def _loader(self, indices: list[int], epoch: int, skip: int, shuffle: bool = True) -> DataLoader:
-        batches = EpochBatches(
-            indices,
-            self.s.batch_size,
-            seed=self.s.seed,
-            epoch=epoch,
-            skip=skip,
-            rank=self.rank,
-            world_size=self.world,
-            shuffle=shuffle,
-        )
-        return DataLoader(
-            self.items,
-            batch_sampler=batches,
-            num_workers=self.s.num_workers,
-            collate_fn=self.task.collate,
-            pin_memory=self.backend.device.type == "cuda",
-            # its own generator: making a loader (e.g. when resuming mid-epoch) must not draw from the
-            # global RNG, or a resumed run would diverge from the uninterrupted one
-            generator=torch.Generator().manual_seed(self.s.seed * 7919 + epoch),
-        )
-
-    def _stream(self, epoch: int, skip: int) -> Iterator[Any]:
-        """Batches of this rank's share of the shards in ``epoch``, from batch ``skip`` on."""
-        dataset: ShardDataset = self.dataset
-        dataset.set_epoch(epoch, self.rank, self.world, skip * self.s.batch_size)
-        dataset.make_item = self.task.make_sample
-        loader = DataLoader(
-            dataset,
-            batch_size=None,  # slots one by one from the workers, batched here (see shards.batches)
-            num_workers=self.s.num_workers,
-            pin_memory=self.backend.device.type == "cuda",
-        )
-        # the workers drop whole rounds of the slots to skip; the main process the last few
-        stream = itertools.islice(iter(loader), dataset.skip_plan(self.s.num_workers)[1], None)
-        return shards.batches(
-            stream, self.s.batch_size, self.batches_per_epoch - skip, self.task.collate, self._skip
-        )
-
-    def _skip(self, slot: shards.Skipped) -> None:
+    def _skip(self, slot: Any) -> None:
+        """A broken sample (a ``shards.Skipped``): counted, and the first few of each kind named."""
         self.skipped[slot.kind] += 1
-        if self.skipped[slot.kind] <= 3 and self.backend.is_root:  # the first few of each kind, by name
+        if self.skipped[slot.kind] <= 3 and self.backend.is_root:
             where = " ".join(part for part in (slot.shard, slot.key) if part)
             detail = f": {slot.detail}" if slot.detail and slot.detail != slot.shard else ""
             self.log(f"skipped ({slot.kind}) {where}{detail}")
 
-    # --------------------------------------------------------------------------------- evaluation
+    # --------------------------------------------------------------------------------- the loop
+    def fit(self) -> Path | None:
+        """Train until ``epochs`` or ``max_steps``; write ``final/``; return its path (root rank)."""
+        self._announce()
+        self.engine.model.train()
+        self.tracking.start(self.step, self.total_steps)
+        window, started_at = _Window(), (self.step, time.perf_counter())
+        start = min(self.step + PROFILE_STEP, self.total_steps - 1) if self.settings.flops_profiler else -1
+        profiler = StepProfiler(start, self._profilers)
+        while self.step < self.total_steps and self.epoch < self.settings.epochs:
+            epoch_losses: list[Tensor] = []
+            for batch in self.train_batches.batches(self.epoch, self.batch_in_epoch):
+                profiler.before_batch(self.step)
+                extra = self._train_step(batch, window, epoch_losses)
+                if extra is None:  # no optimizer step yet (accumulating, or a skipped batch)
+                    continue
+                if profiler.after_step():
+                    if self.backend.is_root:
+                        self.log(
+                            f"--flops_profiler: profiled up to step {self.step}; stopped (no checkpoint)"
+                        )
+                    return None
+                if self.step % self.settings.log_every == 0 or self.step == self.total_steps:
+                    self._log_window(window, extra, started_at)
+                self._periodic(window)
+                if self.step >= self.total_steps:
+                    break
+            else:
+                self._end_epoch(epoch_losses)
+        return self._finish()
+
+    def _announce(self) -> None:
+        """The run's shape, and the model's FLOPs against the device's peak (what MFU is measured by)."""
+        if not self.backend.is_root:
+            return
+        s, device = self.settings, self.backend.device
+        self.log(
+            f"training {self.task.kind}: {self.train_batches.num_samples} samples, "
+            f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps, batch {s.batch_size} x "
+            f"{self.world} ranks x {s.ga_steps} accumulation, device {device}"
+        )
+        self.flops = self.task.flops_per_sample()
+        if self.flops:
+            precision = self.engine.precision
+            self.peak = matmul_peak(device, precision.dtype)
+            self.log(
+                f"model: {self.flops / 1e9:.2f} GFLOP per training sample; {device} {precision.name} "
+                f"matmul peak {self.peak / 1e9:.0f} GFLOP/s (MFU is measured against it)"
+            )
+
+    def _train_step(
+        self, batch: Any, window: _Window, epoch_losses: list[Tensor]
+    ) -> dict[str, float | Tensor] | None:
+        """Forward and backward of one micro-batch, and the optimizer step that ends an accumulation
+        window. Returns the task's extra figures when the optimizer stepped, None otherwise."""
+        weight = 1.0
+        if batch is None:  # every slot of this batch was broken: other ranks still step
+            if self.last_batch is None:
+                raise UserError("the first batch of the stream holds only broken samples: check the data")
+            batch, weight = self.last_batch, 0.0
+        batch = to_device(batch, self.backend.device, self.engine.input_dtype)
+        self.last_batch = batch
+        self.schedule.apply(self.engine.optimizer, self.step)
+        with self.engine.micro_batch():
+            with self.engine.autocast():
+                loss, extra = self.task.loss(self.engine.model, batch, self.step)
+            loss = self.faults.loss(loss, self.step, self.rank)
+            if not self._all_finite(loss):
+                # every rank skips together (a lone rank skipping would leave the others waiting)
+                self._skip_nonfinite(loss)
+                self.batch_in_epoch += 1
+                return None
+            self.nonfinite_in_a_row = 0
+            self.engine.backward(loss * weight if weight != 1.0 else loss)
+            if weight:
+                self.samples_here += batch_size_of(batch)
+        stepped = self.engine.step()
+        self.batch_in_epoch += 1
+        window.seen += batch_size_of(batch) * self.world
+        value = loss.detach().float()
+        window.loss, window.n = window.loss + value, window.n + 1
+        epoch_losses.append(value)
+        if not stepped:
+            return None
+        self.step += 1
+        self.tracking.advance()
+        return extra
+
+    def _log_window(
+        self, window: _Window, extra: dict[str, float | Tensor], started_at: tuple[int, float]
+    ) -> None:
+        """The log record of the steps since the last one (loss, rate, MFU, memory), then a new window."""
+        elapsed = time.perf_counter() - window.start
+        record = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": float(self.backend.average(window.loss / window.n)),
+            "lr": self.engine.optimizer.param_groups[0]["lr"],
+            "samples_per_s": window.seen / elapsed if elapsed > 0 else 0.0,
+            **{k: float(v) for k, v in extra.items()},
+        }
+        if self.engine.last_grad_norm is not None:
+            record["grad_norm"] = self.engine.last_grad_norm
+        if self.skipped:
+            record["skipped"] = sum(self.skipped.values())
+        if self.nonfinite_skipped:
+            record["nonfinite_skipped"] = self.nonfinite_skipped
+        tokens = self.task.tokens_per_sample()
+        if tokens:
+            record["tokens_per_s"] = record["samples_per_s"] * tokens
+        if self.flops and self.peak:
+            record["mfu"] = record["samples_per_s"] / self.world * self.flops / self.peak
+        record.update(memory_gb(self.backend.device))
+        self._record(record)
+        if self.backend.is_root:
+            first_step, first_time = started_at
+            per_step = (time.perf_counter() - first_time) / max(self.step - first_step, 1)
+            eta = per_step * (self.total_steps - self.step)
+            self.tracking.postfix({"loss": record["loss"], "samples/s": record["samples_per_s"]})
+            self.log(format_record(record, self.total_steps, eta))
+        window.reset()
+
+    def _periodic(self, window: _Window) -> None:
+        """What comes every so many steps: validation, sample pictures, a checkpoint."""
+        s = self.settings
+        evaluate, sample = self.step % s.eval_every == 0, self.step % s.sample_every == 0
+        if evaluate:
+            val = self.evaluate()
+            if val is not None:
+                self.schedule.observe(val)
+                self._record({"step": self.step, "val_loss": val})
+                if self.backend.is_root:
+                    self.log(f"step {self.step}: validation loss {val:.4f}")
+        if sample:
+            self._samples(self.last_batch)
+        if self.step % s.save_every_n_steps == 0:
+            self.save()
+        if evaluate or sample:
+            window.restart_clock()
+
+    def _end_epoch(self, epoch_losses: list[Tensor]) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.schedule.end_of_epoch()
+        if self.val_batches is None and epoch_losses:
+            self.schedule.observe(float(torch.stack(epoch_losses).mean()))
+
+    def _finish(self) -> Path | None:
+        """The end of a run: what was skipped and trained, final samples and validation, the weights
+        checked equal on every rank, the last resumable checkpoint, then the ``final/`` export."""
+        if self.skipped and self.backend.is_root:
+            kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.skipped.items()))
+            self.log(f"data: skipped on this rank: {kinds}")
+            self._record({"step": self.step, "skipped_by_kind": dict(self.skipped)})
+        trained = self.samples_trained()
+        if self.backend.is_root:
+            self.log(f"data: trained on {trained} samples in {self.step} steps")
+            self._record({"step": self.step, "samples_trained": trained})
+        if self.last_batch is not None and self.sampled_at != self.step:  # not twice for the last step
+            self._samples(self.last_batch)
+        val = self.evaluate()
+        if val is not None and self.backend.is_root:
+            self._record({"step": self.step, "val_loss": val})
+            self.log(f"final validation loss {val:.4f}")
+        weights = self.engine.full_state_dict()
+        if self.world > 1:
+            same = self.backend.same_on_all_ranks(weights)
+            if self.backend.is_root:
+                self.log(f"weights identical on all {self.world} ranks: {'yes' if same else 'NO'}")
+            if not same:
+                raise RuntimeError(
+                    "ranks hold different weights at the end of training: the engine is broken"
+                )
+        self.save(weights=weights)  # the resumable state at the end, then the export
+        return self.save(final=True, weights=weights)
+
+    # --------------------------------------------------------------------------------- around the steps
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss over up to ``eval_batches`` batches (fixed RNG: no effect on training)."""
-        if not self.val_indices:
+        if self.val_batches is None:
             return None
-        model = self.wrapped.model
+        model = self.engine.model
         was_training = model.training
         model.eval()
         losses = []
-        with torch.random.fork_rng(
-            devices=[self.backend.device] if self.backend.device.type == "cuda" else []
-        ):
-            torch.manual_seed(self.s.seed)
-            for i, batch in enumerate(self._loader(self.val_indices, epoch=0, skip=0, shuffle=False)):
-                if i >= self.s.eval_batches:
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            torch.manual_seed(self.settings.seed)
+            for i, batch in enumerate(self.val_batches.batches(epoch=0)):
+                if i >= self.settings.eval_batches:
                     break
-                with self.wrapped.autocast():
-                    batch = to_device(batch, self.backend.device, self.wrapped.input_dtype)
+                with self.engine.autocast():
+                    batch = to_device(batch, self.backend.device, self.engine.input_dtype)
                     loss, _ = self.task.loss(model, batch, self.step)
                 losses.append(float(self.backend.average(loss.detach().float())))
         model.train(was_training)
         return sum(losses) / len(losses) if losses else None
 
+    def _cuda_devices(self) -> list[torch.device]:
+        return [self.backend.device] if self.backend.device.type == "cuda" else []
+
     def _samples(self, batch: Any) -> None:
         self.sampled_at = self.step
         # every rank enters (engines that partition the weights gather them); the root draws
-        with self.wrapped.sampling_module() as module:
+        with self.engine.sampling_module() as module:
             if not self.backend.is_root:
                 return
-            with torch.random.fork_rng(
-                devices=[self.backend.device] if self.backend.device.type == "cuda" else []
-            ):
-                torch.manual_seed(self.s.seed)
+            with torch.random.fork_rng(devices=self._cuda_devices()):
+                torch.manual_seed(self.settings.seed)
                 path = self.task.save_samples(module, batch, self.step, self.run.samples)
         if path is not None:
             self.log(f"step {self.step}: samples in {path}")
@@ -338,12 +439,12 @@ class TrainingLoop:
             caption = captions.read_text(encoding="utf-8").strip() if captions.is_file() else ""
             self.tracking.image("samples", path, self.step, caption.replace("\n", " | "))
 
-    def _profilers(self) -> list[contextlib.AbstractContextManager]:
+    def _profilers(self) -> list:
         """``--flops_profiler``'s contexts, one per training step: the engine's own, else torch's."""
         log = self.log if self.backend.is_root else _quiet
-        engine = self.wrapped.profiler(log)
+        engine = self.engine.profiler(log)
         return (
-            [engine] if engine is not None else torch_profilers(self.wrapped.module, self.backend.device, log)
+            [engine] if engine is not None else torch_profilers(self.engine.module, self.backend.device, log)
         )
 
     def _all_finite(self, loss: Tensor) -> bool:
@@ -357,7 +458,7 @@ class TrainingLoop:
         """Count a batch whose loss was NaN / Inf on some rank; stop after ``nonfinite_patience`` in a row."""
         self.nonfinite_in_a_row += 1
         self.nonfinite_skipped += 1
-        limit = self.s.nonfinite_patience
+        limit = self.settings.nonfinite_patience
         if self.backend.is_root:
             value, row = float(loss.detach()), self.nonfinite_in_a_row
             self.log(
@@ -378,168 +479,6 @@ class TrainingLoop:
             with open(self.run.root / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             self.tracking.metrics(record)
-
-    # --------------------------------------------------------------------------------- the loop
-    def fit(self) -> Path | None:
-        """Train until ``epochs`` or ``max_steps``; write ``final/``; return its path (root rank)."""
-        s = self.s
-        model = self.wrapped.model
-        model.train()
-        device = self.backend.device
-        t0, seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
-        if self.backend.is_root:
-            self.log(
-                f"training {self.task.kind}: {len(self.train_indices)} samples, "
-                f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps, batch {s.batch_size} x "
-                f"{self.world} ranks x {s.ga_steps} accumulation, device {device}"
-            )
-        flops, peak = self.task.flops_per_sample(), None
-        if flops and self.backend.is_root:
-            dtype = self.wrapped.precision.dtype
-            peak = matmul_peak(device, dtype)
-            self.log(
-                f"model: {flops / 1e9:.2f} GFLOP per training sample; {device} {self.wrapped.precision.name} "
-                f"matmul peak {peak / 1e9:.0f} GFLOP/s (MFU is measured against it)"
-            )
-        last_batch = None
-        done = self.step >= self.total_steps
-        start_step, started = self.step, time.perf_counter()
-        self.tracking.start(self.step, self.total_steps)
-        profile_at = min(self.step + PROFILE_STEP, self.total_steps - 1) if s.flops_profiler else -1
-        profilers: list[contextlib.AbstractContextManager] = []
-        profiling: contextlib.ExitStack | None = None
-        while not done and self.epoch < s.epochs:
-            epoch_losses = []
-            if self.streaming:
-                epoch_batches = self._stream(self.epoch, self.batch_in_epoch)
-            else:
-                epoch_batches = self._loader(self.train_indices, self.epoch, self.batch_in_epoch)
-            for batch in epoch_batches:
-                if self.step == profile_at and profiling is None and not profilers:
-                    profilers = self._profilers()
-                if profilers and profiling is None:  # one profiler per step
-                    profiling = contextlib.ExitStack()
-                    profiling.enter_context(profilers.pop(0))
-                weight = 1.0
-                if batch is None:  # every slot of this batch was broken: other ranks still step
-                    if last_batch is None:
-                        raise UserError(
-                            "the first batch of the stream holds only broken samples: check the data"
-                        )
-                    batch, weight = last_batch, 0.0
-                batch = to_device(batch, device, self.wrapped.input_dtype)
-                last_batch = batch
-                self.schedule.apply(self.wrapped.optimizer, self.step)
-                with self.wrapped.micro_batch():
-                    with self.wrapped.autocast():
-                        loss, extra = self.task.loss(model, batch, self.step)
-                    loss = self.faults.loss(loss, self.step, self.rank)
-                    if not self._all_finite(loss):
-                        # every rank skips together (a lone rank skipping would leave the others waiting)
-                        self._skip_nonfinite(loss)
-                        self.batch_in_epoch += 1
-                        continue
-                    self.nonfinite_in_a_row = 0
-                    self.wrapped.backward(loss * weight if weight != 1.0 else loss)
-                    if weight:
-                        self.samples_here += batch_size_of(batch)
-                stepped = self.wrapped.step()
-                self.batch_in_epoch += 1
-                seen += batch_size_of(batch) * self.world
-                # kept as tensors: reading a value every step would stall a GPU on the hot path
-                value = loss.detach().float()
-                window_loss = window_loss + value
-                window_n += 1
-                epoch_losses.append(value)
-                if not stepped:
-                    continue
-                self.step += 1
-                self.tracking.advance()
-                if profiling is not None:
-                    profiling.close()  # prints its table
-                    profiling = None
-                    if not profilers:
-                        if self.backend.is_root:
-                            self.log(
-                                f"--flops_profiler: profiled up to step {self.step}; stopped (no checkpoint)"
-                            )
-                        return None
-                if self.step % s.log_every == 0 or self.step == self.total_steps:
-                    elapsed = time.perf_counter() - t0
-                    record = {
-                        "step": self.step,
-                        "epoch": self.epoch,
-                        "loss": float(self.backend.average(window_loss / window_n)),
-                        "lr": self.wrapped.optimizer.param_groups[0]["lr"],
-                        "samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
-                        **{k: float(v) for k, v in extra.items()},
-                    }
-                    if self.wrapped.last_grad_norm is not None:
-                        record["grad_norm"] = self.wrapped.last_grad_norm
-                    if self.skipped:
-                        record["skipped"] = sum(self.skipped.values())
-                    if self.nonfinite_skipped:
-                        record["nonfinite_skipped"] = self.nonfinite_skipped
-                    tokens = self.task.tokens_per_sample()
-                    if tokens:
-                        record["tokens_per_s"] = record["samples_per_s"] * tokens
-                    if peak:
-                        record["mfu"] = record["samples_per_s"] / self.world * flops / peak
-                    record.update(memory_gb(device))
-                    self._record(record)
-                    if self.backend.is_root:
-                        per_step = (time.perf_counter() - started) / max(self.step - start_step, 1)
-                        eta = per_step * (self.total_steps - self.step)
-                        self.tracking.postfix({"loss": record["loss"], "samples/s": record["samples_per_s"]})
-                        self.log(format_record(record, self.total_steps, eta))
-                    t0, seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
-                if self.step % s.eval_every == 0:
-                    val = self.evaluate()
-                    if val is not None:
-                        self.schedule.observe(val)
-                        self._record({"step": self.step, "val_loss": val})
-                        if self.backend.is_root:
-                            self.log(f"step {self.step}: validation loss {val:.4f}")
-                if self.step % s.sample_every == 0:
-                    self._samples(batch)
-                if self.step % s.save_every_n_steps == 0:
-                    self.save()
-                if self.step % s.eval_every == 0 or self.step % s.sample_every == 0:
-                    t0, seen = time.perf_counter(), 0  # throughput counts training only
-                if self.step >= self.total_steps:
-                    done = True
-                    break
-            if not done:
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                self.schedule.end_of_epoch()
-                if not self.val_indices and epoch_losses:
-                    self.schedule.observe(float(torch.stack(epoch_losses).mean()))
-        if self.skipped and self.backend.is_root:
-            kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.skipped.items()))
-            self.log(f"data: skipped on this rank: {kinds}")
-            self._record({"step": self.step, "skipped_by_kind": dict(self.skipped)})
-        trained = self.samples_trained()
-        if self.backend.is_root:
-            self.log(f"data: trained on {trained} samples in {self.step} steps")
-            self._record({"step": self.step, "samples_trained": trained})
-        if last_batch is not None and self.sampled_at != self.step:  # not twice when sample_every divides it
-            self._samples(last_batch)
-        val = self.evaluate()
-        if val is not None and self.backend.is_root:
-            self._record({"step": self.step, "val_loss": val})
-            self.log(f"final validation loss {val:.4f}")
-        weights = self.wrapped.full_state_dict()
-        if self.world > 1:
-            same = self.backend.same_on_all_ranks(weights)
-            if self.backend.is_root:
-                self.log(f"weights identical on all {self.world} ranks: {'yes' if same else 'NO'}")
-            if not same:
-                raise RuntimeError(
-                    "ranks hold different weights at the end of training: the engine is broken"
-                )
-        self.save(weights=weights)  # the resumable state at the end, then the export
-        return self.save(final=True, weights=weights)
 
 
 def _quiet(_: str) -> None:

@@ -1,6 +1,7 @@
 """``--flops_profiler``: profile training steps, print per-module FLOPs and per-op time, then stop.
 
-Engines with a profiler of their own (DeepSpeed's flops profiler) supply it through ``Wrapped.profiler``;
+Engines with a profiler of their own (DeepSpeed's flops profiler) supply it through
+``TrainingEngine.profiler``;
 everything else gets torch's, over two steps: ``torch.profiler`` times every operator of the first, and
 ``FlopCounterMode`` counts the FLOPs of the second (forward + backward in total, and each module's
 forward); counting in a step of its own keeps the counter's Python overhead out of the timings.
@@ -19,6 +20,32 @@ from torch.utils.flop_counter import FlopCounterMode
 # the first step profiled: step 0 pays for one-off work (allocator growth, kernel selection, lazy init)
 PROFILE_STEP = 1
 MODULE_DEPTH = 6  # DALLE.transformer.attns.0.fn.to_qkv
+
+
+class StepProfiler:
+    """Runs one profiling context around each of the training steps from ``start`` on (``contexts()``
+    makes them when that step comes), then tells the loop to stop. ``start < 0``: never profiles."""
+
+    def __init__(self, start: int, contexts: Callable[[], list[contextlib.AbstractContextManager]]) -> None:
+        self.start, self.contexts = start, contexts
+        self.pending: list[contextlib.AbstractContextManager] | None = None
+        self.current: contextlib.ExitStack | None = None
+
+    def before_batch(self, step: int) -> None:
+        """Called before every micro-batch: a profiled step spans all micro-batches up to its update."""
+        if self.pending is None and step == self.start:
+            self.pending = self.contexts()
+        if self.pending and self.current is None:
+            self.current = contextlib.ExitStack()
+            self.current.enter_context(self.pending.pop(0))
+
+    def after_step(self) -> bool:
+        """Called after every optimizer step; True once the last profiled step is done (it printed)."""
+        if self.current is None:
+            return False
+        self.current.close()
+        self.current = None
+        return not self.pending
 
 
 def torch_profilers(

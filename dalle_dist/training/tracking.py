@@ -170,14 +170,18 @@ class Tracking:
             tracker.close()
 
 
-def start_tracking(args: argparse.Namespace, run_dir: Path, is_root: bool) -> Tracking:
-    """The trackers ``args`` ask for (root rank only; other ranks stay quiet)."""
+def start_tracking(
+    args: argparse.Namespace, run_dir: Path, is_root: bool, config: dict[str, Any] | None = None
+) -> Tracking:
+    """The trackers ``args`` ask for (root rank only; other ranks stay quiet); ``config`` is the run's
+    resolved flags, recorded by the trackers that keep one."""
     if not is_root:
         return Tracking([], progress=False)
     progress = args.progress == "bar" or (args.progress == "auto" and sys.stdout.isatty())
     tracking = Tracking([], progress=progress)
     names = [n for n in dict.fromkeys(args.tracker) if n != "none"]
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if config is None:
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     for name in names:
         if name == "wandb":
             tracking.trackers.append(

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
+from ..checkpoint import describe_vae, load_vae
+from ..cli import Parser, cli, nonneg_int, positive_float, positive_int, refuse
 from ..data import image_grid
 from ..errors import UserError
 from ..models import DiscreteVAE
-from .checkpoint import describe_vae, load_vae, resolve_latest
 from .codebook import CodebookUsage
-from .config import Parser, add_common_flags, nonneg_int, positive_float, positive_int, refuse
-from .job import build_dataset, cli, load_item, prepare_run, run_training, seed_everything, start_backend
-from .loop import Task
+from .flags import add_common_flags, backend_config, data_config
+from .job import load_data, prepare_run, resume_point, run_training, seed_everything, start_backend
+from .task import Task
 
 WARN_EVERY = 500  # steps between repeated codebook-collapse warnings
 
@@ -60,14 +60,32 @@ def build_parser() -> Parser:
     return parser
 
 
+@dataclass(frozen=True)
+class Temperature:
+    """The Gumbel-softmax temperature: ``max(start * exp(-anneal_rate * step), minimum)``."""
+
+    start: float = 1.0
+    minimum: float = 0.5
+    anneal_rate: float = 1e-6
+
+    def at(self, step: int) -> float:
+        return max(self.start * math.exp(-self.anneal_rate * step), self.minimum)
+
+
 class VAETask(Task):
     kind = "vae"
 
-    def __init__(self, vae: DiscreteVAE, args: argparse.Namespace, data_description: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        vae: DiscreteVAE,
+        data_description: dict[str, Any],
+        temperature: Temperature,
+        num_images_save: int = 4,
+    ) -> None:
         self.model = vae
-        self.args = args
         self.data_description = data_description
-        self.temperature = args.starting_temp
+        self.schedule, self.num_images_save = temperature, num_images_save
+        self.temperature = temperature.start
         self.usage = CodebookUsage(vae.num_tokens)
         self.warned_at: int | None = None
         self.sampling = False
@@ -77,15 +95,14 @@ class VAETask(Task):
         if module.training and not self.sampling:  # training batches only (not sample grids, validation)
             self.usage.update(logits.argmax(dim=1))
 
-    def make_item(self, dataset: Dataset, index: int, rng: random.Random) -> Tensor:
-        return load_item(dataset, index, rng)[0]
+    def make_item(self, dataset: Any, index: int, rng: random.Random) -> Tensor:
+        return dataset.get(index, rng)[0]
 
     def collate(self, items: list[Tensor]) -> Tensor:
         return torch.stack(items)
 
     def loss(self, model: nn.Module, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
-        a = self.args
-        self.temperature = max(a.starting_temp * math.exp(-a.anneal_rate * step), a.temp_min)
+        self.temperature = self.schedule.at(step)
         loss = model(batch, return_loss=True, temp=self.temperature)
         # checked once a window (reading the counts waits for the device), not every step
         if (step + 1) % self.usage.window == 0:
@@ -97,7 +114,7 @@ class VAETask(Task):
 
     @torch.no_grad()
     def save_samples(self, module: nn.Module, batch: Tensor, step: int, folder: Path) -> Path:
-        images = batch[: self.args.num_images_save]
+        images = batch[: self.num_images_save]
         self.sampling = True
         try:
             recons = module.denormalize(module.decode(module.get_codebook_indices(images)))
@@ -114,19 +131,17 @@ class VAETask(Task):
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse(argv)
-    backend = start_backend(args)
+    backend = start_backend(backend_config(args))
     seed_everything(args.seed)
-    dataset = build_dataset(args, args.image_folder, backend=backend)
-    resume = None
-    if args.resume:
-        if args.output is None:
-            raise UserError("--resume needs --output naming the run directory to continue")
-        vae, ckpt = load_vae(resolve_latest(args.output))
-        resume = ckpt
+    data = data_config(args, args.image_folder)
+    dataset = load_data(data, backend)
+    resume = resume_point(args)
+    if resume is not None:
+        vae, resume = load_vae(resume)
     else:
         try:
             vae = DiscreteVAE(
-                image_size=args.image_size,
+                image_size=data.image_size,
                 num_tokens=args.num_tokens,
                 codebook_dim=args.emb_dim,
                 num_layers=args.num_layers,
@@ -139,9 +154,10 @@ def main(argv: list[str] | None = None) -> None:
             )
         except ValueError as e:
             raise UserError(f"--image_size / --num_layers: {e}") from None
-    run = prepare_run(args, "train_vae", backend)
-    task = VAETask(vae.to(backend.device), args, dataset.describe())
-    final = run_training(task, args, backend, run, dataset, resume, epoch_decay=args.lr_decay_rate)
+    run, flags = prepare_run(args, "train_vae", backend, data)
+    temperature = Temperature(args.starting_temp, args.temp_min, args.anneal_rate)
+    task = VAETask(vae.to(backend.device), dataset.describe(), temperature, args.num_images_save)
+    final = run_training(task, args, backend, run, flags, dataset, resume, epoch_decay=args.lr_decay_rate)
     if backend.is_root and final is not None:
         print(f"VAE trained: {final}")
     backend.shutdown()

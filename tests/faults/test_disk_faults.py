@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY_DALLE, run_cmd, train_tiny_vae
 
-from dalle_dist.training.checkpoint import load_checkpoint
+from dalle_dist.checkpoint import load_checkpoint
 
 FLAGS = [*TINY_DALLE.split(), "--batch_size", "8", "--log_every", "1", "--sample_every", "1000"]
 

@@ -1,7 +1,7 @@
 """Encode every image of a DALL-E training set once with a frozen VAE, for ``train_dalle.py --image_tokens``.
 
-    python -m dalle_dist.data.encode_tokens --vae_path runs/vae --image_text_folder data/birds
-    python -m dalle_dist.data.encode_tokens --vae_path runs/vae --wds jpg,txt --image_text_folder data/shards
+    python -m dalle_dist.encode_tokens --vae_path runs/vae --image_text_folder data/birds
+    python -m dalle_dist.encode_tokens --vae_path runs/vae --wds jpg,txt --image_text_folder data/shards
 
 The data flags mean what they mean to ``train_dalle.py``. Each image gets the deterministic preprocessing
 (the largest centred square, resized to the VAE's size), is encoded once, and its token ids go into one
@@ -9,8 +9,8 @@ The data flags mean what they mean to ``train_dalle.py``. Each image gets the de
 ``<folder>/image_tokens-<VAE hash>.npz``, or next to the shards. Broken images are skipped and counted as
 training skips them (a folder fails on them, as ``train_dalle.py`` does; shards record them in the file).
 
-As an entry point this module imports ``dalle_dist.training.checkpoint`` to load the VAE, the one
-place in ``data/`` that looks up into ``training/``; nothing in the package imports this module.
+An entry point beside the other command-line tools: it reads checkpoints (``checkpoint.py``) and data
+(``data/``), and nothing in the package imports it.
 """
 
 from __future__ import annotations
@@ -28,21 +28,27 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from ..devices import pick_device
-from ..errors import UserError
-from ..training.checkpoint import describe_vae, load_checkpoint, load_dalle, load_vae
-from .errors import DataError
-from .folder import FolderDataset
-from .shards import Keys, ShardDataset, Skipped, sample_key, shard_name
-from .synthetic import ShapesDataset
-from .token_cache import PREPROCESSING, default_file_name, item_entry, token_dtype, vae_hash, write_token_file
+from .checkpoint import describe_vae, load_checkpoint, load_dalle, load_vae
+from .cli import Parser, add_device_flag, cli, nonneg_int, positive_int
+from .data import DataConfig, FolderDataset, build_dataset
+from .data.shards import ShardDataset, Skipped, sample_key, shard_name
+from .data.token_cache import (
+    PREPROCESSING,
+    default_file_name,
+    item_entry,
+    token_dtype,
+    vae_hash,
+    write_token_file,
+)
+from .devices import pick_device
+from .errors import UserError
 
 SLOT_KINDS = ("missing image", "broken image")  # what centre_crops skips one sample for (not a shard)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m dalle_dist.data.encode_tokens",
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="python -m dalle_dist.encode_tokens",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -73,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the .npz to write (default: image_tokens-<VAE hash>.npz in the folder / beside the shards)",
     )
-    parser.add_argument("--batch_size", type=int, default=64, help="images per VAE forward")
-    parser.add_argument("--num_workers", type=int, default=0, help="data-loader processes decoding images")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="images per VAE forward")
+    parser.add_argument(
+        "--num_workers", type=nonneg_int, default=0, help="data-loader processes decoding images"
+    )
+    add_device_flag(parser)
     return parser
 
 
@@ -89,20 +97,21 @@ def _load_vae(path: Path) -> tuple[nn.Module, str, str | None]:
     return vae, str(ckpt.path), ckpt.meta.get("checksums", {}).get("model.safetensors")
 
 
-def _dataset(args: argparse.Namespace, image_size: int) -> Dataset:
-    """The dataset ``train_dalle.py`` builds from the same flags (its crop settings do not matter here)."""
-    if args.wds:
-        if args.image_text_folder is None:
-            raise UserError(
-                "--wds needs --image_text_folder naming the shards (a .tar, folder, pattern or URL)"
-            )
-        return ShardDataset(args.image_text_folder, Keys.parse(args.wds), image_size)
-    if args.image_text_folder is not None:
-        return FolderDataset(args.image_text_folder, image_size)
-    try:
-        return ShapesDataset(image_size, args.dataset_size, args.seed, args.holdout)
-    except ValueError as e:
-        raise UserError(f"--holdout / --dataset_size: {e}") from None
+def _dataset(args: argparse.Namespace, image_size: int) -> Any:
+    """The dataset ``train_dalle.py`` builds from the same flags (its crop settings do not matter here;
+    a broken pair in a folder stops the encoding, as it stops a run with ``--strict_data``)."""
+    if args.wds and args.image_text_folder is None:
+        raise UserError("--wds needs --image_text_folder naming the shards (a .tar, folder, pattern or URL)")
+    config = DataConfig(
+        location=args.image_text_folder,
+        image_size=image_size,
+        seed=args.seed,
+        strict=True,
+        shard_keys=args.wds,
+        dataset_size=args.dataset_size,
+        holdout=args.holdout,
+    )
+    return build_dataset(config)
 
 
 def _default_output(dataset: Dataset, name: str) -> Path:
@@ -169,10 +178,9 @@ def encode(vae: nn.Module, dataset: Dataset, batch_size: int, num_workers: int, 
     return keys, tokens, skipped
 
 
-def run(argv: list[str] | None = None) -> Path:
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or args.num_workers < 0:
-        raise UserError("--batch_size must be >= 1 and --num_workers >= 0")
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse(argv)
     vae, source, checksum = _load_vae(args.vae_path)
     hash_ = vae_hash(describe_vae(vae), vae.state_dict())
     dataset = _dataset(args, vae.image_size)
@@ -201,17 +209,6 @@ def run(argv: list[str] | None = None) -> Path:
         f"encoded {len(keys)} images into {output} ({tokens.shape[1]} tokens each, {seconds:.1f} s)"
         f"{note if skipped else ''}"
     )
-    return output
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Exit 0, or 2 with ``error: <one line>`` on stderr for bad input."""
-    try:
-        run(argv)
-    except (UserError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

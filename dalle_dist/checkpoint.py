@@ -1,11 +1,13 @@
-"""Self-describing, atomically written checkpoints, and the run directory that holds them.
+"""Self-describing, atomically written checkpoints, the run directory that holds them, and the loaders
+that rebuild a trained model from one (``load_vae``, ``load_dalle``, ``load_clip``).
 
-A checkpoint is a folder:
+Everything that reads or writes a checkpoint (the trainers, generation, evaluation, conversion, the token
+cache) goes through this module. A checkpoint is a folder:
 
-    meta.json              format + version, kind ("vae" | "dalle"), model config, VAE description,
-                           data description, step, and a SHA-256 of every other file
+    meta.json              format + version, kind ("vae" | "dalle" | "clip"), model config, VAE
+                           description, data description, step, and a SHA-256 of every other file
     model.safetensors      weights (a DALL-E checkpoint embeds its VAE's weights under ``vae.``)
-    tokenizer.json         DALL-E only: the tokenizer, as data
+    tokenizer.json         DALL-E and CLIP: the tokenizer, as data
     training_state.pt      optimizer, scheduler, step, RNG and data position; read with weights_only=True
     engine/                an engine's own files when it keeps state outside torch (DeepSpeed's ZeRO
                            partitions, for resuming); every rank writes its part
@@ -30,12 +32,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import UserError
-from ..files import fsync_path, sha256
-from ..models import DALLE, DiscreteVAE
-from ..models.pretrained import PRETRAINED_VAES, pretrained_vae_from_config
-from ..safe_load import NotTorchFileError, UnsafeFileError, load_plain
-from ..text import Tokenizer, load_tokenizer
+from .errors import UserError
+from .files import fsync_path, sha256
+from .models import CLIP, DALLE, DALLEConfig, DiscreteVAE
+from .models.pretrained import PRETRAINED_VAES, pretrained_vae_from_config
+from .safe_load import NotTorchFileError, UnsafeFileError, load_plain
+from .text import Tokenizer, load_tokenizer
 
 FORMAT = "dalle_dist"
 FORMAT_VERSION = 1
@@ -311,12 +313,29 @@ def load_dalle(path: str | Path) -> tuple[DALLE, Tokenizer, Checkpoint]:
     """The trained DALLE (with its VAE) and tokenizer of a DALL-E checkpoint (or run directory)."""
     ckpt = load_checkpoint(path, kind="dalle")
     vae = build_vae(ckpt.meta["vae"])
-    dalle = DALLE(vae=vae, **ckpt.meta["model"])
+    dalle = DALLE(DALLEConfig.from_dict(ckpt.meta["model"]), vae=vae)
     load_weights(dalle, ckpt.weights(), ckpt.path)
+    return dalle, _tokenizer_of(ckpt), ckpt
+
+
+def load_clip(path: str | Path) -> tuple[CLIP, Tokenizer, Checkpoint]:
+    """The trained CLIP and tokenizer of a ``train_clip.py`` checkpoint or run directory."""
+    ckpt = load_checkpoint(path, kind="clip")
+    try:
+        clip = CLIP(**ckpt.meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(
+            f"{ckpt.path}/meta.json does not describe a CLIP ({e}): the checkpoint is damaged"
+        ) from None
+    load_weights(clip, ckpt.weights(), ckpt.path)
+    return clip, _tokenizer_of(ckpt), ckpt
+
+
+def _tokenizer_of(ckpt: Checkpoint) -> Tokenizer:
     tokenizer = ckpt.tokenizer()
     if tokenizer is None:
         raise UserError(f"{ckpt.path} has no tokenizer.json: the checkpoint is damaged")
-    return dalle, tokenizer, ckpt
+    return tokenizer
 
 
 class RunDirectory:

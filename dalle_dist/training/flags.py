@@ -1,142 +1,93 @@
-"""Command-line flags (DALLE-pytorch's names) and ``--config file.yaml`` (keys are flag names).
-
-Values come from, in rising priority: the parser's defaults, the YAML file, the command line. Flag values
-are checked by their argparse types so a bad value fails before anything is built.
-"""
+"""The trainers' flags (DALLE-pytorch's names): the groups every trainer takes, and the typed configs they
+are turned into, once (``BackendConfig``, ``DataConfig``, ``LoopSettings``): the flags are read, never
+written."""
 
 from __future__ import annotations
 
 import argparse
-import difflib
-import re
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
-import yaml
-
+from ..cli import add_device_flag, add_tokenizer_flags, fraction, nonneg_int, positive_int, unit_interval
+from ..data import DataConfig
+from ..distributed import BackendConfig
 from ..errors import UserError
+from .loop import LoopSettings
 from .tracking import add_tracking_flags
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+BUILT_IN_IMAGE_SIZE, FOLDER_IMAGE_SIZE = 32, 128  # --image_size defaults
 
 
-def nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def backend_config(args: argparse.Namespace) -> BackendConfig:
+    """The engine, device, batch shape and precision the flags ask for."""
+    name = args.distributed_backend
+    if getattr(args, "use_deepspeed", False):
+        if name not in (None, "deepspeed"):
+            raise UserError(f"--deepspeed and --distributed_backend {name} name two engines: keep one")
+        name = "deepspeed"
+    return BackendConfig(
+        name=name,
+        device=args.device,
+        batch_size=args.batch_size,
+        ga_steps=args.ga_steps,
+        fp16=args.fp16,
+        bf16=args.bf16,
+        amp=args.amp,
+        zero_stage=args.zero_stage,
+        cpu_offload=args.cpu_offload,
+        deepspeed_config=args.deepspeed_config,
+    )
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def data_config(
+    args: argparse.Namespace, location: str | Path | None, image_size: int | None = None, *, check_size=True
+) -> DataConfig:
+    """The data the flags name: shards with ``--wds``, the folder ``location`` when given, else the built-in
+    dataset. ``image_size`` is the run's when it is fixed (by a VAE or a checkpoint), else the flag's, else
+    the default of the kind of data. ``check_size``: refuse folder images smaller than that."""
+    wds = getattr(args, "wds", "")
+    if wds and location is None:
+        raise UserError("--wds needs --image_text_folder naming the shards (a .tar, folder, pattern or URL)")
+    if wds and args.validation_fraction > 0:
+        raise UserError("--validation_fraction is not supported with --wds yet: drop it")
+    if location is not None and args.holdout:
+        raise UserError("--holdout applies to the built-in dataset only: drop it or drop the folder flag")
+    default = FOLDER_IMAGE_SIZE if location is not None else BUILT_IN_IMAGE_SIZE
+    return DataConfig(
+        location=None if location is None else str(location),
+        image_size=image_size or args.image_size or default,
+        seed=args.seed,
+        resize_ratio=args.random_resize_crop_lower_ratio,
+        strict=args.strict_data,
+        check_size=check_size,
+        shard_keys=wds,
+        caption_field=getattr(args, "wds_caption_field", "caption"),
+        resampled=getattr(args, "wds_resampled", False),
+        shuffle_buffer=getattr(args, "shuffle_buffer", 1000),
+        caption_limit=getattr(args, "bpe_train_captions", 100_000),
+        dataset_size=args.dataset_size,
+        holdout=args.holdout,
+    )
 
 
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def str_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with ``--config file.yaml`` support."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(**kwargs)
-        self.add_argument(
-            "--config", type=Path, help="YAML file whose keys are flag names; the command line wins"
-        )
-
-    def error(self, message: str) -> NoReturn:
-        """One line, like every other bad input (argparse would print the usage block first)."""
-        hint = ""
-        unknown = re.match(r"unrecognized arguments: (-[^\s=]+)", message)
-        if unknown:
-            flags = [o for a in self._actions for o in a.option_strings]
-            close = difflib.get_close_matches(unknown.group(1), flags, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-        self.exit(2, f"error: {message}{hint}; see {self.prog} --help\n")
-
-    def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
-        pre = argparse.ArgumentParser(add_help=False)
-        pre.add_argument("--config", type=Path)
-        known, _ = pre.parse_known_args(argv)
-        if known.config is not None:
-            self.set_defaults(**self._read_config(known.config))
-        return self.parse_args(argv)
-
-    def _read_config(self, path: Path) -> dict[str, Any]:
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"--config {path} does not exist: check the path") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise UserError(f"--config {path} must be a mapping of flag names to values")
-        known = {a.dest for a in self._actions}
-        unknown = sorted(k for k in data if k.replace("-", "_") not in known)
-        if unknown:
-            raise UserError(
-                f"--config {path}: unknown keys {', '.join(unknown)} (keys are this script's flag names)"
-            )
-        values = {}
-        for key, value in data.items():
-            dest = key.replace("-", "_")
-            action = next(a for a in self._actions if a.dest == dest)
-            if isinstance(value, str) and action.type is not None:
-                try:
-                    value = action.type(value)
-                except (argparse.ArgumentTypeError, ValueError) as e:
-                    raise UserError(f"--config {path}: {key}: {e}") from None
-            values[dest] = value
-        return values
-
-
-class _Refused(argparse.Action):
-    """A DALLE-pytorch flag this project does not take: using it explains why and what to do instead."""
-
-    def __init__(self, option_strings: list[str], dest: str, why: str = "", takes_value: bool = False):
-        super().__init__(option_strings, dest, nargs=None if takes_value else 0, help=argparse.SUPPRESS)
-        self.why = why
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None):
-        parser.error(f"{option} (a DALLE-pytorch flag) is not supported: {self.why}")
-
-
-def refuse(parser: argparse.ArgumentParser, flag: str, why: str, takes_value: bool = False) -> None:
-    """Accept ``flag`` only to refuse it in words (users arrive with DALLE-pytorch command lines)."""
-    parser.add_argument(flag, action=_Refused, why=why, takes_value=takes_value, dest=f"_refused_{flag[2:]}")
+def loop_settings(args: argparse.Namespace, backend: BackendConfig) -> LoopSettings:
+    """The loop's settings; the batch shape is the backend's (an engine's config file may fix it)."""
+    return LoopSettings(
+        epochs=args.epochs,
+        batch_size=backend.batch_size,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        ga_steps=backend.ga_steps,
+        clip_grad_norm=args.clip_grad_norm,
+        save_every_n_steps=args.save_every_n_steps,
+        keep_n_checkpoints=args.keep_n_checkpoints,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        sample_every=args.sample_every,
+        num_workers=args.num_workers,
+        flops_profiler=args.flops_profiler,
+        nonfinite_patience=args.nonfinite_patience,
+    )
 
 
 def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
@@ -149,7 +100,7 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         "--resume", action="store_true", help="continue the run in --output from its latest checkpoint"
     )
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add_device_flag(g)
     g.add_argument(
         "--distributed_backend",
         "--distr_backend",
@@ -280,24 +231,7 @@ def add_caption_data_flags(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--truncate_captions", action="store_true", help="cut captions longer than --text_seq_len"
     )
-    group.add_argument(
-        "--bpe_path",
-        type=Path,
-        default=None,
-        help="tokenizer to use instead of training a BPE: a .json from python -m dalle_dist.text.train_bpe, "
-        "a Hugging Face tokenizer.json, or a YouTokenToMe .model",
-    )
-    group.add_argument("--hug", action="store_true", help="--bpe_path is a Hugging Face tokenizer.json")
-    group.add_argument(
-        "--chinese", action="store_true", help="BERT Chinese tokenizer (transformers; see --chinese_vocab)"
-    )
-    group.add_argument(
-        "--chinese_vocab",
-        type=str,
-        default=None,
-        help="for --chinese (implies it): a folder or file with BERT's vocab.txt, or a hub model name; "
-        "None: bert-base-chinese from the hub",
-    )
+    add_tokenizer_flags(group, trained=False)
     group.add_argument(
         "--bpe_vocab_size", type=positive_int, default=1024, help="size of the BPE trained on captions"
     )
