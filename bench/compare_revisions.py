@@ -1,12 +1,13 @@
 """This tree's dalle_dist against another revision's, on this machine, as ratios measured in one run.
 
-    .venv/bin/python bench/compare_revisions.py --base REV [--rounds 5] [--only train generate loop]
+    .venv/bin/python bench/compare_revisions.py --base REV [--head REV] [--rounds 5] [--only train ...]
 
 For a change that must not slow anything down (a refactor): the same workloads, through the public API
 both revisions share (``DALLE(...)``, ``dalle(text, image, return_loss=True)``, ``generate_images``,
 ``train_vae.py`` / ``train_dalle.py``), run in fresh child processes, one per revision and round, the two
 revisions alternating (A B B A A B ...) so that machine noise hits both alike. The base revision is
-checked out into a temporary git worktree. Each child times its workload after warm-up; a row reports the
+checked out into a temporary git worktree (and so is ``--head``, when given instead of this working
+tree). Each child times its workload after warm-up; a row reports the
 median over all rounds of each side, ratio = this tree / base (< 1: this tree is faster), and the ratio
 of the fastest repeats.
 
@@ -168,34 +169,48 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--base", required=True, help="the revision to compare against (e.g. a commit)")
+    parser.add_argument("--head", default=None, help="compare this revision instead of the working tree")
     parser.add_argument("--rounds", type=int, default=5, help="child processes per side and workload")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per child (after warm-up)")
     parser.add_argument("--only", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", base, args.base], check=True,
-                       capture_output=True)  # fmt: skip
+        base, this = Path(tmp) / "base", ROOT
+        trees = [(base, args.base)] + ([(Path(tmp) / "head", args.head)] if args.head else [])
+        for tree, rev in trees:
+            subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", tree, rev], check=True,
+                           capture_output=True)  # fmt: skip
+        if args.head:
+            this = Path(tmp) / "head"
         try:
-            commit = subprocess.run(["git", "-C", base, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, check=True).stdout.strip()  # fmt: skip
-            here = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                  text=True, check=True).stdout.strip()  # fmt: skip
-            print(f"this tree ({here} + working changes) vs base {commit}; {THREADS} threads, {args.rounds} "
-                  f"rounds x {args.repeats} repeats, sides alternating")  # fmt: skip
+            commit, here = (
+                subprocess.run(
+                    ["git", "-C", tree, "rev-parse", "--short", "HEAD"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+                for tree in (base, this)
+            )
+            what = f"{here}" if args.head else f"{here} + working changes"
+            print(f"this tree ({what}) vs base {commit}; {THREADS} threads, {args.rounds} rounds x "
+                  f"{args.repeats} repeats, sides alternating")  # fmt: skip
             print(f"{'workload':<40}{'base s':>10}{'this s':>10}{'ratio':>8}{'ratio(min)':>12}")
             for section in args.only:
                 for spec in WORKLOADS[section]:
                     times: dict[str, list[float]] = {"base": [], "this": []}
                     for r in range(args.rounds):
-                        order = [("base", base), ("this", ROOT)]
+                        order = [("base", base), ("this", this)]
                         for name, tree in order if r % 2 == 0 else order[::-1]:
                             times[name] += run_child(tree, spec, args.repeats)
                     b, t = statistics.median(times["base"]), statistics.median(times["this"])
                     print(f"{label(spec):<40}{b:>10.4f}{t:>10.4f}{t / b:>8.3f}"
                           f"{min(times['this']) / min(times['base']):>12.3f}", flush=True)  # fmt: skip
         finally:
-            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", base], capture_output=True)
+            for tree, _ in trees:
+                subprocess.run(
+                    ["git", "-C", ROOT, "worktree", "remove", "--force", tree], capture_output=True
+                )
 
 
 if __name__ == "__main__":

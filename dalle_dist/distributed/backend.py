@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,9 +30,15 @@ def ranks_text(n: int | None) -> str:
 
 
 @dataclass(frozen=True)
+class NoOptions:
+    """An engine without options of its own."""
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """How a run is distributed and computed: the engine (None: the launcher's, else single), the
-    device, the per-rank micro-batch and accumulation, the precision flags, and DeepSpeed's options."""
+    device, the per-rank micro-batch and accumulation, the precision flags, whether optimizer state goes
+    to CPU memory, and each engine's own ``Options`` by engine name (``engine_options``)."""
 
     name: str | None = None
     device: str = "auto"
@@ -41,9 +47,8 @@ class BackendConfig:
     fp16: bool = False
     bf16: bool = False
     amp: bool = False
-    zero_stage: int = 1
     cpu_offload: bool = False
-    deepspeed_config: Path | None = None
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,11 +220,29 @@ class TrainingEngine:
 
 
 class DistributedBackend(ABC):
-    """One way of running training processes: a single process, DDP, Horovod or DeepSpeed."""
+    """One way of running training processes: a single process, DDP, Horovod or DeepSpeed.
+
+    An engine is one module: its class, its ``Options`` (a frozen dataclass) and the flags that set them
+    (``add_flags`` / ``options_from_flags``), plus its line in ``registry.BACKENDS``."""
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     engine_class: ClassVar[type[TrainingEngine]] = TrainingEngine
+    Options: ClassVar[type] = NoOptions
+
+    @classmethod
+    def add_flags(cls, group: Any) -> None:
+        """Declare the engine's own command-line flags on an argparse group (none by default)."""
+
+    @classmethod
+    def options_from_flags(cls, args: Any) -> Any:
+        """The engine's ``Options`` from the flags ``add_flags`` declared."""
+        return cls.Options()
+
+    @classmethod
+    def chosen_by_flag(cls, args: Any) -> str | None:
+        """The flag of its own that asks for this engine, when given (DeepSpeed's ``--deepspeed``)."""
+        return None
 
     def __init__(self, device: str = "auto") -> None:
         self.requested_device = device
@@ -230,6 +253,11 @@ class DistributedBackend(ABC):
     def launched_here(cls) -> bool:
         """Does the environment show this engine's launcher started the process?"""
         return False
+
+    @property
+    def options(self) -> Any:
+        """This engine's ``Options`` in its config."""
+        return self.config.engine_options.get(self.name) or self.Options()
 
     def configure(self, config: BackendConfig) -> BackendConfig:
         """Take ``config`` (before ``initialize``); return what the engine will run, which its own settings

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -363,11 +363,49 @@ class DeepSpeedBackend(DDPBackend):
         # the deepspeed launcher (not torchrun) sets these next to RANK / WORLD_SIZE
         return "CROSS_RANK" in os.environ and "LOCAL_SIZE" in os.environ
 
+    @dataclass(frozen=True)
+    class Options:
+        zero_stage: int = 1  # 1 partitions optimizer state, 2 also gradients, 3 also weights
+        config_file: Path | None = None  # DeepSpeed JSON whose keys override the ones built from flags
+
+    @classmethod
+    def add_flags(cls, group: Any) -> None:
+        group.add_argument(
+            "--deepspeed",
+            dest="use_deepspeed",
+            action="store_true",
+            help="same as --distributed_backend deepspeed",
+        )
+        group.add_argument(
+            "--deepspeed_config",
+            type=Path,
+            default=None,
+            help="DeepSpeed JSON config whose keys override the ones built from the flags",
+        )
+        group.add_argument(
+            "--zero_stage",
+            type=int,
+            choices=(0, 1, 2, 3),
+            default=1,
+            help="DeepSpeed ZeRO stage: 1 partitions optimizer state, 2 also gradients, 3 also weights",
+        )
+        # the deepspeed launcher appends --local_rank=N to the script's arguments (LOCAL_RANK is read)
+        group.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+
+    @classmethod
+    def options_from_flags(cls, args: Any) -> Options:
+        return cls.Options(zero_stage=args.zero_stage, config_file=args.deepspeed_config)
+
+    @classmethod
+    def chosen_by_flag(cls, args: Any) -> str | None:
+        return "--deepspeed" if getattr(args, "use_deepspeed", False) else None
+
     def configure(self, config: BackendConfig) -> BackendConfig:
-        self.zero_stage = config.zero_stage
+        options = config.engine_options.get(self.name) or self.Options()
+        self.zero_stage = options.zero_stage
         self.cpu_offload = config.cpu_offload
-        if config.deepspeed_config is not None:
-            self.file_config = read_config_file(config.deepspeed_config)
+        if options.config_file is not None:
+            self.file_config = read_config_file(options.config_file)
             zero = self.file_config.get("zero_optimization", {})
             if isinstance(zero, dict) and "stage" in zero:
                 self.zero_stage = int(zero["stage"])
@@ -380,7 +418,7 @@ class DeepSpeedBackend(DDPBackend):
                 )
                 if key in self.file_config
             }
-            config = replace(config, zero_stage=self.zero_stage, **batch)
+            config = replace(config, **batch)
         if self.cpu_offload and self.zero_stage == 0:
             raise UserError("--cpu_offload needs ZeRO stage 1, 2 or 3: add --zero_stage 2 (or 3)")
         return super().configure(config)

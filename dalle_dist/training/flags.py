@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..cli import add_device_flag, add_tokenizer_flags, fraction, nonneg_int, positive_int, unit_interval
 from ..data import DataConfig
-from ..distributed import BackendConfig
+from ..distributed import BACKENDS, BackendConfig
 from ..errors import UserError
 from .loop import LoopSettings
 from .tracking import add_tracking_flags
@@ -18,12 +18,14 @@ BUILT_IN_IMAGE_SIZE, FOLDER_IMAGE_SIZE = 32, 128  # --image_size defaults
 
 
 def backend_config(args: argparse.Namespace) -> BackendConfig:
-    """The engine, device, batch shape and precision the flags ask for."""
+    """The engine, device, batch shape, precision and engines' own options the flags ask for."""
     name = args.distributed_backend
-    if getattr(args, "use_deepspeed", False):
-        if name not in (None, "deepspeed"):
-            raise UserError(f"--deepspeed and --distributed_backend {name} name two engines: keep one")
-        name = "deepspeed"
+    for engine in BACKENDS.values():
+        flag = engine.chosen_by_flag(args)
+        if flag is not None:
+            if name not in (None, engine.name):
+                raise UserError(f"{flag} and --distributed_backend {name} name two engines: keep one")
+            name = engine.name
     return BackendConfig(
         name=name,
         device=args.device,
@@ -32,9 +34,8 @@ def backend_config(args: argparse.Namespace) -> BackendConfig:
         fp16=args.fp16,
         bf16=args.bf16,
         amp=args.amp,
-        zero_stage=args.zero_stage,
         cpu_offload=args.cpu_offload,
-        deepspeed_config=args.deepspeed_config,
+        engine_options={engine.name: engine.options_from_flags(args) for engine in BACKENDS.values()},
     )
 
 
@@ -101,40 +102,23 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
     )
     g.add_argument("--seed", type=int, default=0)
     add_device_flag(g)
+    engines = ", ".join(
+        cls.name + (f" (alias {', '.join(cls.aliases)})" if cls.aliases else "") for cls in BACKENDS.values()
+    )
     g.add_argument(
         "--distributed_backend",
         "--distr_backend",
         dest="distributed_backend",
         default=None,
-        help="single (alias dummy), ddp (alias torchrun), horovod or deepspeed; default: the launcher's, "
-        "else single",
+        help=f"{engines}; default: the launcher's, else single",
     )
-    g.add_argument(
-        "--deepspeed",
-        dest="use_deepspeed",
-        action="store_true",
-        help="same as --distributed_backend deepspeed",
-    )
-    g.add_argument(
-        "--deepspeed_config",
-        type=Path,
-        default=None,
-        help="DeepSpeed JSON config whose keys override the ones built from the flags",
-    )
-    g.add_argument(
-        "--zero_stage",
-        type=int,
-        choices=(0, 1, 2, 3),
-        default=1,
-        help="DeepSpeed ZeRO stage: 1 partitions optimizer state, 2 also gradients, 3 also weights",
-    )
+    for engine in BACKENDS.values():
+        engine.add_flags(g)
     g.add_argument(
         "--cpu_offload",
         action="store_true",
-        help="DeepSpeed: keep optimizer state (ZeRO-3: weights too) in CPU memory",
+        help="keep optimizer state (DeepSpeed ZeRO-3: weights too) in CPU memory",
     )
-    # the deepspeed launcher appends --local_rank=N to the script's arguments (LOCAL_RANK is read instead)
-    g.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
     g.add_argument(
         "--fp16",
