@@ -10,26 +10,13 @@ the same sequence (what ``full`` costs). Median of 7 after 2 warm-up runs.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+from timing import timed
 
 from dalle_dist.attention import SequenceLayout, band_attention, band_plan, make_pattern
 from dalle_dist.attention.kernels import AttentionPlan, attention
 
 PATTERNS = [("axial_row", {}), ("axial_col", {}), ("conv_like", {}), ("sparse", {})]
-
-
-def timed(fn, repeats: int = 7) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def step(qkv: tuple, run) -> None:

@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,21 +63,11 @@ def _model(layout: str, depth: int):
     return DALLE(vae=vae, depth=depth, attn_types=LAYOUTS[layout], **BASE)
 
 
-def _times(fn, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
 def _train(spec: dict, repeats: int) -> list[float]:
     import contextlib
 
     import torch
+    from timing import times
 
     model = _model(spec["layout"], depth=8)
     g = torch.Generator().manual_seed(1)
@@ -94,11 +83,12 @@ def _train(spec: dict, repeats: int) -> list[float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return _times(step, repeats, warmup=2)
+    return times(step, repeats, warmup=2)
 
 
 def _generate(spec: dict, repeats: int) -> list[float]:
     import torch
+    from timing import times
 
     model = _model(spec["layout"], depth=4)
     text = torch.randint(1, 10000, (4, 64), generator=torch.Generator().manual_seed(1))
@@ -107,7 +97,7 @@ def _generate(spec: dict, repeats: int) -> list[float]:
         torch.manual_seed(0)
         model.generate_images(text, filter_thres=0.9, cond_scale=spec["cond_scale"])
 
-    return _times(run, repeats, warmup=1)
+    return times(run, repeats, warmup=1)
 
 
 def _loop(tree: Path) -> list[float]:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/cpu_choices.py
 
 1. ``torch.optim.Adam`` without ``fused=True`` (``training/job.py``): one optimizer step over the
-   parameters of the demo DALL-E (dim 256, depth 4), fused vs the default for-each update.
+   parameters of a DALL-E of dim 256 and 512 (depth 4), fused vs the default for-each update.
 2. Short causal attention in fp32 under bf16 (``attention/kernels.py``, up to 512 positions): causal SDPA
    forward + backward of bf16 inputs vs the same inputs in fp32, per sequence length (batch 4, 8 heads x 32).
 3. The band executor, not FlexAttention, on a CPU (``attention/flex.py``, ``planner.py``): an axial
@@ -17,46 +17,34 @@ Each figure is the median of 7 timed calls after warm-up; the machine is named i
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
+from timing import timed
 
 from dalle_dist.attention import SequenceLayout, band_attention, band_plan, flex_plan, make_pattern
 from dalle_dist.attention.kernels import _explicit_attention
 
 
-def timed(fn, repeats: int = 7, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def adam() -> None:
     from dalle_dist import DALLE, DiscreteVAE
 
-    torch.manual_seed(0)
-    vae = DiscreteVAE(image_size=32, num_tokens=512, codebook_dim=256, hidden_dim=64, num_layers=2)
-    model = DALLE(dim=256, vae=vae, num_text_tokens=1024, text_seq_len=16, depth=4, heads=8, dim_head=32)
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.randn_like(p)
-    count = sum(p.numel() for p in params)
-    steps = {}
-    for fused in (False, True):
-        optimizer = torch.optim.Adam(params, lr=1e-4, fused=fused)
-        steps[fused] = timed(optimizer.step)
-    print(
-        f"1. Adam step over {count / 1e6:.1f} M parameters: "
-        f"fused / for-each = {steps[True] / steps[False]:.2f}"
-    )
+    for dim in (256, 512):
+        torch.manual_seed(0)
+        vae = DiscreteVAE(image_size=32, num_tokens=512, codebook_dim=256, hidden_dim=64, num_layers=2)
+        model = DALLE(dim=dim, vae=vae, num_text_tokens=1024, text_seq_len=16, depth=4, heads=8, dim_head=32)
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        steps = {}
+        for fused in (False, True):
+            optimizer = torch.optim.Adam(params, lr=1e-4, fused=fused)
+            steps[fused] = timed(optimizer.step)
+        print(
+            f"1. Adam step over {sum(p.numel() for p in params) / 1e6:.1f} M parameters (DALLE dim {dim}, "
+            f"depth 4): fused / for-each = {steps[True] / steps[False]:.2f}"
+        )
 
 
 def short_causal() -> None:

@@ -328,3 +328,39 @@ def test_bf16_weights_sample_like_fp32(vae):
     torch.testing.assert_close(got.float()[real], want[real], atol=0.1, rtol=0.05)
     images = dalle.generate_images(text, filter_thres=0.5)
     assert images.dtype == torch.float32 and images.shape == (2, 3, vae.image_size, vae.image_size)
+
+
+def test_config_is_built_once_and_reads_older_spellings(vae):
+    """The keywords, a DALLEConfig and an older checkpoint's description (flat pattern options, no
+    attn_options) give the same model description; options of unused patterns are not kept."""
+    from dalle_dist import DALLE, DALLEConfig
+
+    kwargs = dict(dim=32, num_text_tokens=50, text_seq_len=6, depth=3, heads=2, dim_head=16)
+    by_keywords = DALLE(
+        vae=vae, attn_types=("conv_like", "full"), attn_options={"conv_like": {"kernel_size": 3}}, **kwargs
+    )
+    old = {**kwargs, "attn_types": ["conv_like", "full", "conv_like"], "conv_kernel_size": 3,
+           "conv_dilation": 1, "sparse_block_size": 16, "sparse_local_blocks": 4,
+           "sparse_global_stride": 4}  # fmt: skip
+    from_old = DALLE(DALLEConfig.from_dict(old), vae=vae)
+    assert from_old.config() == by_keywords.config()
+    assert by_keywords.config()["attn_options"] == {"conv_like": {"kernel_size": 3, "dilation": 1}}
+    assert DALLEConfig.from_dict(by_keywords.config()) == by_keywords.hparams
+    with pytest.raises(TypeError, match="a config or keyword arguments"):
+        DALLE(by_keywords.hparams, vae=vae, dim=64)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dimension'"):
+        DALLE(vae=vae, dimension=32, depth=2)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"conv_like": {"kernal_size": 3}}, "'conv_like' takes kernel_size, dilation; got kernal_size"),
+        ({"axial_row": {"size": 3}}, "'axial_row' takes no options"),
+        ({"sparse": {"block_size": 4}}, "attn_options for sparse, which attn_types does not use"),
+        ({"conv_like": {"kernel_size": 4}}, "kernel_size must be odd"),
+    ],
+)
+def test_bad_attn_options_are_named(vae, options, message):
+    with pytest.raises(ValueError, match=message):
+        small_dalle(vae, attn_types=("conv_like", "axial_row"), attn_options=options)

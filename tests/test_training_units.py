@@ -159,3 +159,54 @@ def test_bf16_autocast_loss_matches_fp32():
         bf16 = dalle(text, image, return_loss=True)
     assert bf16.dtype == torch.float32  # the loss itself is computed in fp32
     assert abs(bf16.item() - fp32.item()) / fp32.item() < 0.02
+
+
+def test_parsed_flags_are_read_only():
+    """What the flags mean goes into typed configs: writing into the parsed flags fails at once."""
+    from dalle_dist.training.vae_job import build_parser
+
+    args = build_parser().parse(["--batch_size", "3"])
+    assert args.batch_size == 3
+    with pytest.raises(AttributeError, match="read-only"):
+        args.batch_size = 4
+    with pytest.raises(AttributeError, match="read-only"):
+        del args.image_size
+
+
+def test_flags_become_configs_once():
+    from dalle_dist.training.dalle_job import build_parser, model_config
+    from dalle_dist.training.flags import backend_config, data_config
+
+    parse = build_parser().parse
+    args = parse(
+        ["--deepspeed", "--zero_stage", "2", "--batch_size", "3", "--stable_softmax", "--depth", "3"]
+    )
+    backend = backend_config(args)
+    assert (backend.name, backend.batch_size, backend.engine_options["deepspeed"].zero_stage) == (
+        "deepspeed",
+        3,
+        2,
+    )
+    with pytest.raises(UserError, match="--deepspeed and --distributed_backend ddp name two engines"):
+        backend_config(parse(["--deepspeed", "--distributed_backend", "ddp"]))
+    config = model_config(args, num_text_tokens=77)
+    assert (config.stable, config.depth, config.num_text_tokens, config.attn_types) == (
+        True,
+        3,
+        77,
+        ("full",) * 3,
+    )
+    assert data_config(args, None).image_size == 32 and data_config(args, "folder").image_size == 128
+    assert data_config(args, "folder", image_size=64).image_size == 64
+    with pytest.raises(UserError, match="--wds needs --image_text_folder"):
+        data_config(parse(["--wds", "jpg,txt"]), None)
+
+
+def test_the_dataset_registry_picks_the_kind(tmp_path):
+    from dalle_dist.data import DataConfig, ShapesDataset, build_dataset, dataset_kind
+
+    assert dataset_kind(DataConfig()) == "shapes"
+    assert dataset_kind(DataConfig(location=str(tmp_path))) == "folder"
+    assert dataset_kind(DataConfig(location=str(tmp_path), shard_keys="jpg,txt")) == "shards"
+    dataset = build_dataset(DataConfig(dataset_size=5, image_size=16))
+    assert isinstance(dataset, ShapesDataset) and len(dataset) == 5 and dataset.image_size == 16

@@ -1,7 +1,7 @@
 """Data: the built-in shapes dataset, image + caption folders, WebDataset shards, Pillow/NumPy transforms,
 the read order, and the batch sources the training loop reads."""
 
-from .batches import BatchSource, IndexedDataset, Ranks, Reading
+from .batches import BatchSource, IndexedDataset, Ranks, Reading, TrainingData
 from .config import DataConfig
 from .errors import DataError
 from .folder import FolderDataset
@@ -19,6 +19,7 @@ __all__ = [
     "Ranks",
     "Reading",
     "ShapesDataset",
+    "TrainingData",
     "build_dataset",
     "dataset_kind",
     "image_grid",

@@ -75,6 +75,24 @@ class BatchSource(Protocol):
         broken: ranks still step together)."""
 
 
+class TrainingData(Protocol):
+    """What the training loop reads: any dataset that hands out its batch source (``IndexedDataset``
+    and ``ShardDataset`` do)."""
+
+    def __len__(self) -> int: ...
+
+    def batch_source(
+        self,
+        samples: Samples,
+        reading: Reading,
+        indices: Sequence[int] | None = None,
+        *,
+        shuffle: bool = True,
+        on_skip: Callable[[Any], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> BatchSource: ...
+
+
 class ItemBatches:
     """A map-style dataset's batches: a seeded permutation per epoch cut into global batches, each rank
     taking its slice (``sampler.EpochBatches``), items made by ``samples`` in the loader's workers."""

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from .batches import Ranks
+from .batches import Ranks, TrainingData
 from .config import DataConfig
 from .folder import FolderDataset
 from .shards import ShardDataset
@@ -19,7 +18,7 @@ from .synthetic import ShapesDataset
 class DatasetKind:
     name: str
     accepts: Callable[[DataConfig], bool]
-    build: Callable[[DataConfig, Ranks], Any]
+    build: Callable[[DataConfig, Ranks], TrainingData]
 
 
 DATASET_KINDS = (
@@ -34,7 +33,7 @@ def dataset_kind(config: DataConfig) -> str:
     return next(kind.name for kind in DATASET_KINDS if kind.accepts(config))
 
 
-def build_dataset(config: DataConfig, ranks: Ranks | None = None) -> Any:
+def build_dataset(config: DataConfig, ranks: Ranks | None = None) -> TrainingData:
     """The dataset ``config`` describes (``ranks``: several processes build it together)."""
     kind = next(kind for kind in DATASET_KINDS if kind.accepts(config))
     return kind.build(config, ranks or Ranks())

@@ -75,11 +75,11 @@ class DALLEConfig:
         unused = sorted(set(self.attn_options) - set(types))
         if unused:
             raise ValueError(f"attn_options for {', '.join(unused)}, which attn_types does not use")
-        options = {
-            name: asdict(pattern_options(name, self.attn_options.get(name)))
-            for name in dict.fromkeys(types)
-            if fields(PATTERNS[name].Options)
+        # every used pattern's options checked (defaults filled in); those of patterns with none not kept
+        checked = {
+            name: asdict(pattern_options(name, self.attn_options.get(name))) for name in dict.fromkeys(types)
         }
+        options = {name: opts for name, opts in checked.items() if opts}
         check_attn_impl(self.attn_impl)
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "attn_types", types)
@@ -114,7 +114,6 @@ class DALLEConfig:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
-        out["attn_options"] = {name: dict(opts) for name, opts in self.attn_options.items()}
         return out
 
     @classmethod

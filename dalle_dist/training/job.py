@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from ..checkpoint import Checkpoint, RunDirectory, resolve_latest
-from ..data import DataConfig, Ranks, build_dataset
+from ..data import DataConfig, Ranks, TrainingData, build_dataset
 from ..data.sampler import split_indices
 from ..distributed import BackendConfig, DistributedBackend, Precision, backend_from_config
 from ..errors import UserError
@@ -45,7 +45,7 @@ def resume_point(args: argparse.Namespace) -> Path | None:
     return resolve_latest(args.output)
 
 
-def load_data(config: DataConfig, backend: DistributedBackend) -> Any:
+def load_data(config: DataConfig, backend: DistributedBackend) -> TrainingData:
     """The dataset ``config`` describes; what every rank needs is read once, by the root rank."""
     return build_dataset(config, Ranks(backend.is_root, backend.broadcast_object))
 
@@ -125,7 +125,7 @@ def run_training(
     backend: DistributedBackend,
     run: RunDirectory,
     flags: dict[str, Any],
-    dataset: Any,
+    dataset: TrainingData,
     resume: Checkpoint | None,
     epoch_decay: float = 1.0,
 ) -> Path | None:
@@ -133,8 +133,8 @@ def run_training(
     config = backend.config
     train_idx, val_idx = split_indices(len(dataset), args.validation_fraction, args.seed)
     params = [p for p in task.model.parameters() if p.requires_grad]
-    # not fused=True: torch 2.13's fused CPU Adam is much slower than the default for-each update
-    # (bench/RESULTS.md, "Executor choices on the CPU")
+    # the default update, not fused=True: which is faster on a CPU depends on the host (bench/RESULTS.md,
+    # "Executor choices on the CPU"), and changing it changes the arithmetic that resumes reproduce
     optimizer = torch.optim.Adam(params, lr=args.learning_rate)
     precision = Precision.from_flags(backend.device, fp16=config.fp16, bf16=config.bf16, amp=config.amp)
     engine = backend.distribute(

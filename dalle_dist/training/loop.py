@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import ENGINE_FOLDER, Checkpoint, RunDirectory, staging_folder, start_staging
-from ..data import Reading
+from ..data import Reading, TrainingData
 from ..distributed import DistributedBackend, TrainingEngine
 from ..errors import UserError
 from .faults import Faults
@@ -91,7 +91,7 @@ class TrainingLoop:
         schedule: LRSchedule,
         run: RunDirectory,
         settings: LoopSettings,
-        dataset: Any,
+        dataset: TrainingData,
         train_indices: list[int],
         val_indices: list[int],
         tracking: Tracking | None = None,
