@@ -209,10 +209,7 @@ def model_config(args: argparse.Namespace, num_text_tokens: int) -> DALLEConfig:
         flag = FLAG_OF_FIELD.get(field.name, field.name)
         if hasattr(args, flag):
             values[field.name] = getattr(args, flag)
-    try:
-        return DALLEConfig.from_kwargs(**{**values, "num_text_tokens": num_text_tokens})
-    except ValueError as e:
-        raise UserError(f"model flags: {e}") from None
+    return DALLEConfig.from_kwargs(**{**values, "num_text_tokens": num_text_tokens})
 
 
 def _image_tokens(
@@ -296,7 +293,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     if dalle is None:
         tokenizer = caption_tokenizer(args, dataset, backend)
-        dalle = DALLE(model_config(args, tokenizer.vocab_size), vae=vae)
+        try:
+            dalle = DALLE(model_config(args, tokenizer.vocab_size), vae=vae)
+        except ValueError as e:  # from the config's checks or the modules' (e.g. rotary vs dim_head)
+            raise UserError(f"model flags: {e}") from None
     fine_tuning = args.dalle_path is not None and resume is None
     if fine_tuning and args.output is not None and RunDirectory(args.output).holds_a_run():
         raise UserError(

@@ -136,6 +136,11 @@ CASES: list[Case] = [
     ),
     ("dalle_depth_zero", lambda t, v, d: [*DALLE, "--vae_path", v, "--depth", "0"], ["--depth", "positive"]),
     (
+        "dalle_dim_head_too_small_for_rotary",
+        lambda t, v, d: [*DALLE, "--vae_path", v, "--dim_head", "2"],
+        ["model flags", "dim_head 2 is too small for rotary"],
+    ),
+    (
         "dalle_corrupt_resume",
         lambda t, v, d: [*DALLE, "--vae_path", v, "--dalle_path", corrupt(d, t)],
         ["checksum", "use another one"],
