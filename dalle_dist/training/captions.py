@@ -39,8 +39,11 @@ class CaptionTask(Task):
     """A task whose samples are ``(caption tokens, image)``: each sample draws one of its item's captions
     at random (from the item's own RNG), and batches stack both."""
 
-    tokenizer: Tokenizer
-    truncate_captions: bool = False
+    def __init__(
+        self, model: Any, tokenizer: Tokenizer, meta: dict[str, Any], truncate_captions: bool = False
+    ) -> None:
+        self.model, self.tokenizer, self.meta = model, tokenizer, meta
+        self.truncate_captions = truncate_captions
 
     def make_item(self, dataset: Any, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
         return self.make_sample(*dataset.get(index, rng), rng)

@@ -84,8 +84,8 @@ class CLIPTask(CaptionTask):
         truncate_captions: bool = False,
         num_images_save: int = 8,
     ) -> None:
-        self.model, self.tokenizer, self.meta = clip, tokenizer, meta
-        self.truncate_captions, self.num_images_save = truncate_captions, num_images_save
+        super().__init__(clip, tokenizer, meta, truncate_captions)
+        self.num_images_save = num_images_save
 
     def loss(
         self, model: nn.Module, batch: tuple[Tensor, Tensor], step: int

@@ -133,8 +133,8 @@ class DALLETask(CaptionTask):
         null_cond_prob: float = 0.0,
         tokens: TokenCache | None = None,
     ) -> None:
-        self.model, self.tokenizer, self.meta = dalle, tokenizer, meta
-        self.truncate_captions, self.null_cond_prob = truncate_captions, null_cond_prob
+        super().__init__(dalle, tokenizer, meta, truncate_captions)
+        self.null_cond_prob = null_cond_prob
         self.tokens = tokens  # --image_tokens: items carry token ids [n] instead of pixels
         self.sample_text: Tensor | None = None  # the fixed prompts of the sample grids
 
