@@ -100,8 +100,6 @@ def _load_vae(path: Path) -> tuple[nn.Module, str, str | None]:
 def _dataset(args: argparse.Namespace, image_size: int) -> Any:
     """The dataset ``train_dalle.py`` builds from the same flags (its crop settings do not matter here;
     a broken pair in a folder stops the encoding, as it stops a run with ``--strict_data``)."""
-    if args.wds and args.image_text_folder is None:
-        raise UserError("--wds needs --image_text_folder naming the shards (a .tar, folder, pattern or URL)")
     config = DataConfig(
         location=args.image_text_folder,
         image_size=image_size,

@@ -174,6 +174,7 @@ def test_parsed_flags_are_read_only():
 
 
 def test_flags_become_configs_once():
+    from dalle_dist.data import DataError
     from dalle_dist.training.dalle_job import build_parser, model_config
     from dalle_dist.training.flags import backend_config, data_config
 
@@ -198,7 +199,7 @@ def test_flags_become_configs_once():
     )
     assert data_config(args, None).image_size == 32 and data_config(args, "folder").image_size == 128
     assert data_config(args, "folder", image_size=64).image_size == 64
-    with pytest.raises(UserError, match="--wds needs --image_text_folder"):
+    with pytest.raises(DataError, match="--wds needs --image_text_folder"):
         data_config(parse(["--wds", "jpg,txt"]), None)
 
 

@@ -76,10 +76,17 @@ class BatchSource(Protocol):
 
 
 class TrainingData(Protocol):
-    """What the training loop reads: any dataset that hands out its batch source (``IndexedDataset``
-    and ``ShardDataset`` do)."""
+    """What a trainer reads of its data: any dataset that hands out its batch source, lists its captions
+    (to train a tokenizer, to check lengths) and describes itself for checkpoints (``IndexedDataset``'s
+    kinds and ``ShardDataset`` do)."""
+
+    streamed: bool  # read in order and never ahead (a stream's captions are checked as they come)
 
     def __len__(self) -> int: ...
+
+    def captions(self) -> list[str]: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
     def batch_source(
         self,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import DataError
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -27,3 +29,9 @@ class DataConfig:
     # the built-in dataset
     dataset_size: int = 20000
     holdout: str = ""  # colour-shape pairs left out, e.g. "red triangle,blue circle"
+
+    def __post_init__(self) -> None:
+        if self.shard_keys and self.location is None:
+            raise DataError(
+                "--wds needs --image_text_folder naming the shards (a .tar, folder, pattern or URL)"
+            )

@@ -1,7 +1,7 @@
 """DeepSpeed (``deepspeed`` launcher or ``torchrun``): ZeRO 0-3, bf16 / fp16 / autocast, its own checkpoints.
 
 The engine owns gradient accumulation, clipping, loss scaling and the optimizer's partitions. What the
-rest of dalle_dist needs from it goes through ``DeepSpeedEngine``: full fp32 weights gathered from the
+rest of dalle_dist needs from it goes through ``DeepSpeedTrainingEngine``: full fp32 weights gathered from the
 partitions (the portable checkpoint), DeepSpeed's own checkpoint files (resume), and a context that
 gathers ZeRO-3 parameters so the root rank can draw samples.
 """
@@ -133,7 +133,7 @@ def convert_to_universal(source: str, target: str) -> None:
         ds_to_universal.main(args)
 
 
-class DeepSpeedEngine(TrainingEngine):
+class DeepSpeedTrainingEngine(TrainingEngine):
     """A DeepSpeed engine stepped by the loop: it accumulates, clips, scales and steps by itself."""
 
     def __init__(
@@ -520,7 +520,7 @@ class DeepSpeedBackend(DDPBackend):
             "zero_stage": int(engine.zero_optimization_stage()),
             "precision": precision.name,
         }
-        return DeepSpeedEngine(
+        return DeepSpeedTrainingEngine(
             engine,
             frozen,
             buffers,

@@ -30,7 +30,7 @@ def _horovod_installed() -> bool:
     return importlib.util.find_spec("horovod") is not None
 
 
-class HorovodEngine(TrainingEngine):
+class HorovodTrainingEngine(TrainingEngine):
     """Horovod reduces gradients inside the optimizer: synchronise before clipping, then step without it."""
 
     def reduce_gradients(self) -> None:
@@ -45,7 +45,7 @@ class HorovodBackend(DistributedBackend):
 
     name = "horovod"
     aliases = ("hvd",)
-    engine_class = HorovodEngine
+    engine_class = HorovodTrainingEngine
 
     @classmethod
     def launched_here(cls) -> bool:

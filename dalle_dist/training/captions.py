@@ -11,12 +11,15 @@ import torch
 from torch import Tensor
 
 from ..cli import tokenizer_from_flags
+from ..data import TrainingData
 from ..distributed import DistributedBackend
 from ..text import BPETokenizer, Tokenizer
 from .task import Task
 
 
-def caption_tokenizer(args: argparse.Namespace, dataset: Any, backend: DistributedBackend) -> Tokenizer:
+def caption_tokenizer(
+    args: argparse.Namespace, dataset: TrainingData, backend: DistributedBackend
+) -> Tokenizer:
     """The tokenizer the flags name, or a BPE the root rank trains on the captions and sends to the others."""
     tokenizer = tokenizer_from_flags(args)
     if tokenizer is not None:
@@ -26,10 +29,10 @@ def caption_tokenizer(args: argparse.Namespace, dataset: Any, backend: Distribut
     return backend.broadcast_object(tokenizer)
 
 
-def check_captions(dataset: Any, tokenizer: Tokenizer, text_seq_len: int, truncate: bool) -> None:
+def check_captions(dataset: TrainingData, tokenizer: Tokenizer, text_seq_len: int, truncate: bool) -> None:
     """Fail before the first step when a caption is too long and truncation was not asked for (a stream is
     not read ahead: there such captions are skipped and reported)."""
-    if truncate or getattr(dataset, "streamed", False):
+    if truncate or dataset.streamed:
         return
     for caption in dataset.captions():
         tokenizer.tokenize([caption], text_seq_len, truncate_text=False)

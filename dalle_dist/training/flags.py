@@ -15,6 +15,14 @@ from .loop import LoopSettings
 from .tracking import add_tracking_flags
 
 BUILT_IN_IMAGE_SIZE, FOLDER_IMAGE_SIZE = 32, 128  # --image_size defaults
+# DataConfig field -> the shard flag (add_shard_flags) that sets it
+SHARD_FLAGS = {
+    "shard_keys": "wds",
+    "caption_field": "wds_caption_field",
+    "resampled": "wds_resampled",
+    "shuffle_buffer": "shuffle_buffer",
+    "caption_limit": "bpe_train_captions",
+}
 
 
 def backend_config(args: argparse.Namespace) -> BackendConfig:
@@ -45,14 +53,13 @@ def data_config(
     """The data the flags name: shards with ``--wds``, the folder ``location`` when given, else the built-in
     dataset. ``image_size`` is the run's when it is fixed (by a VAE or a checkpoint), else the flag's, else
     the default of the kind of data. ``check_size``: refuse folder images smaller than that."""
-    wds = getattr(args, "wds", "")
-    if wds and location is None:
-        raise UserError("--wds needs --image_text_folder naming the shards (a .tar, folder, pattern or URL)")
-    if wds and args.validation_fraction > 0:
+    if getattr(args, "wds", "") and args.validation_fraction > 0:
         raise UserError("--validation_fraction is not supported with --wds yet: drop it")
     if location is not None and args.holdout:
         raise UserError("--holdout applies to the built-in dataset only: drop it or drop the folder flag")
     default = FOLDER_IMAGE_SIZE if location is not None else BUILT_IN_IMAGE_SIZE
+    # the shard flags only exist for the trainers that read shards; the others keep DataConfig's defaults
+    shards = {field: getattr(args, flag) for field, flag in SHARD_FLAGS.items() if hasattr(args, flag)}
     return DataConfig(
         location=None if location is None else str(location),
         image_size=image_size or args.image_size or default,
@@ -60,13 +67,9 @@ def data_config(
         resize_ratio=args.random_resize_crop_lower_ratio,
         strict=args.strict_data,
         check_size=check_size,
-        shard_keys=wds,
-        caption_field=getattr(args, "wds_caption_field", "caption"),
-        resampled=getattr(args, "wds_resampled", False),
-        shuffle_buffer=getattr(args, "shuffle_buffer", 1000),
-        caption_limit=getattr(args, "bpe_train_captions", 100_000),
         dataset_size=args.dataset_size,
         holdout=args.holdout,
+        **shards,
     )
 
 
@@ -78,7 +81,6 @@ def loop_settings(args: argparse.Namespace, backend: BackendConfig) -> LoopSetti
         seed=args.seed,
         max_steps=args.max_steps,
         ga_steps=backend.ga_steps,
-        clip_grad_norm=args.clip_grad_norm,
         save_every_n_steps=args.save_every_n_steps,
         keep_n_checkpoints=args.keep_n_checkpoints,
         log_every=args.log_every,

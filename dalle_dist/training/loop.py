@@ -39,7 +39,6 @@ class LoopSettings:
     seed: int = 0
     max_steps: int | None = None
     ga_steps: int = 1
-    clip_grad_norm: float | None = None
     save_every_n_steps: int = 1000
     keep_n_checkpoints: int | None = None
     log_every: int = 10

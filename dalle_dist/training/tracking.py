@@ -171,7 +171,7 @@ class Tracking:
 
 
 def start_tracking(
-    args: argparse.Namespace, run_dir: Path, is_root: bool, config: dict[str, Any] | None = None
+    args: argparse.Namespace, run_dir: Path, is_root: bool, config: dict[str, Any]
 ) -> Tracking:
     """The trackers ``args`` ask for (root rank only; other ranks stay quiet); ``config`` is the run's
     resolved flags, recorded by the trackers that keep one."""
@@ -180,8 +180,6 @@ def start_tracking(
     progress = args.progress == "bar" or (args.progress == "auto" and sys.stdout.isatty())
     tracking = Tracking([], progress=progress)
     names = [n for n in dict.fromkeys(args.tracker) if n != "none"]
-    if config is None:
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     for name in names:
         if name == "wandb":
             tracking.trackers.append(
