@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 
-.PHONY: install install-dev test test-fast lint demo bench-compare clean
+.PHONY: install install-dev test test-fast lint demo docker bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(VENV)/.horovod: $(VENV)/.torch
 	touch $@
 
 $(VENV)/.deepspeed: $(VENV)/.torch
-	bash scripts/install_deepspeed.sh $(BIN)/python
+	sh install_deepspeed.sh $(BIN)/python
 	touch $@
 
 # YouTokenToMe (--bpe_path x.model) has no wheel and builds only against Cython < 3.
@@ -35,8 +35,12 @@ $(VENV)/.yttm: | $(BIN)/python
 	bash scripts/install_yttm.sh $(BIN)/python
 	touch $@
 
-install-dev: $(VENV)/.torch $(VENV)/.horovod $(VENV)/.deepspeed $(VENV)/.yttm
+# a stamp, not a pip run on every call: `make test` in the image (whose venv is root's) installs nothing
+$(VENV)/.dev: $(VENV)/.torch $(VENV)/.horovod $(VENV)/.deepspeed $(VENV)/.yttm setup.py pyproject.toml
 	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install-dev: $(VENV)/.dev
 
 test: install-dev
 	$(BIN)/python -m pytest -m 'slow or not slow' --durations=15
@@ -50,6 +54,11 @@ lint: install-dev
 
 demo: install
 	bash scripts/demo.sh $(BIN)/python runs/demo
+
+# The GPU image (docker/README.md). DALLE-pytorch builds with `docker build -t dalle docker`; this image
+# installs through the Makefile and the install scripts, so its build context is the repository root.
+docker:
+	docker build -f docker/Dockerfile -t dalle .
 
 # DALLE-pytorch 1.6.6 side by side (bench/RESULTS.md): its own venv under bench/, then ~5-15 min on 2 cores
 bench-compare:

@@ -5,7 +5,9 @@ Everything that reads or writes a checkpoint (the trainers, generation, evaluati
 cache) goes through this module. A checkpoint is a folder:
 
     meta.json              format + version, kind ("vae" | "dalle" | "clip"), model config, VAE
-                           description, data description, step, and a SHA-256 of every other file
+                           description, data description, step, a SHA-256 of every other file, and
+                           one of its own content (``meta_sha256``): an edited description is caught
+                           as surely as damaged weights
     model.safetensors      weights (a DALL-E checkpoint embeds its VAE's weights under ``vae.``)
     tokenizer.json         DALL-E and CLIP: the tokenizer, as data
     training_state.pt      optimizer, scheduler, step, RNG and data position; read with weights_only=True
@@ -19,10 +21,12 @@ checkpoint or the new one, never half of one. A run directory holds ``config.yam
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ from torch import nn
 
 from .errors import UserError
 from .files import fsync_path, sha256
+from .lock import RunLock, hold, release
 from .models import CLIP, DALLE, DALLEConfig, DiscreteVAE
 from .models.pretrained import PRETRAINED_VAES, pretrained_vae_from_config
 from .safe_load import NotTorchFileError, UnsafeFileError, load_plain
@@ -90,6 +95,14 @@ def start_staging(folder: Path) -> Path:
     return tmp
 
 
+def meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint description (every key but the digest itself), as ``meta_sha256`` holds
+    it: the model config a loader builds from is verified like the weights it loads into it."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
@@ -132,6 +145,7 @@ def save_checkpoint(
             **meta,
             "checksums": {p.relative_to(tmp).as_posix(): sha256(p) for p in files},
         }
+        full_meta["meta_sha256"] = meta_digest(full_meta)
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True), encoding="utf-8")
         for p in [*_files(tmp), *sorted(d for d in tmp.rglob("*") if d.is_dir()), tmp]:
             fsync_path(p)
@@ -269,6 +283,12 @@ def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = Tr
         have, need = _NAME.get(found, found), _NAME.get(kind, kind)
         raise UserError(f"{folder} is a {have} checkpoint, but {flag} needs a {need} one{hint}")
     if verify:
+        # checkpoints written before the description had its digest have no meta_sha256
+        if "meta_sha256" in meta and meta_digest(meta) != meta["meta_sha256"]:
+            raise UserError(
+                f"{folder / 'meta.json'} does not match its checksum: the checkpoint is damaged or was "
+                "edited (its description no longer matches its weights); use another one, or a copy"
+            )
         for name, digest in meta.get("checksums", {}).items():
             file = folder / name
             if not file.is_file() or sha256(file) != digest:
@@ -289,16 +309,43 @@ def build_vae(description: dict[str, Any]) -> nn.Module:
             raise UserError(f"the checkpoint's pretrained VAE description is damaged: {e}") from None
     if kind not in VAE_CLASSES:
         raise UserError(f"unknown VAE kind {kind!r} in checkpoint (known: {', '.join(VAE_CLASSES)})")
-    return VAE_CLASSES[kind](**description["config"])
+    with _described("VAE"):
+        return VAE_CLASSES[kind](**description["config"])
+
+
+@contextlib.contextmanager
+def _described(what: str, where: Path | None = None) -> Iterator[None]:
+    """Building a model from a description that cannot be built is a damaged checkpoint, in one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as e:
+        place = f"{where}/meta.json" if where else "the checkpoint's meta.json"
+        raise UserError(
+            f"{place} does not describe a {what} that can be built ({e}): the checkpoint is damaged or "
+            "was edited; use another one"
+        ) from None
 
 
 def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
-    missing, unexpected = module.load_state_dict(weights, strict=False)
-    if missing or unexpected:
+    """Load ``weights`` into the model ``where``'s meta.json described; any disagreement (names or shapes)
+    is one line: the description and the weights were not written together."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [
+        f"{name} {tuple(weights[name].shape)} vs {tuple(expected[name].shape)}"
+        for name in expected
+        if name in weights and weights[name].shape != expected[name].shape
+    ]
+    if missing or unexpected or wrong:
+        found = [f"missing {missing[:3]}"] if missing else []
+        found += [f"unexpected {unexpected[:3]}"] if unexpected else []
+        found += [f"shapes {', '.join(wrong[:2])} (stored vs described)"] if wrong else []
         raise UserError(
-            f"{where}: weights do not fit the model its meta.json describes "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}): the checkpoint is damaged"
+            f"{where}: weights do not fit the model its meta.json describes ({'; '.join(found)}): the "
+            "checkpoint is damaged or was edited; use another one"
         )
+    module.load_state_dict(weights, strict=True)
 
 
 def load_vae(path: str | Path) -> tuple[nn.Module, Checkpoint]:
@@ -313,20 +360,18 @@ def load_dalle(path: str | Path) -> tuple[DALLE, Tokenizer, Checkpoint]:
     """The trained DALLE (with its VAE) and tokenizer of a DALL-E checkpoint (or run directory)."""
     ckpt = load_checkpoint(path, kind="dalle")
     vae = build_vae(ckpt.meta["vae"])
-    dalle = DALLE(DALLEConfig.from_dict(ckpt.meta["model"]), vae=vae)
+    with _described("DALL-E", ckpt.path):
+        dalle = DALLE(DALLEConfig.from_dict(ckpt.meta["model"]), vae=vae)
     load_weights(dalle, ckpt.weights(), ckpt.path)
-    return dalle, _tokenizer_of(ckpt), ckpt
+    dalle.tokenizer = _tokenizer_of(ckpt)
+    return dalle, dalle.tokenizer, ckpt
 
 
 def load_clip(path: str | Path) -> tuple[CLIP, Tokenizer, Checkpoint]:
     """The trained CLIP and tokenizer of a ``train_clip.py`` checkpoint or run directory."""
     ckpt = load_checkpoint(path, kind="clip")
-    try:
+    with _described("CLIP", ckpt.path):
         clip = CLIP(**ckpt.meta["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(
-            f"{ckpt.path}/meta.json does not describe a CLIP ({e}): the checkpoint is damaged"
-        ) from None
     load_weights(clip, ckpt.weights(), ckpt.path)
     return clip, _tokenizer_of(ckpt), ckpt
 
@@ -339,13 +384,25 @@ def _tokenizer_of(ckpt: Checkpoint) -> Tokenizer:
 
 
 class RunDirectory:
-    """``--output``: config, checkpoints, ``latest``, ``final/`` and samples of one run."""
+    """``--output``: config, checkpoints, ``latest``, ``final/`` and samples of one run, and the ``lock``
+    that keeps a second process from writing into it."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.checkpoints = self.root / "checkpoints"
         self.samples = self.root / "samples"
         self.final = self.root / "final"
+
+    def lock(self) -> RunLock:
+        """Hold the run directory (created if new) for this process; one line if another process does."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return hold(self.root / "lock")
+        except OSError as e:
+            raise UserError(f"cannot write to --output {self.root}: {e.strerror or e}") from None
+
+    def unlock(self) -> None:
+        release(self.root / "lock")
 
     def holds_a_run(self) -> bool:
         return any((self.root / name).exists() for name in ("config.yaml", "checkpoints", "latest", "final"))

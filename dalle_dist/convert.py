@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import describe_vae, save_checkpoint
-from .cli import Parser, add_tokenizer_flags, cli, tokenizer_from_flags
+from .cli import Parser, add_tokenizer_flags, cli, output_folder, tokenizer_from_flags
 from .errors import UserError
 from .models import DALLE, DiscreteVAE
 from .safe_load import NotTorchFileError, UnsafeFileError, load_plain
@@ -148,7 +148,7 @@ def _load(file: Path) -> Any:
         hint = ""
         if "GLOBAL deepspeed." in str(e) and importlib.util.find_spec("deepspeed") is None:
             hint = (
-                "; the class is DeepSpeed's: install DeepSpeed (bash scripts/install_deepspeed.sh) so that "
+                "; the class is DeepSpeed's: install DeepSpeed (sh install_deepspeed.sh) so that "
                 "the few its checkpoints hold can be allowed"
             )
         elif "GLOBAL deepspeed." in str(e):
@@ -817,7 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
         "as dalle-ds-cp/) into a dalle_dist checkpoint folder; see docs/coming_from_dalle_pytorch.md",
     )
     parser.add_argument("path", type=Path, help="vae.pt, dalle.pt, or a DeepSpeed checkpoint folder")
-    parser.add_argument("--output", type=Path, required=True, help="the checkpoint folder to write (new)")
+    parser.add_argument(
+        "--output", type=output_folder, required=True, help="the checkpoint folder to write (new)"
+    )
     parser.add_argument("--tag", default=None, help="DeepSpeed folder: the tag to read (default: 'latest')")
     tok = parser.add_argument_group("tokenizer (DALL-E only): the one train_dalle.py was given")
     add_tokenizer_flags(tok, trained=True)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from .checkpoint import describe_vae, load_checkpoint, load_dalle, load_vae
-from .cli import Parser, add_device_flag, cli, nonneg_int, positive_int
+from .cli import Parser, add_device_flag, cli, nonneg_int, output_file, positive_int
 from .data import DataConfig, FolderDataset, build_dataset
 from .data.shards import ShardDataset, Skipped, sample_key, shard_name
 from .data.token_cache import (
@@ -75,7 +75,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "--output",
-        type=Path,
+        type=output_file,
         default=None,
         help="the .npz to write (default: image_tokens-<VAE hash>.npz in the folder / beside the shards)",
     )

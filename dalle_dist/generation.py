@@ -19,6 +19,8 @@ from .cli import (
     add_tokenizer_flags,
     check_tokenizer_flags,
     cli,
+    nonneg_float,
+    output_folder,
     positive_float,
     positive_int,
     refuse,
@@ -67,12 +69,14 @@ def build_parser() -> Parser:
     parser.add_argument("--top_p", type=unit_interval, default=1.0, help="nucleus sampling; 1 = off")
     parser.add_argument("--temperature", type=positive_float, default=1.0)
     parser.add_argument(
-        "--cond_scale", type=float, default=1.0, help="classifier-free guidance scale; 1 = off"
+        "--cond_scale", type=nonneg_float, default=1.0, help="classifier-free guidance scale; 1 = off"
     )
     parser.add_argument("--img", type=Path, default=None, help="image whose top rows prime the samples")
     parser.add_argument("--num_init_img_tokens", type=positive_int, default=None)
-    parser.add_argument("--outputs_dir", type=Path, default=Path("outputs"))
-    parser.add_argument("--gentxt", action="store_true", help="let the model complete the prompt text first")
+    parser.add_argument("--outputs_dir", type=output_folder, default=Path("outputs"))
+    parser.add_argument(
+        "--gentxt", "--gentext", action="store_true", help="let the model complete the prompt text first"
+    )
     parser.add_argument("--truncate_captions", action="store_true")
     parser.add_argument("--seed", type=int, default=None)
     # the checkpoint carries its tokenizer; these are accepted, and checked, so DALLE-pytorch commands work

@@ -7,10 +7,11 @@ and the validation loss where present), throughput, learning rate, and the VAE's
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from .cli import Parser, output_file
 
 PANELS = {
     "loss": ("loss", "text_loss", "image_loss", "val_loss"),
@@ -72,11 +73,17 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dalle_dist.plot", description=__doc__.splitlines()[0])
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m dalle_dist.plot", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a train_vae.py / train_dalle.py run directory")
-    parser.add_argument("--out", type=Path, default=None, help="PNG to write (default RUN_DIR/curves.png)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--out", type=output_file, default=None, help="PNG to write (default RUN_DIR/curves.png)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse(argv)
     try:
         path = plot_run(args.run_dir, args.out)
     except ImportError:

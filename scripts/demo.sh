@@ -9,9 +9,11 @@ PROMPTS="a red circle|a green square|a blue triangle|a yellow circle|a purple sq
 start=$(date +%s)
 rm -rf "$RUN"  # the demo always starts afresh; real runs keep their directories and use --resume
 echo "== 1/3 train_vae.py (built-in shapes, held out: $HOLDOUT)"
-"$PY" train_vae.py --config configs/demo_vae.yaml --output "$RUN/vae"
+# the configs hold model and training settings, which suit any data; the held-out pair is the built-in data's
+"$PY" train_vae.py --config configs/demo_vae.yaml --holdout "$HOLDOUT" --output "$RUN/vae"
 echo "== 2/3 train_dalle.py"
-"$PY" train_dalle.py --config configs/demo_dalle.yaml --vae_path "$RUN/vae" --output "$RUN/dalle"
+"$PY" train_dalle.py --config configs/demo_dalle.yaml --holdout "$HOLDOUT" --vae_path "$RUN/vae" \
+  --output "$RUN/dalle"
 echo "== 3/3 generate.py"
 "$PY" generate.py --dalle_path "$RUN/dalle" --text "$PROMPTS" --num_images 16 --batch_size 16 \
   --cond_scale 2.5 --top_k 0.9 --temperature 0.7 --seed 0 --outputs_dir "$RUN/outputs"

@@ -7,8 +7,10 @@ equality with one process on the same global batches, the checkpoint layout, and
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -225,12 +227,47 @@ def test_resume_same_and_other_world_size(tmp_path, vae_run):
     assert "trained with ZeRO-2: resume it with --zero_stage 2" in stage.stderr
 
 
+def shm_segment(tag: str, age_s: float) -> Path:
+    """A file in /dev/shm named as DeepSpeed names its all-reduce segments, last written ``age_s`` ago."""
+    from dalle_dist.distributed.deepspeed import SHM_PREFIX
+
+    path = Path("/dev/shm") / f"{SHM_PREFIX}{os.getuid()}_{tag}"
+    path.write_bytes(bytes(4096))
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
+    return path
+
+
+def test_stale_shm_segments_go_and_live_or_young_ones_stay(tmp_path):
+    """Segments of killed jobs are removed; one a live process maps, or one just created, is not."""
+    from dalle_dist.distributed.deepspeed import remove_stale_shm_segments
+
+    stale = shm_segment(f"test{os.getpid()}_2_0", age_s=3600)
+    live = shm_segment(f"test{os.getpid()}_2_1", age_s=3600)
+    young = shm_segment(f"test{os.getpid()}_2_2", age_s=0)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import mmap, sys, time; f = open(sys.argv[1], 'r+b'); "
+         "m = mmap.mmap(f.fileno(), 4096); print('mapped', flush=True); time.sleep(60)", str(live)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        removed = [path for path, _ in remove_stale_shm_segments()]
+        assert stale in removed and live not in removed and young not in removed
+        assert not stale.exists() and live.exists() and young.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        live.unlink(missing_ok=True)
+        young.unlink(missing_ok=True)
+
+
 def test_deepspeed_flags_and_bad_input(tmp_path, vae_run):
     """One process (no launcher): --deepspeed_config overrides the flags; the reverse trap; bad config files;
     fp16 on a CPU names bf16."""
     config = tmp_path / "ds.json"
     config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 2}))
     out = tmp_path / "cfg"
+    stale = shm_segment(f"test{os.getpid()}_1_0", age_s=3600)  # what a job killed early left behind
     proc = run(
         single(
             "train_dalle.py",
@@ -238,6 +275,8 @@ def test_deepspeed_flags_and_bad_input(tmp_path, vae_run):
         )
     )
     assert "batch 2 x 1 ranks" in proc.stdout
+    assert "left by jobs killed before they started: " in proc.stdout and stale.name in proc.stdout
+    assert not stale.exists()
     meta = json.loads((out / "final" / "meta.json").read_text())
     assert meta["engine"]["zero_stage"] == 2 and (out / "final" / "engine" / "state").is_dir()
 

@@ -160,6 +160,8 @@ def make_recipes(targets: list[str], env: dict[str, str]) -> list[str]:
         if target in seen:
             continue
         seen.add(target)
+        if target not in rules and (ROOT / target).is_file():
+            continue  # a source file the rule depends on (setup.py): make needs no rule for it
         assert target in rules, f"the Dockerfile runs `make {target}`, which the Makefile has no rule for"
         commands += recipes[target]
         todo += rules[target]
@@ -208,8 +210,8 @@ def install_commands() -> tuple[list[str], list[str]]:
 def test_dockerfile_installs_through_the_makefile_scripts_and_extras():
     runs, commands = install_commands()
     joined = "\n".join(commands)
-    for script in ("scripts/install_deepspeed.sh", "scripts/install_horovod.sh"):
-        assert re.search(rf"\bbash\s+{re.escape(script)}\b", joined), f"the image never runs {script}"
+    for script in ("install_deepspeed.sh", "scripts/install_horovod.sh"):
+        assert re.search(rf"\b(ba)?sh\s+{re.escape(script)}\b", joined), f"the image never runs {script}"
     project = re.compile(r"pip install\b.*\s-e\s+(['\"]?)\.(\[[\w,-]+\])?\1(\s|$)")
     assert any(project.search(c) for c in commands), "the image never pip-installs the project from setup.py"
     # nothing the scripts and the Makefile install is installed past them
@@ -407,11 +409,30 @@ def test_readme_multi_node_flags_exist():
 
 def test_docker_readme_commands_and_flags_exist():
     text = (ROOT / "docker" / "README.md").read_text(encoding="utf-8")
-    assert "docker build -f docker/Dockerfile -t dalle_dist ." in text
+    assert "docker build -f docker/Dockerfile -t dalle ." in text and "make docker" in text
     assert re.search(
-        r"docker run --gpus all -it --mount src=\"\$\(pwd\)\",target=/workspace/data,type=bind", text
+        r"docker run --gpus all -it --mount src=\"\$\(pwd\)\",target=/workspace/data,type=bind dalle\n", text
     )
+    _, rules = makefile()
+    assert "docker build -f docker/Dockerfile -t dalle ." in rules["docker"][1]
     runs = launched("\n".join(re.findall(r"```bash\n(.*?)```", text, re.S)))
     assert {run.script for run in runs} == set(SCRIPTS), runs
     assert {"deepspeed", "horovodrun", "torchrun", ""} == {run.launcher for run in runs}, runs
     check_flags(runs, "docker/README.md")
+
+
+def test_the_image_runs_make_test_as_its_non_root_user():
+    """The last USER is not root, the project folder is that user's, and `make test` installs nothing more
+    once installed (the venv is root's): `make -n install-dev` has no command left."""
+    instructions = dockerfile_instructions()
+    user = [args for keyword, args in instructions if keyword == "USER"][-1]
+    assert user.split(":")[0] not in ("0", "root"), user
+    workdir = [args for keyword, args in instructions if keyword == "WORKDIR"][-1]
+    runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    assert re.search(rf"chown -R {re.escape(user)} {re.escape(workdir)}(\s|$)", runs), runs
+    result = subprocess.run(
+        ["make", "-s", "-n", "install-dev", f"VENV={sys.prefix}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "", (
+        f"`make install-dev` would still run (after `make install-dev`, nothing should):\n{result.stdout}"
+    )

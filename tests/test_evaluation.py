@@ -363,3 +363,24 @@ def test_bad_input_is_one_line(inputs, tmp_path, capsys, case, change, words):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
     assert all(w in err for w in words), err
+
+
+def test_degenerate_features_are_named_in_words_not_scipy_warnings():
+    import warnings
+
+    from dalle_dist.evaluation.evaluate import _frechet
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(40, 6))
+    cases = {
+        "all the same": np.ones((40, 6)),  # a model that draws one image
+        "never change": np.concatenate([rng.normal(size=(40, 5)), np.zeros((40, 1))], axis=1),
+        "use more than 6 images": rng.normal(size=(4, 6)),  # fewer images than dimensions
+    }
+    for words, generated in cases.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fd = _frechet("test features", generated, real)
+        assert not caught, [str(w.message) for w in caught]
+        assert fd["note"] and words in fd["note"] and "unreliable" in fd["note"], fd["note"]
+    assert _frechet("test features", rng.normal(size=(40, 6)), real)["note"] is None

@@ -20,7 +20,7 @@ PACKAGE = ROOT / "dalle_dist"
 # the floors, lowest first: a module may import the floors below its own, and its own package
 FLOORS: list[set[str]] = [
     {"errors", "files"},  # the exceptions users see; atomic file writes
-    {"devices", "safe_load", "download"},  # helpers over them
+    {"devices", "safe_load", "download", "lock"},  # helpers over them
     {"attention"},  # mask functions and the kernels that run them
     {"models", "text", "data"},  # nn.Modules, tokenizers, datasets: three peers
     {"distributed", "__init__"},  # the engines; the public API (models + tokenizers)

@@ -139,3 +139,18 @@ def test_flag_table_row_is_true(script, column, theirs, ours):
         return
     expected = set(theirs) if column == "same" else set(ours)
     assert expected and expected <= accepted_flags(script), expected - accepted_flags(script)
+
+
+def test_the_readme_tells_one_truth_about_taming_downloads():
+    """train_dalle.py --taming without paths fetches the ImageNet VQGAN (dalle_job._new_vae): no README line
+    about --taming may say that nothing is downloaded, and one says that it is."""
+    from dalle_dist.download import VQGAN_MODEL
+    from dalle_dist.training import dalle_job
+
+    assert "fetch(VQGAN_MODEL)" in inspect.getsource(dalle_job._new_vae) and VQGAN_MODEL.url.startswith(
+        "http"
+    )
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if "--taming" in line]
+    assert lines
+    assert not [line for line in lines if re.search(r"nothing (is )?download|downloads nothing", line)], lines
+    assert any("download" in line for line in lines)

@@ -391,3 +391,17 @@ def test_final_samples_are_drawn_once(tmp_path):
     proc = run("train_vae.py", "--output", out, "--max_steps", "4", *VAE_FLAGS)  # VAE_FLAGS: sample every 4
     assert proc.stdout.count("step 4: samples in") == 1, proc.stdout
     assert len(list((out / "samples").iterdir())) == 1
+
+
+def test_the_last_steps_samples_are_drawn_once(tmp_path):
+    """--sample_every dividing --max_steps: the step's grid is the final one, not drawn a second time."""
+    out = tmp_path / "vae"
+    proc = run(
+        "train_vae.py", *TINY_VAE.split(), "--max_steps", "4", "--sample_every", "2", "--output", str(out)
+    )
+    drawn = [line for line in proc.stdout.splitlines() if ": samples in " in line]
+    assert [line.split(":")[0] for line in drawn] == ["step 2", "step 4"], proc.stdout
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == [
+        "vae-step-00000002.png",
+        "vae-step-00000004.png",
+    ]

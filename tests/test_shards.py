@@ -249,7 +249,8 @@ def test_train_dalle_on_shards_resumes_exactly(tmp_path, shards):
     straight = run([*common, "--output", tmp_path / "a", "--epochs", "2"])
     assert "7 steps/epoch, 14 steps" in straight.stdout
     run([*common, "--output", tmp_path / "b", "--epochs", "2", "--max_steps", "5"])
-    resumed = run([*common, "--output", tmp_path / "b", "--epochs", "2", "--resume"])
+    # the resumed run keeps its recorded flags (--max_steps 5 included): the new budget is given
+    resumed = run([*common, "--output", tmp_path / "b", "--epochs", "2", "--max_steps", "14", "--resume"])
     assert "resuming" in resumed.stdout
     a = load_file(tmp_path / "a" / "final" / "model.safetensors")
     b = load_file(tmp_path / "b" / "final" / "model.safetensors")
@@ -262,3 +263,41 @@ def test_train_dalle_on_shards_resumes_exactly(tmp_path, shards):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     ddp = run([*torchrun, *common[1:], "--output", tmp_path / "ddp", "--epochs", "1"])
     assert "3 steps/epoch" in ddp.stdout and "weights identical on all 2 ranks: yes" in ddp.stdout
+
+
+def test_wds_val_holds_out_whole_shards(tmp_path, shards):
+    """--wds_val: validation shards read like the training ones; their loss is logged, on 1 and 2 ranks;
+    --validation_fraction on a stream and --wds_val without --wds are refused in one line naming the fix."""
+    import json
+
+    vae = tmp_path / "vae"
+    run([sys.executable, ROOT / "train_vae.py", "--output", vae, "--max_steps", "1", *TINY_VAE.split()])
+    train, held_out = sorted(shards.glob("shard-*.tar"))[:-1], sorted(shards.glob("shard-*.tar"))[-1]
+    pattern = str(shards / f"shard-{{000000..{len(train) - 1:06d}}}.tar")
+    common = ["--vae_path", vae, "--wds", "png,txt", "--image_text_folder", pattern,
+              "--batch_size", "1", "--eval_every", "2", "--max_steps", "2", "--sample_every", "100",
+              *TINY_DALLE.split()]  # fmt: skip
+    one = run(
+        [sys.executable, ROOT / "train_dalle.py", *common, "--wds_val", held_out, "--output", tmp_path / "a"]
+    )
+    assert "training dalle: 20 samples" in one.stdout, one.stdout  # the held-out shard's 3 are not trained on
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [2], records
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--master_port={free_port()}",
+        "--nproc_per_node=2",
+    ]
+    two = run(
+        [*torchrun, ROOT / "train_dalle.py", *common, "--wds_val", held_out, "--output", tmp_path / "b"]
+    )
+    assert "step 2: validation loss" in two.stdout and "weights identical on all 2 ranks: yes" in two.stdout
+    for extra, words in (
+        (["--validation_fraction", "0.1"], "hold out whole shards with --wds_val SHARDS"),
+        (["--wds_val", held_out, "--wds", ""], "--wds_val names validation shards for a --wds run"),
+    ):
+        proc = run_cmd([sys.executable, ROOT / "train_dalle.py", *common, *extra, "--output", tmp_path / "c"],
+                       expect=2)  # fmt: skip
+        assert proc.stderr.strip().startswith("error: ") and words in proc.stderr, proc.stderr

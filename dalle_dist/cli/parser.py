@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,25 +36,68 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    """A real number: NaN and infinities are refused (``float`` takes them, and they would train or
+    sample without a word)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
+def nonneg_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
-    value = float(text)
+    value = finite_float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
 def unit_interval(text: str) -> float:
-    value = float(text)
+    value = finite_float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
+
+
+def output_folder(text: str) -> Path:
+    """A folder that is written into, existing or to be created: refused at parse time when it, or the
+    nearest part of it that exists, is a file (``mkdir`` would fail later with a traceback)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder: name a folder (new or existing)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be a folder")
+            break
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to be written: refused when it is an existing folder or its folder is missing or a file."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: name a file to write")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path.parent} is a file, so {text} cannot be written")
+    return path
 
 
 def int_list(text: str) -> list[int]:
@@ -68,10 +112,18 @@ def str_list(text: str) -> list[str]:
 
 
 class Flags(argparse.Namespace):
-    """Parsed flags, read-only: what they mean goes into typed configs, never back into the flags."""
+    """Parsed flags, read-only: what they mean goes into typed configs, never back into the flags.
+    ``given(name)`` tells a value the user set (command line or ``--config``) from a default."""
 
-    def __init__(self, values: dict[str, Any]) -> None:
+    __slots__ = ("_given",)  # outside __dict__: vars(flags) stays the flags
+
+    def __init__(self, values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
         self.__dict__.update(values)
+        object.__setattr__(self, "_given", frozenset(given))
+
+    def given(self, name: str) -> bool:
+        """Whether the user set ``name`` (on the command line or in ``--config``), not a default."""
+        return name in self._given
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"parsed flags are read-only (tried to set {name!r}): build a config instead")
@@ -86,6 +138,8 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(**kwargs)
+        # a plain ``type=float`` flag takes "nan" and "inf": every float flag is finite (groups share this)
+        self.register("type", float, finite_float)
         self.add_argument(
             "--config", type=Path, help="YAML file whose keys are flag names; the command line wins"
         )
@@ -100,14 +154,34 @@ class Parser(argparse.ArgumentParser):
             hint = f" (did you mean {close[0]}?)" if close else ""
         self.exit(2, f"error: {message}{hint}; see {self.prog} --help\n")
 
-    def parse(self, argv: Sequence[str] | None = None) -> Flags:
-        """The flags of ``argv`` (default ``sys.argv``), after the ``--config`` file's values."""
+    def parse(
+        self, argv: Sequence[str] | None = None, beneath: dict[str, Any] | None = None, source: str = ""
+    ) -> Flags:
+        """The flags of ``argv`` (default ``sys.argv``), after the ``--config`` file's values, after
+        ``beneath`` (values read from ``source``, e.g. the flags a resumed run recorded) and the defaults."""
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config", type=Path)
         known, _ = pre.parse_known_args(argv)
-        if known.config is not None:
-            self.set_defaults(**self._read_config(known.config))
-        return Flags(vars(self.parse_args(argv)))
+        saved = [(a, a.default) for a in self._actions], dict(self._defaults)
+        try:  # the layers below the command line are this call's: the parser is left as it was
+            if beneath:
+                self.set_defaults(**self._convert(beneath, source))
+            config = self._read_config(known.config) if known.config is not None else {}
+            self.set_defaults(**config)
+            values = vars(self.parse_args(argv))
+            # what the command line set: parse again over a namespace where every flag is already "unset"
+            unset = object()
+            marked = argparse.Namespace(**{name: unset for name in self.flag_names()})
+            on_line = {k for k, v in vars(self.parse_args(argv, marked)).items() if v is not unset}
+        finally:
+            for action, default in saved[0]:
+                action.default = default
+            self._defaults = saved[1]
+        return Flags(values, given=frozenset(on_line | set(config)))
+
+    def flag_names(self) -> set[str]:
+        """Every flag's name (its ``dest``)."""
+        return {a.dest for a in self._actions if a.dest != argparse.SUPPRESS}
 
     def _read_config(self, path: Path) -> dict[str, Any]:
         try:
@@ -126,15 +200,23 @@ class Parser(argparse.ArgumentParser):
             raise UserError(
                 f"--config {path}: unknown keys {', '.join(unknown)} (keys are this script's flag names)"
             )
+        return self._convert(data, f"--config {path}")
+
+    def _convert(self, data: dict[str, Any], source: str) -> dict[str, Any]:
+        """``data`` (flag name -> value as YAML holds it) as parsed values, checked by the flags' types."""
         values = {}
         for key, value in data.items():
             dest = key.replace("-", "_")
             action = next(a for a in self._actions if a.dest == dest)
-            if isinstance(value, str) and action.type is not None:
+            convert = self._registry_get("type", action.type, action.type)
+            # YAML reads numbers itself (".nan" too): they are checked as the command line's text would be
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = str(value)
+            if isinstance(value, str) and convert is not None:
                 try:
-                    value = action.type(value)
+                    value = convert(value)
                 except (argparse.ArgumentTypeError, ValueError) as e:
-                    raise UserError(f"--config {path}: {key}: {e}") from None
+                    raise UserError(f"{source}: {key}: {e}") from None
             values[dest] = value
         return values
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..data import DataError
 from ..errors import UserError
+from ..lock import release_all
 from ..text import CaptionTooLongError
 
 DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
@@ -70,6 +71,7 @@ def launched_rank() -> str:
 def exit_with(code: int) -> None:
     """End the process with ``code`` and skip interpreter teardown, where engines' native threads have
     crashed after a finished run (DeepSpeed with gloo: exit 250), turning a success into a failure."""
+    release_all()  # os._exit skips atexit: the run directory's lock is let go here, without a takeover note
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

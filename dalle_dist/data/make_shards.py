@@ -13,6 +13,7 @@ one-class shards, which a training stream's shuffle buffer cannot mix. Train wit
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 from pathlib import Path
@@ -59,8 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="of the order samples are written in")
     parser.add_argument("--in_order", action="store_true", help="write samples sorted by name instead")
     args = parser.parse_args(argv)
+    # the cli layer's flag types sit above data/: the same checks, in the same one-line form
+    problem = None
     if args.maxcount < 1:
-        parser.error("--maxcount must be >= 1")
+        problem = f"--maxcount must be >= 1, got {args.maxcount}"
+    elif not (math.isfinite(args.maxsize) and args.maxsize > 0):
+        problem = f"--maxsize must be a finite number of bytes > 0, got {args.maxsize}"
+    elif args.target.exists() and not args.target.is_dir():
+        problem = f"{args.target} is a file, not a folder: name a folder for the shards"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     seed = None if args.in_order else args.seed
     written, skipped = make_shards(args.source, args.target, args.maxcount, args.maxsize, seed)
     shards = len(list(args.target.glob("shard-*.tar")))

@@ -65,12 +65,16 @@ class Keys:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A slot that yields no sample, and why."""
+    """A slot that yields no sample, and why (``SHARD_KINDS``: the whole shard's fault, not a sample's)."""
 
     kind: str
     shard: str
     key: str
     detail: str = ""
+
+
+# kinds that say a shard is broken: every rank reading a piece of it meets them, so a job counts shards
+SHARD_KINDS = ("missing shard", "truncated shard")
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ def _groups(url: str, with_data: bool) -> Iterator[tuple[str, dict[str, bytes]] 
     try:
         stream = _open(url)
     except (OSError, ValueError) as e:
-        yield Skipped("missing shard", url, "", str(e))
+        yield Skipped(SHARD_KINDS[0], url, "", str(e))
         return
     key, members = None, {}
     try:
@@ -159,7 +163,7 @@ def _groups(url: str, with_data: bool) -> Iterator[tuple[str, dict[str, bytes]] 
         if key is not None:
             yield key, members
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        yield Skipped("truncated shard", url, key or "", str(e) or type(e).__name__)
+        yield Skipped(SHARD_KINDS[1], url, key or "", str(e) or type(e).__name__)
     finally:
         stream.close()
 
@@ -391,7 +395,7 @@ class ShardDataset:
                     break
             # a shard that reads shorter than counted (it changed or broke off): the slots stay, as skips
             for _ in range(max(piece.start, seen), piece.stop):
-                yield Skipped("truncated shard", piece.url, f"#{seen}", "fewer samples than counted")
+                yield Skipped(SHARD_KINDS[1], piece.url, f"#{seen}", "fewer samples than counted")
                 seen += 1
 
     def _shuffled(self, slots: Iterator, rng: random.Random) -> Iterator:

@@ -292,6 +292,16 @@ class DistributedBackend(ABC):
         """Send a picklable object from ``src`` to every rank (e.g. the tokenizer the root trained)."""
         return obj
 
+    def gather_rows(self, rows: Tensor) -> tuple[Tensor, int]:
+        """Every rank's ``rows`` (equal shapes) concatenated in rank order, and where this rank's start.
+        Differentiable: the gradient of each rank's part flows back to that rank, summed over the ranks
+        that used it (a contrastive loss over the global batch)."""
+        return rows, 0
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's picklable ``obj``, in rank order, on every rank (small things: counts, names)."""
+        return [obj]
+
     def average(self, value: Tensor) -> Tensor:
         """Mean of ``value`` across ranks, for logging."""
         return value

@@ -60,6 +60,16 @@ class DDPBackend(DistributedBackend):
         dist.broadcast_object_list(box, src=src)
         return box[0]
 
+    def gather_rows(self, rows: Tensor) -> tuple[Tensor, int]:
+        from torch.distributed.nn.functional import all_gather  # the autograd-aware all_gather
+
+        return torch.cat(all_gather(rows), dim=0), self.rank * rows.shape[0]
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        found: list[Any] = [None] * self.world_size
+        dist.all_gather_object(found, obj)
+        return found
+
     def average(self, value: Tensor) -> Tensor:
         value = value.detach().clone().to(self.device, torch.float32)
         dist.all_reduce(value, op=dist.ReduceOp.SUM)

@@ -17,6 +17,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -42,7 +43,7 @@ def _deepspeed():
         import deepspeed
     except ImportError:
         raise UserError(
-            "--deepspeed needs DeepSpeed: run `make install-dev` or `bash scripts/install_deepspeed.sh`"
+            "--deepspeed needs DeepSpeed: run `make install-dev` or `sh install_deepspeed.sh`"
         ) from None
     return deepspeed
 
@@ -434,6 +435,16 @@ class DeepSpeedBackend(DDPBackend):
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if not dist.is_initialized():
+            if self._local_rank == 0:  # one process per machine clears what killed jobs left
+                removed = remove_stale_shm_segments()
+                if removed:
+                    size = sum(size for _, size in removed) / 2**20
+                    print(
+                        f"removed {len(removed)} DeepSpeed shared-memory segments ({size:.0f} MB) in "
+                        f"/dev/shm left by jobs killed before they started: "
+                        f"{', '.join(p.name for p, _ in removed)}",
+                        flush=True,
+                    )
             deepspeed.init_distributed(
                 dist_backend="nccl" if self.device.type == "cuda" else "gloo",
                 auto_mpi_discovery=False,
@@ -547,6 +558,44 @@ def _flops_profile(engine: Any, root: bool) -> Iterator[None]:
             profiler.print_model_profile(profile_step=engine.global_steps, module_depth=-1, top_modules=3)
     finally:
         profiler.end_profile()
+
+
+SHM_PREFIX = "deepspeed_allreduce_buffer_"
+
+
+def remove_stale_shm_segments(
+    folder: Path = Path("/dev/shm"), min_age_s: float = 60.0
+) -> list[tuple[Path, int]]:
+    """Remove this user's DeepSpeed all-reduce segments that no process maps and that are older than
+    ``min_age_s`` (a job killed before ``_release_shm_names`` leaves them in RAM); returns them with
+    their sizes. A live job's segment is mapped by its ranks, and a starting one's is young: both stay."""
+    now = time.time()
+    candidates = []
+    for path in folder.glob(f"{SHM_PREFIX}{os.getuid()}_*"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if now - info.st_mtime > min_age_s:
+            candidates.append((path, info.st_size))
+    if not candidates:
+        return []
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text(errors="replace")
+        except OSError:  # a process that ended meanwhile, or another user's
+            continue
+        for line in text.splitlines():
+            if SHM_PREFIX in line:
+                mapped.add(line[line.index("/") :].removesuffix(" (deleted)"))
+    removed = []
+    for path, size in candidates:
+        if str(path) not in mapped:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append((path, size))
+    return removed
 
 
 def _release_shm_names() -> None:

@@ -78,6 +78,15 @@ class HorovodBackend(DistributedBackend):
         # an explicit name: by default Horovod names it by type, and None on other ranks never matches
         return _hvd().broadcast_object(obj, root_rank=src, name="dalle_dist.broadcast_object")
 
+    def gather_rows(self, rows: Tensor) -> tuple[Tensor, int]:
+        gathered = _hvd().allgather(rows, name="dalle_dist.gather_rows")
+        # Horovod's allgather backward averages each rank's slice over the ranks where torch's sums: the
+        # same values, with the gradient scaled back up to the sum
+        return gathered.detach() + (gathered - gathered.detach()) * self.world_size, self.rank * rows.shape[0]
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        return _hvd().allgather_object(obj, name="dalle_dist.gather_objects")
+
     def average(self, value: Tensor) -> Tensor:
         hvd = _hvd()
         return hvd.allreduce(value.detach().float().cpu(), op=hvd.Average)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_clip
-from ..cli import Parser, add_device_flag, cli, positive_int
+from ..cli import Parser, add_device_flag, cli, output_file, positive_int
 from ..data.folder import IMAGE_SUFFIXES, scan_folder
 from ..devices import pick_device
 from ..errors import UserError
@@ -42,7 +42,7 @@ from .clip_score import (
     text_embeddings,
     truncated_prompts,
 )
-from .frechet import frechet_distance_of
+from .frechet import frechet_distance_of, set_notes
 
 MIN_IMAGES = 2  # a covariance needs two samples; a full-rank one needs more than its dimensions
 
@@ -85,7 +85,7 @@ def build_parser() -> Parser:
         default=299,
         help="S, the side --feature_model takes (299: Inception v3's)",
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    parser.add_argument("--json", type=output_file, default=None, help="also write every figure to this file")
     parser.add_argument("--batch_size", type=positive_int, default=64)
     add_device_flag(parser)
     return parser
@@ -200,13 +200,9 @@ def _frechet(features: str, generated: np.ndarray, real: np.ndarray) -> dict[str
         value = frechet_distance_of(generated, real)
     except ValueError as e:
         raise UserError(f"Fréchet distance in {features}: {e}") from None
-    dim, fewest = generated.shape[1], min(len(generated), len(real))
-    note = None
-    if fewest <= dim:
-        note = (
-            f"{fewest} images in {dim} dimensions: the covariance is singular and the distance unreliable; "
-            f"use more than {dim} images per set"
-        )
+    dim = generated.shape[1]
+    notes = set_notes("generated", generated) + set_notes("real", real)
+    note = f"{'; '.join(notes)}: the distance is unreliable" if notes else None
     return {
         "value": value,
         "features": features,

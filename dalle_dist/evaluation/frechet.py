@@ -15,6 +15,8 @@ features:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import linalg
 
@@ -46,10 +48,12 @@ def frechet_distance(
             f"{sigma1.shape} and {sigma2.shape}"
         )
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(mu1)) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    with warnings.catch_warnings():  # a singular product is handled below and reported by ``set_notes``
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(mu1)) * eps
+            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=IMAGINARY_TOLERANCE):
             largest = np.max(np.abs(covmean.imag))
@@ -64,3 +68,25 @@ def frechet_distance(
 def frechet_distance_of(features1: np.ndarray, features2: np.ndarray, eps: float = 1e-6) -> float:
     """The Fréchet distance between Gaussians fitted to two feature sets ``[N1, D]`` and ``[N2, D]``."""
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2), eps=eps)
+
+
+def set_notes(name: str, features: np.ndarray) -> list[str]:
+    """What makes a feature set's Gaussian a poor fit, in words: features that never change (the images
+    are all alike, or the feature model ignores them) and a singular covariance (fewer images than
+    dimensions, or features that depend on each other). Empty when the fit is sound."""
+    features = np.asarray(features, dtype=np.float64)
+    n, dim = features.shape
+    spread = features.std(axis=0)
+    if not (spread > 0).any():
+        return [
+            f"the {name} images' features are all the same: the images are alike or the features ignore them"
+        ]
+    notes = []
+    constant = int((spread == 0).sum())
+    if constant:
+        notes.append(f"{constant} of the {name} images' {dim} feature dimensions never change")
+    rank = int(np.linalg.matrix_rank(np.cov(features, rowvar=False).reshape(dim, -1)))
+    if rank < dim:
+        fix = f"use more than {dim} images" if n <= dim else "the features depend on each other"
+        notes.append(f"the {name} images' covariance is singular (rank {rank} of {dim}: {fix})")
+    return notes

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..cli import Parser, output_file
 from ..data.synthetic import parse_holdout
 from .shapes_judge import judge_shape, matches, parse_caption
 
@@ -55,14 +56,20 @@ def score_outputs(outputs_dir: Path, holdout: tuple[str, ...] = ()) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="python -m dalle_dist.evaluation.score_outputs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("outputs_dir", type=Path)
     parser.add_argument("--holdout", default="", help="colour-shape pairs the model never saw")
-    parser.add_argument("--json", type=Path, default=None, help="also write the scores here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--json", type=output_file, default=None, help="also write the scores here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse(argv)
     if not args.outputs_dir.is_dir():
         print(f"error: {args.outputs_dir} is not a folder of generate.py outputs", file=sys.stderr)
         return 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -98,13 +100,26 @@ class CLIP(nn.Module):
         return F.normalize(self.to_visual_latent(x.mean(dim=1)), dim=-1)
 
     def forward(
-        self, text: Tensor, image: Tensor, text_mask: Tensor | None = None, return_loss: bool = False
+        self,
+        text: Tensor,
+        image: Tensor,
+        text_mask: Tensor | None = None,
+        return_loss: bool = False,
+        gather: Callable[[Tensor], tuple[Tensor, int]] | None = None,
     ) -> Tensor:
-        """Scaled similarity of each (text, image) pair ``[B]``, or the symmetric contrastive loss."""
+        """Scaled similarity of each (text, image) pair ``[B]``, or the symmetric contrastive loss.
+
+        ``gather`` (training on several processes) returns every process's rows of a tensor, in order and
+        differentiable, and where this one's start: each caption is then ranked against the images of the
+        whole global batch, not of this process's share, so W processes x B pairs train as 1 x W*B."""
         text_latents, image_latents = self.embed_text(text, text_mask), self.embed_image(image)
         scale = self.temperature.exp()
         if not return_loss:
             return (text_latents * image_latents).sum(dim=-1) * scale
-        sim = text_latents @ image_latents.t() * scale
-        labels = torch.arange(text.shape[0], device=text.device)
-        return (F.cross_entropy(sim, labels) + F.cross_entropy(sim.t(), labels)) / 2
+        all_text, all_images, first = text_latents, image_latents, 0
+        if gather is not None:
+            (all_text, first), (all_images, _) = gather(text_latents), gather(image_latents)
+        labels = torch.arange(first, first + text.shape[0], device=text.device)
+        text_to_images = text_latents @ all_images.t() * scale  # this process's captions, every image
+        image_to_texts = image_latents @ all_text.t() * scale
+        return (F.cross_entropy(text_to_images, labels) + F.cross_entropy(image_to_texts, labels)) / 2

@@ -40,6 +40,7 @@ class DALLE(nn.Module):
                     f"vae must expose `{name}` (DiscreteVAE, VQGanVAE or OpenAIDiscreteVAE), got {vae!r}"
                 )
         self.hparams = config
+        self.tokenizer: Any = None  # the tokenizer it was trained with, when known (load_dalle sets it)
         self.vae = vae
         for p in self.vae.parameters():
             p.requires_grad_(False)
@@ -298,7 +299,7 @@ class DALLE(nn.Module):
 
     def generate_texts(
         self,
-        tokenizer: Any,
+        tokenizer: Any = None,
         text: str | None = None,
         *,
         filter_thres: float = 0.5,
@@ -307,7 +308,17 @@ class DALLE(nn.Module):
         use_cache: bool = True,
         compile: bool = False,
     ) -> tuple[Tensor, list[str]]:
-        """Continue ``text`` (or start afresh) to ``text_seq_len`` tokens: ``(tokens [1, S], [str])``."""
+        """Continue ``text`` (or start afresh) to ``text_seq_len`` tokens: ``(tokens [1, S], [str])``.
+        A model that knows its tokenizer (``self.tokenizer``, as ``load_dalle`` gives it) also takes
+        ``generate_texts(text)``."""
+        if isinstance(tokenizer, str) and text is None:  # generate_texts("a prompt")
+            tokenizer, text = None, tokenizer
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if tokenizer is None:
+            raise ValueError(
+                "generate_texts needs the tokenizer: pass it (dalle.generate_texts(tokenizer, text)) or set "
+                "dalle.tokenizer (load_dalle does)"
+            )
         return sampling.generate_texts(
             self,
             tokenizer,

@@ -164,8 +164,11 @@ class DiscreteVAE(nn.Module):
         return_recons: bool = False,
         return_logits: bool = False,
         temp: float | None = None,
+        return_recon_loss: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Reconstruction, or its loss (``return_loss``), or the code logits (``return_logits``)."""
+        """Reconstruction, or its loss (``return_loss``; early DALLE-pytorch spelled it
+        ``return_recon_loss``), or the code logits (``return_logits``)."""
+        return_loss = return_loss or return_recon_loss
         self._check(img)
         img = self.norm(img)
         logits = self.encoder(img)

@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; bad input is one ``error:`` line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
+        # the checks the cli layer's output_file type makes (it sits above text/)
+        if args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a folder: name the tokenizer file to write")
+        if args.out.parent.exists() and not args.out.parent.is_dir():
+            raise ValueError(
+                f"--out {args.out}: {args.out.parent} is a file, so {args.out} cannot be written"
+            )
         if not args.out.parent.is_dir():
             raise ValueError(f"--out {args.out}: the folder {args.out.parent} does not exist")
         captions = read_captions(args.captions)

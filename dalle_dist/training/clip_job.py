@@ -12,6 +12,7 @@ rank's micro-batch is its own set of negatives (features are not gathered across
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,17 @@ from ..errors import UserError
 from ..models import CLIP
 from ..text import Tokenizer
 from .captions import CaptionTask, caption_tokenizer, check_captions
-from .flags import add_caption_data_flags, add_common_flags, backend_config, data_config
-from .job import load_data, prepare_run, resume_point, run_training, seed_everything, start_backend
+from .flags import add_caption_data_flags, add_common_flags, backend_config, data_config, refuse_changed_flags
+from .job import (
+    load_data,
+    load_validation,
+    parse_flags,
+    prepare_run,
+    resume_point,
+    run_training,
+    seed_everything,
+    start_backend,
+)
 
 KIND = "clip"
 
@@ -86,12 +96,17 @@ class CLIPTask(CaptionTask):
     ) -> None:
         super().__init__(clip, tokenizer, meta, truncate_captions)
         self.num_images_save = num_images_save
+        # several ranks: every rank's latents, so the loss contrasts the global batch (the backend's gather)
+        self.gather: Callable[[Tensor], tuple[Tensor, int]] | None = None
 
     def loss(
         self, model: nn.Module, batch: tuple[Tensor, Tensor], step: int
     ) -> tuple[Tensor, dict[str, float]]:
         text, images = batch
-        return model(text, images, return_loss=True), {}
+        # validation stays per rank: a rank whose shard batch was all broken skips it, and must not stall
+        # the others in a collective
+        gather = self.gather if model.training else None
+        return model(text, images, return_loss=True, gather=gather), {}
 
     @torch.no_grad()
     def save_samples(self, module: nn.Module, batch: tuple[Tensor, Tensor], step: int, folder: Path) -> Path:
@@ -117,6 +132,21 @@ class CLIPTask(CaptionTask):
         }
 
 
+# the model flags that are CLIP's constructor arguments of the same name
+MODEL_FLAGS = (
+    "dim_text",
+    "dim_image",
+    "dim_latent",
+    "text_enc_depth",
+    "text_seq_len",
+    "text_heads",
+    "visual_enc_depth",
+    "visual_heads",
+    "visual_patch_size",
+    "dim_head",
+)
+
+
 def _model_kwargs(args: argparse.Namespace, num_text_tokens: int, image_size: int) -> dict[str, Any]:
     """CLIP's constructor arguments from the model flags (the image side is the data's)."""
     return dict(
@@ -137,7 +167,7 @@ def _model_kwargs(args: argparse.Namespace, num_text_tokens: int, image_size: in
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse(argv)
+    args = parse_flags(build_parser(), argv)
     if args.batch_size < 2:
         raise UserError(
             f"--batch_size {args.batch_size}: the contrastive loss ranks each caption against the other "
@@ -146,14 +176,16 @@ def main(argv: list[str] | None = None) -> None:
     backend = start_backend(backend_config(args))
     seed_everything(args.seed)
     clip, tokenizer, ckpt = None, None, None
-    resume = resume_point(args)
+    resume = resume_point(args, backend)
     if resume is not None:  # the run's model, sizes and tokenizer; the flags may only confirm them
         clip, tokenizer, ckpt = load_clip(resume)
         check_tokenizer_flags(tokenizer, args, "train_clip.py")
-        if args.image_size not in (None, clip.visual_image_size):
-            raise UserError(
-                f"--image_size {args.image_size} does not match the run's {clip.visual_image_size}: drop it"
-            )
+        built = {**ckpt.meta["model"], "image_size": ckpt.meta["model"]["visual_image_size"]}
+        refuse_changed_flags(
+            args,
+            {flag: built[flag] for flag in (*MODEL_FLAGS, "image_size") if flag in built},
+            f"--resume continues {args.output} with the CLIP it built",
+        )
     data = data_config(args, args.image_text_folder, clip.visual_image_size if clip else None)
     dataset = load_data(data, backend)
     if clip is None:
@@ -171,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         truncate_captions=args.truncate_captions,
         num_images_save=args.num_images_save,
     )
-    final = run_training(task, args, backend, run, flags, dataset, ckpt)
+    if backend.world_size > 1:
+        task.gather = backend.gather_rows
+    validation = load_validation(args, data, backend)
+    final = run_training(task, args, backend, run, flags, dataset, ckpt, validation=validation)
     if backend.is_root and final is not None:
         print(f"CLIP trained: {final}")
     backend.shutdown()

@@ -18,6 +18,7 @@ from ..cli import (
     check_tokenizer_flags,
     cli,
     int_list,
+    nonneg_float,
     positive_float,
     positive_int,
     refuse,
@@ -33,8 +34,17 @@ from ..models import DALLE, DALLEConfig
 from ..models.pretrained import OpenAIDiscreteVAE, VQGanVAE
 from ..text import Tokenizer
 from .captions import CaptionTask, caption_tokenizer, check_captions
-from .flags import add_caption_data_flags, add_common_flags, backend_config, data_config
-from .job import load_data, prepare_run, resume_point, run_training, seed_everything, start_backend
+from .flags import add_caption_data_flags, add_common_flags, backend_config, data_config, refuse_changed_flags
+from .job import (
+    load_data,
+    load_validation,
+    parse_flags,
+    prepare_run,
+    resume_point,
+    run_training,
+    seed_everything,
+    start_backend,
+)
 from .throughput import dalle_flops_per_sample
 
 
@@ -90,7 +100,7 @@ def build_parser() -> Parser:
     m.add_argument("--ff_dropout", type=unit_interval, default=0.0)
     m.add_argument("--attn_dropout", type=unit_interval, default=0.0)
     m.add_argument("--reversible", action="store_true")
-    m.add_argument("--loss_img_weight", type=float, default=7)
+    m.add_argument("--loss_img_weight", type=nonneg_float, default=7)
     m.add_argument(
         "--attn_types",
         type=str_list,
@@ -264,7 +274,7 @@ def _new_vae(args: argparse.Namespace, backend) -> tuple[nn.Module, str]:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse(argv)
+    args = parse_flags(build_parser(), argv)
     for name in args.attn_types:
         if name not in PATTERNS:
             raise UserError(
@@ -272,11 +282,21 @@ def main(argv: list[str] | None = None) -> None:
             )
     backend = start_backend(backend_config(args))
     seed_everything(args.seed)
-    resume = resume_point(args)
+    resume = resume_point(args, backend)
     dalle = tokenizer = ckpt = None
     if resume is not None or args.dalle_path is not None:  # the checkpoint's model, VAE and tokenizer
         dalle, tokenizer, ckpt = load_dalle(resume or args.dalle_path)
         check_tokenizer_flags(tokenizer, args, "train_dalle.py")  # the flags may only confirm it
+        built = {
+            FLAG_OF_FIELD.get(f.name, f.name): getattr(dalle.hparams, f.name) for f in fields(DALLEConfig)
+        }
+        refuse_changed_flags(
+            args,
+            {flag: value for flag, value in built.items() if hasattr(args, flag)},
+            f"--resume continues {args.output} with the model it built"
+            if resume is not None
+            else f"--dalle_path {args.dalle_path} fixes the model (fine-tuning keeps its shape)",
+        )
         vae, source = dalle.vae, ckpt.meta.get("vae_source")
     else:
         vae, source = _new_vae(args, backend)
@@ -317,7 +337,9 @@ def main(argv: list[str] | None = None) -> None:
         null_cond_prob=args.null_cond_prob,
         tokens=tokens,
     )
-    final = run_training(task, args, backend, run, flags, dataset, ckpt if resume is not None else None)
+    resumed = ckpt if resume is not None else None
+    validation = load_validation(args, data, backend)
+    final = run_training(task, args, backend, run, flags, dataset, resumed, validation=validation)
     if backend.is_root and final is not None:
         print(f"DALL-E trained: {final}")
     backend.shutdown()

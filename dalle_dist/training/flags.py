@@ -5,9 +5,21 @@ written."""
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from ..cli import add_device_flag, add_tokenizer_flags, fraction, nonneg_int, positive_int, unit_interval
+from ..cli import (
+    Flags,
+    add_device_flag,
+    add_tokenizer_flags,
+    fraction,
+    nonneg_int,
+    output_folder,
+    positive_int,
+    unit_interval,
+)
 from ..data import DataConfig
 from ..distributed import BACKENDS, BackendConfig
 from ..errors import UserError
@@ -23,6 +35,59 @@ SHARD_FLAGS = {
     "shuffle_buffer": "shuffle_buffer",
     "caption_limit": "bpe_train_captions",
 }
+
+
+# flags that make a run what it is beside its model (whose flags the checkpoint fixes): its data and their
+# order (seed), its VAE and where it started. The batch shape may change with the world size (2 ranks x 4
+# resume as 1 x 8: the same global batches), so it is not among them
+RUN_DEFINING = (
+    "image_text_folder",
+    "image_folder",
+    "wds",
+    "dataset_size",
+    "holdout",
+    "seed",
+    "validation_fraction",
+    "wds_val",
+    "image_size",
+    "vae_path",
+    "dalle_path",
+    "taming",
+    "vqgan_model_path",
+    "vqgan_config_path",
+    "openai_enc_path",
+    "openai_dec_path",
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (Path, str)) or isinstance(b, (Path, str)):
+        if a is None or b is None:
+            return a is b
+        return str(a) == str(b) or Path(a).resolve() == Path(b).resolve()
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def refuse_changed_flags(args: Flags, fixed: Mapping[str, Any], why: str) -> None:
+    """``UserError`` naming every flag the user gave whose value differs from ``fixed`` (flag -> the value
+    the run or its weights have), with ``why`` they cannot change."""
+    differ = [
+        f"--{name} {_shown(getattr(args, name))} (it has {_shown(value)})"
+        for name, value in fixed.items()
+        if args.given(name) and not _same(getattr(args, name), value)
+    ]
+    if differ:
+        raise UserError(f"{why}: {', '.join(differ)}; drop {'them' if len(differ) > 1 else 'it'}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def backend_config(args: argparse.Namespace) -> BackendConfig:
@@ -54,7 +119,11 @@ def data_config(
     dataset. ``image_size`` is the run's when it is fixed (by a VAE or a checkpoint), else the flag's, else
     the default of the kind of data. ``check_size``: refuse folder images smaller than that."""
     if getattr(args, "wds", "") and args.validation_fraction > 0:
-        raise UserError("--validation_fraction is not supported with --wds yet: drop it")
+        raise UserError(
+            "--validation_fraction cannot split a shard stream: hold out whole shards with --wds_val SHARDS"
+        )
+    if getattr(args, "wds_val", "") and not getattr(args, "wds", ""):
+        raise UserError("--wds_val names validation shards for a --wds run: add --wds, or drop --wds_val")
     if location is not None and args.holdout:
         raise UserError("--holdout applies to the built-in dataset only: drop it or drop the folder flag")
     default = FOLDER_IMAGE_SIZE if location is not None else BUILT_IN_IMAGE_SIZE
@@ -97,7 +166,10 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
     """Flags both trainers share: run directory, resume, data, schedule, backend."""
     g = parser.add_argument_group("run")
     g.add_argument(
-        "--output", type=Path, default=None, help=f"run directory (default runs/{script}-<timestamp>)"
+        "--output",
+        type=output_folder,
+        default=None,
+        help=f"run directory (default runs/{script}-<timestamp>)",
     )
     g.add_argument(
         "--resume", action="store_true", help="continue the run in --output from its latest checkpoint"
@@ -231,6 +303,13 @@ def add_shard_flags(group: argparse._ArgumentGroup) -> None:
         default="",
         help="read --image_text_folder as WebDataset shards; the image and caption keys, e.g. jpg,txt "
         "(img2dataset: jpg,txt); 'jpg;png,json' tries jpg then png and reads captions from JSON",
+    )
+    group.add_argument(
+        "--wds_val",
+        type=str,
+        default="",
+        help="--wds: validation shards, held out whole (a .tar, folder, brace pattern or URL, read with the "
+        "training shards' keys); the loss on them is logged every --eval_every steps",
     )
     group.add_argument(
         "--wds_caption_field", default="caption", help="--wds ...,json: the JSON field holding the caption"

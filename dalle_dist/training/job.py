@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shlex
 import sys
@@ -16,15 +17,81 @@ import torch
 import yaml
 
 from ..checkpoint import Checkpoint, RunDirectory, resolve_latest
+from ..cli import Flags, Parser, launched_rank
 from ..data import DataConfig, Ranks, TrainingData, build_dataset
 from ..data.sampler import split_indices
-from ..distributed import BackendConfig, DistributedBackend, Precision, backend_from_config
+from ..distributed import BACKENDS, BackendConfig, DistributedBackend, Precision, backend_from_config
 from ..errors import UserError
-from .flags import loop_settings
+from .flags import RUN_DEFINING, loop_settings, refuse_changed_flags
 from .loop import TrainingLoop
 from .schedule import LRSchedule
 from .task import Task
 from .tracking import start_tracking
+
+# flags that say how this process runs rather than what the run is: a resume takes them from its own
+# command line only (the engines' own flags are added to these below)
+PER_INVOCATION = {
+    "output",
+    "resume",
+    "config",
+    "device",
+    "distributed_backend",
+    "num_workers",
+    "flops_profiler",
+}
+
+
+def parse_flags(parser: Parser, argv: list[str] | None = None) -> Flags:
+    """A trainer's flags. With ``--resume`` the run continues as it was started: the flags it recorded
+    (its newest ``config*.yaml``) stand beneath the command line, flags that define the run may not
+    change (one line names those that differ), and the others (steps, logging, saving, learning rate...)
+    may, with a note for the learning rate."""
+    args = parser.parse(argv)
+    if not args.resume or args.output is None:
+        return args
+    file, recorded = recorded_flags(RunDirectory(args.output))
+    if file is None:
+        return args
+    per_invocation = PER_INVOCATION | engine_flag_names()
+    beneath = {k: v for k, v in recorded.items() if k in parser.flag_names() - per_invocation}
+    args = parser.parse(argv, beneath=beneath, source=str(file))
+    inherited = parser.parse([], beneath=beneath, source=str(file))  # the recorded values, as parsed
+    refuse_changed_flags(
+        args,
+        {name: getattr(inherited, name) for name in RUN_DEFINING if name in beneath},
+        f"--resume continues {args.output} as it was started",
+    )
+    rate = "learning_rate"
+    changed = args.given(rate) and rate in beneath and getattr(args, rate) != getattr(inherited, rate)
+    if changed and (not launched_rank() or " (rank 0 " in launched_rank()):
+        print(
+            f"note: --learning_rate {getattr(args, rate)} replaces the run's {getattr(inherited, rate)} "
+            "from the resumed step on (warmup and decay continue from the run's state)",
+            flush=True,
+        )
+    return args
+
+
+def recorded_flags(run: RunDirectory) -> tuple[Path | None, dict[str, Any]]:
+    """The flags a run recorded when it last started: its newest ``config.resume-*.yaml``, else its
+    ``config.yaml``; ``(None, {})`` when it has neither."""
+    resumes = sorted(run.root.glob("config.resume-*.yaml"))
+    file = resumes[-1] if resumes else run.root / "config.yaml"
+    if not file.is_file():
+        return None, {}
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{file} is unreadable ({e}): the run directory is damaged") from None
+    return file, data if isinstance(data, dict) else {}
+
+
+def engine_flag_names() -> set[str]:
+    """The flags the engines add (``--deepspeed``, ``--zero_stage``...): a launch's, not a run's."""
+    scratch = argparse.ArgumentParser(add_help=False)
+    for engine in BACKENDS.values():
+        engine.add_flags(scratch)
+    return {a.dest for a in scratch._actions}
 
 
 def start_backend(config: BackendConfig) -> DistributedBackend:
@@ -36,18 +103,38 @@ def start_backend(config: BackendConfig) -> DistributedBackend:
     return backend
 
 
-def resume_point(args: argparse.Namespace) -> Path | None:
-    """The checkpoint ``--resume`` continues from (the run's latest), or None without ``--resume``."""
+def resume_point(args: argparse.Namespace, backend: DistributedBackend) -> Path | None:
+    """The checkpoint ``--resume`` continues from (the run's latest), or None without ``--resume``. The
+    root rank takes the run's lock first: a run another process is writing is refused before it is read."""
     if not args.resume:
         return None
     if args.output is None:
         raise UserError("--resume needs --output naming the run directory to continue")
+    if backend.is_root and Path(args.output).is_dir():
+        hold_run(RunDirectory(args.output))
     return resolve_latest(args.output)
+
+
+def hold_run(run: RunDirectory) -> None:
+    """The run directory's lock, for this process (the root rank's); a taken-over lock is reported."""
+    note = run.lock().describe_takeover()
+    if note:
+        print(note, flush=True)
 
 
 def load_data(config: DataConfig, backend: DistributedBackend) -> TrainingData:
     """The dataset ``config`` describes; what every rank needs is read once, by the root rank."""
     return build_dataset(config, Ranks(backend.is_root, backend.broadcast_object))
+
+
+def load_validation(
+    args: argparse.Namespace, data: DataConfig, backend: DistributedBackend
+) -> TrainingData | None:
+    """``--wds_val``: validation shards read like the training shards (same keys), or None."""
+    shards = getattr(args, "wds_val", "")
+    if not shards:
+        return None
+    return load_data(dataclasses.replace(data, location=shards, resampled=False), backend)
 
 
 def prepare_run(
@@ -76,6 +163,7 @@ def prepare_run(
         if k != "config"
     }
     if backend.is_root:
+        hold_run(run)  # held for the job, before anything in the run is written
         run.prepare(resume=args.resume)
         name = "config.yaml" if not args.resume else f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
         (run.root / name).write_text(yaml.safe_dump(flags, sort_keys=True), encoding="utf-8")
@@ -121,13 +209,14 @@ def seed_everything(seed: int) -> None:
 
 def run_training(
     task: Task,
-    args: argparse.Namespace,
+    args: Flags,
     backend: DistributedBackend,
     run: RunDirectory,
     flags: dict[str, Any],
     dataset: TrainingData,
     resume: Checkpoint | None,
     epoch_decay: float = 1.0,
+    validation: TrainingData | None = None,
 ) -> Path | None:
     """Optimizer, engine, schedule and loop for ``task``; returns the ``final/`` checkpoint."""
     config = backend.config
@@ -164,12 +253,21 @@ def run_training(
             train_idx,
             val_idx,
             tracking,
+            validation,
         )
         if resume is not None:
             loop.load_training_state(resume)
+            budget = ("max_steps", "epochs")
+            if loop.step >= loop.total_steps and not any(args.given(flag) for flag in budget):
+                raise UserError(
+                    f"--resume: {run.root} has already trained the {loop.total_steps} steps it was started "
+                    f"with (--max_steps {args.max_steps}, --epochs {args.epochs}): pass a larger --max_steps "
+                    "or --epochs to train it further"
+                )
             if backend.is_root:
                 where = f"step {loop.step} (epoch {loop.epoch}, batch {loop.batch_in_epoch})"
                 tracking.log(f"resuming {run.root} at {where}")
         return loop.fit()
     finally:
         tracking.close()
+        run.unlock()

@@ -13,6 +13,7 @@ import random
 import resource
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from ..checkpoint import ENGINE_FOLDER, Checkpoint, RunDirectory, staging_folder, start_staging
 from ..data import Reading, TrainingData
+from ..data.shards import SHARD_KINDS
 from ..distributed import DistributedBackend, TrainingEngine
 from ..errors import UserError
 from .faults import Faults
@@ -79,6 +81,13 @@ class _Window:
         self.loss, self.n = 0.0, 0
 
 
+@dataclass(frozen=True)
+class _StandIn:
+    """A good batch standing in, with weight 0, for an all-broken one met before it."""
+
+    batch: Any
+
+
 class TrainingLoop:
     """Runs a ``Task`` to the end, writing checkpoints into a ``RunDirectory``."""
 
@@ -94,7 +103,10 @@ class TrainingLoop:
         train_indices: list[int],
         val_indices: list[int],
         tracking: Tracking | None = None,
+        validation: TrainingData | None = None,
     ) -> None:
+        """``val_indices`` hold out part of ``dataset``; ``validation`` is a dataset of its own instead
+        (``--wds_val``: whole shards, read in their seeded order of epoch 0 at every evaluation)."""
         self.task, self.backend, self.engine, self.schedule = task, backend, engine, schedule
         self.tracking = tracking or Tracking([], progress=False)
         self.run, self.settings, self.log = run, settings, self.tracking.log
@@ -104,11 +116,13 @@ class TrainingLoop:
         self.batch_in_epoch = 0
         self.rank, self.world = backend.data_shard()
         self.skipped: Counter[str] = Counter()
+        self.broken_shards: dict[str, set[str]] = {}  # SHARD_KINDS -> the shards this rank found broken
         self.faults = Faults()
         self.nonfinite_in_a_row = self.nonfinite_skipped = 0
         # samples that reached an optimizer step: before this process (from the checkpoint) and by this rank
         self.samples_before, self.samples_here = 0, 0
         self.sampled_at: int | None = None  # the step whose samples were drawn last
+        self.evaluated_at: int | None = None  # and the step of the last validation
         self.last_batch: Any = None  # stands in for a batch whose every sample was broken
         self.flops: float | None = None  # per sample, and the device's matmul peak: the root rank's MFU
         self.peak: float | None = None
@@ -127,6 +141,13 @@ class TrainingLoop:
         self.val_batches = (
             dataset.batch_source(task, reading, val_indices, shuffle=False) if val_indices else None
         )
+        if validation is not None:
+            self.val_batches = validation.batch_source(task, reading)
+            if self.val_batches.batches_per_epoch == 0:
+                raise UserError(
+                    f"the validation data holds {self.val_batches.num_samples} samples, fewer than one batch "
+                    f"of {settings.batch_size} x {self.world} ranks: give more validation shards"
+                )
         self.steps_per_epoch = math.ceil(self.train_batches.batches_per_epoch / settings.ga_steps)
         if self.steps_per_epoch == 0:
             raise UserError(
@@ -214,9 +235,24 @@ class TrainingLoop:
             here = self.backend.average(here) * self.world
         return self.samples_before + round(float(here))
 
+    def skipped_in_job(self) -> Counter[str]:
+        """Broken samples skipped by kind, summed over the ranks (a collective call): each rank reads its
+        own part of the data, so one rank's counts are only its share."""
+        mine = (dict(self.skipped), {kind: sorted(urls) for kind, urls in self.broken_shards.items()})
+        total: Counter[str] = Counter()
+        shards: dict[str, set[str]] = {}
+        for counts, broken in self.backend.gather_objects(mine) if self.world > 1 else [mine]:
+            total.update({kind: n for kind, n in counts.items() if kind not in SHARD_KINDS})
+            for kind, urls in broken.items():
+                shards.setdefault(kind, set()).update(urls)
+        total.update({kind: len(urls) for kind, urls in shards.items()})  # a shard counts once, not per rank
+        return total
+
     def _skip(self, slot: Any) -> None:
         """A broken sample (a ``shards.Skipped``): counted, and the first few of each kind named."""
         self.skipped[slot.kind] += 1
+        if slot.kind in SHARD_KINDS:
+            self.broken_shards.setdefault(slot.kind, set()).add(slot.shard)
         if self.skipped[slot.kind] <= 3 and self.backend.is_root:
             where = " ".join(part for part in (slot.shard, slot.key) if part)
             detail = f": {slot.detail}" if slot.detail and slot.detail != slot.shard else ""
@@ -233,7 +269,7 @@ class TrainingLoop:
         profiler = StepProfiler(start, self._profilers)
         while self.step < self.total_steps and self.epoch < self.settings.epochs:
             epoch_losses: list[Tensor] = []
-            for batch in self.train_batches.batches(self.epoch, self.batch_in_epoch):
+            for batch in self._with_stand_ins(self.train_batches.batches(self.epoch, self.batch_in_epoch)):
                 profiler.before_batch(self.step)
                 extra = self._train_step(batch, window, epoch_losses)
                 if extra is None:  # no optimizer step yet (accumulating, or a skipped batch)
@@ -252,6 +288,21 @@ class TrainingLoop:
             else:
                 self._end_epoch(epoch_losses)
         return self._finish()
+
+    def _with_stand_ins(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """``batches``, where the all-broken batches (None) a rank meets before its first good one get that
+        good one as their zero-weight stand-in (read ahead, then trained on at its own step): the rank
+        still steps with the others, as it does later with its last good batch."""
+        waiting = 0
+        for batch in batches:
+            if batch is None and self.last_batch is None:
+                waiting += 1
+                continue
+            for _ in range(waiting):
+                yield _StandIn(batch)
+            waiting = 0
+            yield batch
+        yield from [None] * waiting  # not one good batch in the epoch: _train_step says so
 
     def _announce(self) -> None:
         """The run's shape, and the model's FLOPs against the device's peak (what MFU is measured by)."""
@@ -278,9 +329,11 @@ class TrainingLoop:
         """Forward and backward of one micro-batch, and the optimizer step that ends an accumulation
         window. Returns the task's extra figures when the optimizer stepped, None otherwise."""
         weight = 1.0
-        if batch is None:  # every slot of this batch was broken: other ranks still step
+        if isinstance(batch, _StandIn):  # a broken batch before this rank's first good one
+            batch, weight = batch.batch, 0.0
+        elif batch is None:  # every slot of this batch was broken: other ranks still step
             if self.last_batch is None:
-                raise UserError("the first batch of the stream holds only broken samples: check the data")
+                raise UserError("this rank's data held not one good batch in an epoch: check the data")
             batch, weight = self.last_batch, 0.0
         batch = to_device(batch, self.backend.device, self.engine.input_dtype)
         self.last_batch = batch
@@ -349,6 +402,7 @@ class TrainingLoop:
         s = self.settings
         evaluate, sample = self.step % s.eval_every == 0, self.step % s.sample_every == 0
         if evaluate:
+            self.evaluated_at = self.step
             val = self.evaluate()
             if val is not None:
                 self.schedule.observe(val)
@@ -372,17 +426,19 @@ class TrainingLoop:
     def _finish(self) -> Path | None:
         """The end of a run: what was skipped and trained, final samples and validation, the weights
         checked equal on every rank, the last resumable checkpoint, then the ``final/`` export."""
-        if self.skipped and self.backend.is_root:
-            kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.skipped.items()))
-            self.log(f"data: skipped on this rank: {kinds}")
-            self._record({"step": self.step, "skipped_by_kind": dict(self.skipped)})
+        skipped = self.skipped_in_job()
+        if skipped and self.backend.is_root:
+            kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(skipped.items()))
+            ranks = f" (all {self.world} ranks)" if self.world > 1 else ""
+            self.log(f"data: skipped{ranks}: {kinds}")
+            self._record({"step": self.step, "skipped_by_kind": dict(skipped)})
         trained = self.samples_trained()
         if self.backend.is_root:
             self.log(f"data: trained on {trained} samples in {self.step} steps")
             self._record({"step": self.step, "samples_trained": trained})
         if self.last_batch is not None and self.sampled_at != self.step:  # not twice for the last step
             self._samples(self.last_batch)
-        val = self.evaluate()
+        val = self.evaluate() if self.evaluated_at != self.step else None  # not twice for the last step
         if val is not None and self.backend.is_root:
             self._record({"step": self.step, "val_loss": val})
             self.log(f"final validation loss {val:.4f}")
@@ -413,10 +469,16 @@ class TrainingLoop:
             for i, batch in enumerate(self.val_batches.batches(epoch=0)):
                 if i >= self.settings.eval_batches:
                     break
-                with self.engine.autocast():
-                    batch = to_device(batch, self.backend.device, self.engine.input_dtype)
-                    loss, _ = self.task.loss(model, batch, self.step)
-                losses.append(float(self.backend.average(loss.detach().float())))
+                if batch is None:  # every slot broken (shards): this rank adds nothing, yet joins the mean
+                    total, count = torch.zeros((), device=self.backend.device), 0.0
+                else:
+                    with self.engine.autocast():
+                        batch = to_device(batch, self.backend.device, self.engine.input_dtype)
+                        loss, _ = self.task.loss(model, batch, self.step)
+                    total, count = loss.detach().float(), 1.0
+                count = float(self.backend.average(torch.tensor(count, device=self.backend.device)))
+                if count > 0:
+                    losses.append(float(self.backend.average(total)) / count)
         model.train(was_training)
         return sum(losses) / len(losses) if losses else None
 

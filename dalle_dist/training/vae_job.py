@@ -12,13 +12,21 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import describe_vae, load_vae
-from ..cli import Parser, cli, nonneg_int, positive_float, positive_int, refuse
+from ..cli import Parser, cli, nonneg_float, nonneg_int, positive_float, positive_int, refuse
 from ..data import image_grid
 from ..errors import UserError
 from ..models import DiscreteVAE
 from .codebook import CodebookUsage
-from .flags import add_common_flags, backend_config, data_config
-from .job import load_data, prepare_run, resume_point, run_training, seed_everything, start_backend
+from .flags import add_common_flags, backend_config, data_config, refuse_changed_flags
+from .job import (
+    load_data,
+    parse_flags,
+    prepare_run,
+    resume_point,
+    run_training,
+    seed_everything,
+    start_backend,
+)
 from .task import Task
 
 WARN_EVERY = 500  # steps between repeated codebook-collapse warnings
@@ -41,7 +49,10 @@ def build_parser() -> Parser:
     g.add_argument("--starting_temp", type=positive_float, default=1.0)
     g.add_argument("--temp_min", type=positive_float, default=0.5)
     g.add_argument(
-        "--anneal_rate", type=float, default=1e-6, help="temperature = max(start * exp(-rate * step), min)"
+        "--anneal_rate",
+        type=nonneg_float,
+        default=1e-6,
+        help="temperature = max(start * exp(-rate * step), min)",
     )
     g.add_argument(
         "--num_images_save", type=positive_int, default=4, help="images in each reconstruction grid"
@@ -55,7 +66,7 @@ def build_parser() -> Parser:
     m.add_argument("--smooth_l1_loss", action="store_true")
     m.add_argument("--emb_dim", type=positive_int, default=512, help="codebook dimension")
     m.add_argument("--hidden_dim", type=positive_int, default=256)
-    m.add_argument("--kl_loss_weight", type=float, default=0.0)
+    m.add_argument("--kl_loss_weight", type=nonneg_float, default=0.0)
     m.add_argument("--straight_through", action="store_true", help="hard Gumbel-softmax codes")
     return parser
 
@@ -128,16 +139,36 @@ class VAETask(Task):
         return {"kind": "vae", "meta": {"vae": describe_vae(self.model), "data": self.data_description}}
 
 
+# the model flags and the DiscreteVAE config keys they set
+FLAG_OF_CONFIG = {
+    "image_size": "image_size",
+    "num_tokens": "num_tokens",
+    "emb_dim": "codebook_dim",
+    "num_layers": "num_layers",
+    "num_resnet_blocks": "num_resnet_blocks",
+    "hidden_dim": "hidden_dim",
+    "smooth_l1_loss": "smooth_l1_loss",
+    "straight_through": "straight_through",
+    "kl_loss_weight": "kl_div_loss_weight",
+}
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse(argv)
+    args = parse_flags(build_parser(), argv)
     backend = start_backend(backend_config(args))
     seed_everything(args.seed)
     data = data_config(args, args.image_folder)
     dataset = load_data(data, backend)
-    resume = resume_point(args)
+    resume = resume_point(args, backend)
     if resume is not None:
         vae, resume = load_vae(resume)
+        built = vae.config()
+        refuse_changed_flags(
+            args,
+            {flag: built[key] for flag, key in FLAG_OF_CONFIG.items() if key in built},
+            f"--resume continues {args.output} with the VAE it built",
+        )
     else:
         try:
             vae = DiscreteVAE(

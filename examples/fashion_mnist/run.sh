@@ -116,12 +116,12 @@ side=$!
 trap 'kill -- -$side 2>/dev/null || true' EXIT
 
 # 32 px -> an 8 x 8 token grid of 128 codes (make demo's VAE)
-stage train_vae main "$PY" train_vae.py --config configs/demo_vae.yaml --holdout "" --output "$RUN/vae" \
+stage train_vae main "$PY" train_vae.py --config configs/demo_vae.yaml --output "$RUN/vae" \
   --image_folder "$DATA/train" "${COMMON[@]}" --max_steps "$VAE_STEPS" --log_every 250 --sample_every 1000 \
   --save_every_n_steps 1000 --keep_n_checkpoints 1
 # make demo's DALL-E (dim 256, depth 4, full attention) on 8 text + 64 image tokens, bf16 autocast
 # (~2.3x fp32 here), caption dropout for classifier-free guidance
-stage train_dalle main "$PY" train_dalle.py --config configs/demo_dalle.yaml --holdout "" --no-amp --bf16 \
+stage train_dalle main "$PY" train_dalle.py --config configs/demo_dalle.yaml --no-amp --bf16 \
   --output "$RUN/dalle" --vae_path "$RUN/vae" "${WDS[@]}" "${COMMON[@]}" --text_seq_len 8 \
   --max_steps "$DALLE_STEPS" --log_every 100 --sample_every 1000 --save_every_n_steps 1000 --keep_n_checkpoints 1
 wait "$side"

@@ -74,7 +74,7 @@ CASES: list[Case] = [
     (
         "vae_output_is_a_file",
         lambda t, v, d: [*VAE, "--output", touch(t / "f")],
-        ["--output", "not a directory", "choose another"],
+        ["--output", "is a file", "name a folder"],
     ),
     (
         "vae_unknown_flag",
@@ -181,6 +181,41 @@ CASES: list[Case] = [
         lambda t, v, d: ["generate.py", "--dalle_path", d, "--text", "a", "--compile", "--no_cache"],
         ["--compile", "--no_cache"],
     ),
+    # issue [2/6]: the classes closed by one mechanism (tests/faults/test_input_classes.py has every flag)
+    (
+        "generate_nan_guidance",
+        lambda t, v, d: ["generate.py", "--dalle_path", d, "--text", "a", "--cond_scale", "nan"],
+        ["--cond_scale", "finite"],
+    ),
+    (
+        "vae_infinite_learning_rate",
+        lambda t, v, d: [*VAE, "--learning_rate", "inf"],
+        ["--learning_rate", "finite"],
+    ),
+    (
+        "generate_edited_checkpoint",
+        lambda t, v, d: ["generate.py", "--dalle_path", edited(d, t), "--text", "a"],
+        ["meta.json does not match its checksum", "damaged or was edited"],
+    ),
+    (
+        "dalle_resume_with_another_shape",
+        lambda t, v, d: [
+            "train_dalle.py",
+            "--output",
+            copied(d, t),
+            "--resume",
+            "--dim",
+            "64",
+            "--depth",
+            "3",
+        ],
+        ["--resume continues", "--dim 64 (it has 32)", "--depth 3 (it has 2)"],
+    ),
+    (
+        "dalle_output_inside_a_file",
+        lambda t, v, d: [*DALLE, "--vae_path", v, "--output", touch(t / "f") / "run"],
+        ["--output", "is a file"],
+    ),
 ]
 
 
@@ -192,6 +227,23 @@ def mkdir(path: Path) -> Path:
 def touch(path: Path) -> Path:
     path.write_text("not a folder\n")
     return path
+
+
+def copied(run: Path, tmp: Path) -> Path:
+    copy = tmp / "copy"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def edited(run: Path, tmp: Path) -> Path:
+    """A copy of a DALL-E run whose final meta.json says twice the width its weights have."""
+    import json
+
+    meta_file = copied(run, tmp) / "final" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["model"]["dim"] *= 2
+    meta_file.write_text(json.dumps(meta))
+    return meta_file.parent
 
 
 def corrupt(run: Path, tmp: Path) -> Path:

@@ -70,10 +70,9 @@ def member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def test_shards_with_broken_samples_a_truncated_tar_and_a_missing_shard(tmp_path, vae):
+def broken_shards(data: Path) -> int:
     """Shards 0-3 of 10 samples each (4 broken images, an empty and a missing caption among them), shard 3
-    cut off inside its 6th image, shard 4 missing: the good samples are counted here as they are written."""
-    data = tmp_path / "shards"
+    cut off inside its 6th image, shard 4 missing; returns the good samples, counted as they are written."""
     data.mkdir()
     good = 0
     for s in range(4):
@@ -90,6 +89,13 @@ def test_shards_with_broken_samples_a_truncated_tar_and_a_missing_shard(tmp_path
             with tarfile.open(path) as tar:
                 cut = tar.getmember("035.png").offset_data + 40
             path.write_bytes(path.read_bytes()[:cut])
+    return good
+
+
+def test_shards_with_broken_samples_a_truncated_tar_and_a_missing_shard(tmp_path, vae):
+    """The shards of ``broken_shards``: the good samples are trained on, the rest named by kind."""
+    data = tmp_path / "shards"
+    good = broken_shards(data)
     assert good == 29  # of 35 samples readable enough to count: batches of 5 take every one
     stdout, meta = train(
         vae, data / "part-{0..4}.tar", tmp_path / "run", "--wds", "png,txt", "--batch_size", "5"
@@ -100,3 +106,33 @@ def test_shards_with_broken_samples_a_truncated_tar_and_a_missing_shard(tmp_path
     assert "skipped (empty caption)" in stdout, stdout
     assert f"data: trained on {good} samples" in stdout, stdout
     assert meta["samples_trained"] == good
+
+
+def skipped_by_kind(run: Path) -> dict[str, int]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return next(r["skipped_by_kind"] for r in records if "skipped_by_kind" in r)
+
+
+def test_two_ranks_report_the_jobs_skipped_samples_not_one_ranks(tmp_path, vae):
+    """Each rank reads its own part of the shards: the counts logged at the end are the job's, equal to
+    one process's over the same data. Here rank 1's stream starts with the missing shard: its first batch
+    is all broken, and the next good one stands in for it (this once stopped the job)."""
+    from conftest import launch_2_ranks
+
+    data = tmp_path / "shards"
+    broken_shards(data)
+    flags = ["--vae_path", vae, "--image_text_folder", data / "part-{0..4}.tar", "--wds", "png,txt", *FLAGS]
+    run_cmd(
+        [sys.executable, ROOT / "train_dalle.py", *flags, "--batch_size", "4", "--output", tmp_path / "one"]
+    )
+    proc = run_cmd(
+        launch_2_ranks(
+            "torchrun", "train_dalle.py", *flags, "--batch_size", "2", "--output", tmp_path / "two"
+        )
+    )
+    one, two = skipped_by_kind(tmp_path / "one"), skipped_by_kind(tmp_path / "two")
+    # every rank reads a piece of the truncated shard: it is one shard, not one per rank
+    assert one == {"broken image": 4, "empty caption": 1, "missing caption": 1, "missing shard": 1,
+                   "truncated shard": 1}, one  # fmt: skip
+    assert two == one
+    assert "data: skipped (all 2 ranks): broken image: 4" in proc.stdout, proc.stdout

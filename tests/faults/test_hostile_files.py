@@ -16,6 +16,8 @@ import pytest
 import torch
 from conftest import ROOT, TINY_DALLE, run_cmd, train_tiny_vae
 
+from dalle_dist.checkpoint import meta_digest
+
 FLAGS = [*TINY_DALLE.split(), "--batch_size", "8", "--sample_every", "1000", "--save_every_n_steps", "2"]
 
 
@@ -34,6 +36,7 @@ def forge(checkpoint: Path, name: str, data: bytes) -> None:
     (checkpoint / name).write_bytes(data)
     meta = json.loads((checkpoint / "meta.json").read_text())
     meta["checksums"][name] = hashlib.sha256(data).hexdigest()
+    meta["meta_sha256"] = meta_digest(meta)
     (checkpoint / "meta.json").write_text(json.dumps(meta))
 
 

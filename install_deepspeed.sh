@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install DeepSpeed 0.19.8 against the torch already installed in this Python.
-# Usage: scripts/install_deepspeed.sh [PYTHON]
+# Usage: sh install_deepspeed.sh [PYTHON]   (as DALLE-pytorch's README runs it; bash works too)
 #
 # With a CUDA build of torch and nvcc the optimizer ops are compiled now (fused Adam, CPU Adam for offload);
 # elsewhere only the shared-memory comm op is (the first distributed run would otherwise JIT-compile it,
 # ~80 s). --no-build-isolation lets the build see torch (else it records torch "0.0").
+# POSIX sh (dash) lacks pipefail: re-run under bash, which every machine this installs on has
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 PYTHON=${1:-python}
 
