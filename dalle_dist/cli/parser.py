@@ -13,27 +13,13 @@ import argparse
 import difflib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
 from ..errors import UserError
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def finite_float(text: str) -> float:
@@ -48,32 +34,26 @@ def finite_float(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    value = finite_float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _bounded(name: str, convert: Callable[[str], Any], within: Callable[[Any], bool], words: str):
+    """A flag type: ``convert``, then refuse a value outside ``within`` ("must be <words>"). ``name`` is
+    what argparse shows for text ``convert`` cannot read ("invalid positive_int value: 'x'")."""
+
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not within(value):
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def nonneg_float(text: str) -> float:
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = finite_float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    value = finite_float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+positive_int = _bounded("positive_int", int, lambda v: v >= 1, "a positive integer")
+nonneg_int = _bounded("nonneg_int", int, lambda v: v >= 0, ">= 0")
+positive_float = _bounded("positive_float", finite_float, lambda v: v > 0, "> 0")
+nonneg_float = _bounded("nonneg_float", finite_float, lambda v: v >= 0, ">= 0")
+fraction = _bounded("fraction", finite_float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+unit_interval = _bounded("unit_interval", finite_float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 
 
 def output_folder(text: str) -> Path:
