@@ -44,6 +44,7 @@ setup(
         "tokenizers>=0.15",
         "webdataset>=0.2.90,<2",  # shards: gopen, tar member naming, ShardWriter (braceexpand comes with it)
         "scipy>=1.10",  # evaluate.py: the matrix square root of the Fréchet distance
+        "diffusers>=0.30",  # DALL-E 2: the noise schedules and samplers, and the decoder's UNet
     ],
     extras_require=EXTRAS,
     license="MIT",

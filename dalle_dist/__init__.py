@@ -1,14 +1,26 @@
-"""dalle_dist: train a discrete VAE and DALL-E, rank samples with CLIP, on one CPU or many GPUs."""
+"""dalle_dist: train a discrete VAE, DALL-E and DALL-E 2, rank samples with CLIP, on one CPU or many GPUs."""
 
 from .models import CLIP, DALLE, DALLEConfig, DiscreteVAE, OpenAIDiscreteVAE, VQGanVAE
 from .text import ByteTokenizer
+
+
+def __getattr__(name: str):
+    if name in ("DiffusionPrior", "Decoder", "DALLE2"):  # DALL-E 2: loaded on first use (diffusers)
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 __all__ = [
     "CLIP",
     "DALLE",
+    "DALLE2",
     "ByteTokenizer",
     "DALLEConfig",
+    "Decoder",
+    "DiffusionPrior",
     "DiscreteVAE",
     "OpenAIDiscreteVAE",
     "VQGanVAE",

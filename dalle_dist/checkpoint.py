@@ -1,10 +1,12 @@
 """Self-describing, atomically written checkpoints, the run directory that holds them, and the loaders
-that rebuild a trained model from one (``load_vae``, ``load_dalle``, ``load_clip``).
+that rebuild a trained model from one (``load_vae``, ``load_dalle``, ``load_clip``, and DALL-E 2's
+``load_prior``, ``load_decoder``).
 
 Everything that reads or writes a checkpoint (the trainers, generation, evaluation, conversion, the token
 cache) goes through this module. A checkpoint is a folder:
 
-    meta.json              format + version, kind ("vae" | "dalle" | "clip"), model config, VAE
+    meta.json              format + version, kind ("vae" | "dalle" | "clip" | "prior" | "decoder"),
+                           model config (a prior's or decoder's CLIP config under "clip"), VAE
                            description, data description, step, a SHA-256 of every other file, and
                            one of its own content (``meta_sha256``): an edited description is caught
                            as surely as damaged weights
@@ -254,9 +256,21 @@ class Checkpoint:
             raise UserError(f"{file} is damaged ({e}): resume from another checkpoint") from None
 
 
-_NAME = {"vae": "VAE", "dalle": "DALL-E", "clip": "CLIP"}
-_WRITER = {"vae": "train_vae.py", "dalle": "train_dalle.py", "clip": "train_clip.py"}
-_FLAG_OF = {"vae": "--vae_path", "dalle": "--dalle_path", "clip": "--clip_path"}
+_NAME = {"vae": "VAE", "dalle": "DALL-E", "clip": "CLIP", "prior": "prior", "decoder": "decoder"}
+_WRITER = {
+    "vae": "train_vae.py",
+    "dalle": "train_dalle.py",
+    "clip": "train_clip.py",
+    "prior": "train_prior.py",
+    "decoder": "train_decoder.py",
+}
+_FLAG_OF = {
+    "vae": "--vae_path",
+    "dalle": "--dalle_path",
+    "clip": "--clip_path",
+    "prior": "--prior_path",
+    "decoder": "--decoder_path",
+}
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = True) -> Checkpoint:
@@ -373,7 +387,34 @@ def load_clip(path: str | Path) -> tuple[CLIP, Tokenizer, Checkpoint]:
     with _described("CLIP", ckpt.path):
         clip = CLIP(**ckpt.meta["model"])
     load_weights(clip, ckpt.weights(), ckpt.path)
-    return clip, _tokenizer_of(ckpt), ckpt
+    clip.tokenizer = _tokenizer_of(ckpt)  # so that DALLE2(clip, ...) takes captions as strings
+    return clip, clip.tokenizer, ckpt
+
+
+def load_prior(path: str | Path) -> tuple[nn.Module, Tokenizer, Checkpoint]:
+    """The trained DiffusionPrior (with the frozen CLIP it carries) and tokenizer of a prior checkpoint."""
+    from .models.prior import DiffusionPrior  # DALL-E 2 imports diffusers: only when one is loaded
+
+    return _load_on_clip(path, "prior", DiffusionPrior)
+
+
+def load_decoder(path: str | Path) -> tuple[nn.Module, Tokenizer, Checkpoint]:
+    """The trained Decoder (with the frozen CLIP it carries) and tokenizer of a decoder checkpoint."""
+    from .models.decoder import Decoder
+
+    return _load_on_clip(path, "decoder", Decoder)
+
+
+def _load_on_clip(
+    path: str | Path, kind: str, cls: type[nn.Module]
+) -> tuple[nn.Module, Tokenizer, Checkpoint]:
+    """A DALL-E 2 part: its CLIP from ``meta["clip"]``, itself from ``meta["model"]``, then the weights."""
+    ckpt = load_checkpoint(path, kind=kind)
+    with _described(_NAME[kind], ckpt.path):
+        model = cls(CLIP(**ckpt.meta["clip"]), **ckpt.meta["model"])
+    load_weights(model, ckpt.weights(), ckpt.path)
+    model.clip.tokenizer = model.tokenizer = _tokenizer_of(ckpt)
+    return model, model.tokenizer, ckpt
 
 
 def _tokenizer_of(ckpt: Checkpoint) -> Tokenizer:

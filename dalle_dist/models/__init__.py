@@ -1,5 +1,5 @@
-"""Models: DiscreteVAE, the pretrained VAE adapters, DALLE, CLIP and their building blocks. No training or
-distributed code here."""
+"""Models: DiscreteVAE, the pretrained VAE adapters, DALLE, CLIP and their building blocks; DALL-E 2's
+DiffusionPrior, Decoder and DALLE2. No training or distributed code here."""
 
 from .clip import CLIP
 from .dalle import DALLE
@@ -7,4 +7,26 @@ from .dalle_config import DALLEConfig
 from .pretrained import OpenAIDiscreteVAE, VQGanVAE
 from .vae import DiscreteVAE
 
-__all__ = ["CLIP", "DALLE", "DALLEConfig", "DiscreteVAE", "OpenAIDiscreteVAE", "VQGanVAE"]
+# DALL-E 2's modules import diffusers (~3 s): loaded on first use, so DALL-E 1's scripts never pay for it
+_LAZY = {"DiffusionPrior": ".prior", "Decoder": ".decoder", "DALLE2": ".dalle2"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CLIP",
+    "DALLE",
+    "DALLE2",
+    "DALLEConfig",
+    "Decoder",
+    "DiffusionPrior",
+    "DiscreteVAE",
+    "OpenAIDiscreteVAE",
+    "VQGanVAE",
+]

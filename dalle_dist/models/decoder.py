@@ -1,0 +1,193 @@
+"""DALL-E 2's decoder (Ramesh et al. 2022, section 2.1): a CLIP image embedding (and the caption) -> an
+image, by diffusion in pixel space.
+
+The network is diffusers' ``UNet2DConditionModel`` built from this module's arguments (so a checkpoint is
+our JSON + safetensors, nothing pickled): the CLIP image embedding is projected and added to the timestep
+embedding, and also becomes ``num_image_tokens`` context tokens beside the caption's tokens, which the
+attention blocks at the lower resolutions attend to. Classifier-free guidance: the image embedding is
+dropped with ``image_cond_drop_prob`` (10 %) and the caption with ``text_cond_drop_prob`` (50 %) during
+training, as in the paper. The frozen CLIP inside gives the image embeddings while training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from torch import Tensor, nn
+
+from .clip import CLIP
+from .diffusion import Diffusion
+from .prior import clip_sizes
+
+
+class Decoder(nn.Module):
+    """Images ``[B, C, S, S]`` in [0, 1] from unit-norm CLIP image embeddings ``[B, D]`` (and captions)."""
+
+    def __init__(
+        self,
+        clip: CLIP,
+        *,
+        image_size: int = 32,
+        channels: int = 3,
+        dim: int = 64,
+        dim_mults: tuple[int, ...] = (1, 2, 2),
+        layers_per_block: int = 1,
+        cond_dim: int = 128,
+        attention_head_dim: int = 32,
+        num_image_tokens: int = 4,
+        timesteps: int = 1000,
+        image_cond_drop_prob: float = 0.1,
+        text_cond_drop_prob: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if image_size < 8 or image_size & (image_size - 1):
+            raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+        if image_size % 2 ** (len(dim_mults) - 1):
+            raise ValueError(f"image_size {image_size} is too small for {len(dim_mults)} resolutions")
+        dim_mults = tuple(dim_mults)
+        self._config = dict(
+            image_size=image_size,
+            channels=channels,
+            dim=dim,
+            dim_mults=list(dim_mults),
+            layers_per_block=layers_per_block,
+            cond_dim=cond_dim,
+            attention_head_dim=attention_head_dim,
+            num_image_tokens=num_image_tokens,
+            timesteps=timesteps,
+            image_cond_drop_prob=image_cond_drop_prob,
+            text_cond_drop_prob=text_cond_drop_prob,
+        )
+        sizes = clip_sizes(clip)
+        self.image_size, self.channels = image_size, channels
+        self.embed_dim, self.text_seq_len = sizes["image_embed_dim"], sizes["text_seq_len"]
+        self.embed_scale = self.embed_dim**0.5
+        self.image_cond_drop_prob, self.text_cond_drop_prob = image_cond_drop_prob, text_cond_drop_prob
+        self.num_image_tokens, self.cond_dim = num_image_tokens, cond_dim
+        self.clip = clip.requires_grad_(False)
+        self.diffusion = Diffusion(timesteps, prediction="v_prediction")
+
+        widths = tuple(dim * m for m in dim_mults)
+        # attention (with the context tokens) at every resolution below the full one
+        down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(widths) - 1)
+        up = ("CrossAttnUpBlock2D",) * (len(widths) - 1) + ("UpBlock2D",)
+        self.unet = UNet2DConditionModel(
+            sample_size=image_size,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=widths,
+            layers_per_block=layers_per_block,
+            down_block_types=down,
+            up_block_types=up,
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            cross_attention_dim=cond_dim,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=min(32, dim),
+            class_embed_type="projection",  # the image embedding, added to the timestep embedding
+            projection_class_embeddings_input_dim=self.embed_dim,
+        )
+        self.token_emb = nn.Embedding(sizes["num_text_tokens"], cond_dim)
+        self.text_pos_emb = nn.Parameter(torch.randn(self.text_seq_len, cond_dim) * 0.02)
+        self.to_image_tokens = nn.Linear(self.embed_dim, cond_dim * num_image_tokens)
+        self.null_image_embed = nn.Parameter(torch.zeros(self.embed_dim))
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments besides the CLIP (which checkpoints describe on their own)."""
+        return dict(self._config)
+
+    # ------------------------------------------------------------------------------------------- network
+    def predict(
+        self, x_t: Tensor, t: Tensor, image_embed: Tensor, text: Tensor, keep_image: Tensor, keep_text: Tensor
+    ) -> Tensor:
+        """The network's v-prediction for noised images ``x_t`` in [-1, 1] at steps ``t``."""
+        b = x_t.shape[0]
+        embed = torch.where(keep_image[:, None], image_embed * self.embed_scale, self.null_image_embed)
+        image_tokens = self.to_image_tokens(embed).view(b, self.num_image_tokens, self.cond_dim)
+        text_tokens = self.token_emb(text) + self.text_pos_emb[: text.shape[1]]
+        context = torch.cat([image_tokens, text_tokens], dim=1)
+        # padding and dropped captions are masked out; the image tokens are always there to attend to
+        mask = torch.cat(
+            [
+                torch.ones(b, self.num_image_tokens, dtype=torch.bool, device=x_t.device),
+                (text != 0) & keep_text[:, None],
+            ],
+            dim=1,
+        )
+        return self.unet(
+            x_t, t, encoder_hidden_states=context, class_labels=embed, encoder_attention_mask=mask
+        ).sample
+
+    @torch.no_grad()
+    def image_embeddings(self, images: Tensor) -> Tensor:
+        """The frozen CLIP's unit-norm embeddings of ``images`` in [0, 1]."""
+        return self.clip.embed_image(images)
+
+    def _text(self, text: Tensor | None, b: int, device: torch.device) -> Tensor:
+        return torch.zeros(b, 1, dtype=torch.long, device=device) if text is None else text
+
+    # -------------------------------------------------------------------------------------------- train
+    def forward(
+        self,
+        images: Tensor,
+        text: Tensor | None = None,
+        *,
+        image_embed: Tensor | None = None,
+        return_loss: bool = True,
+    ) -> Tensor:
+        """The decoder's loss for ``images`` [B, C, S, S] in [0, 1] (and their captions)."""
+        if not return_loss:
+            raise ValueError(
+                "Decoder(images, text) returns the loss; decoder.sample(image_embed, text) samples"
+            )
+        if images.shape[1:] != (self.channels, self.image_size, self.image_size):
+            raise ValueError(
+                f"the decoder takes images [B, {self.channels}, {self.image_size}, {self.image_size}], got "
+                f"{tuple(images.shape)}"
+            )
+        b, device = images.shape[0], images.device
+        image_embed = self.image_embeddings(images) if image_embed is None else image_embed
+        text = self._text(text, b, device)
+        x0 = images * 2 - 1
+        noise = torch.randn_like(x0)
+        t = self.diffusion.random_timesteps(b, device)
+        if self.training:
+            keep_image = torch.rand(b, device=device) >= self.image_cond_drop_prob
+            keep_text = torch.rand(b, device=device) >= self.text_cond_drop_prob
+        else:
+            keep_image = keep_text = torch.ones(b, dtype=torch.bool, device=device)
+        pred = self.predict(
+            self.diffusion.add_noise(x0, noise, t), t, image_embed, text, keep_image, keep_text
+        )
+        return F.mse_loss(pred.float(), self.diffusion.target(x0, noise, t).float())
+
+    # ------------------------------------------------------------------------------------------- sample
+    @torch.no_grad()
+    def sample(
+        self,
+        image_embed: Tensor,
+        text: Tensor | None = None,
+        *,
+        cond_scale: float = 1.0,
+        steps: int | None = 50,
+        sampler: str = "ddim",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Images ``[B, C, S, S]`` in [0, 1] for CLIP image embeddings (and captions); ``cond_scale`` is
+        the classifier-free guidance scale (the unconditional model sees neither)."""
+        b, device = image_embed.shape[0], image_embed.device
+        text = self._text(text, b, device)
+        yes, no = (
+            torch.ones(b, dtype=torch.bool, device=device),
+            torch.zeros(b, dtype=torch.bool, device=device),
+        )
+        cond = {"image_embed": image_embed, "text": text, "keep_image": yes, "keep_text": yes}
+        uncond = {**cond, "keep_image": no, "keep_text": no}
+        shape = (b, self.channels, self.image_size, self.image_size)
+        x0 = self.diffusion.sample_guided(
+            self.predict, shape, cond, uncond, cond_scale=cond_scale, device=device, steps=steps,
+            sampler=sampler, generator=generator,
+        )  # fmt: skip
+        return ((x0.clamp(-1, 1) + 1) / 2).to(image_embed.dtype)

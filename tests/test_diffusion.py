@@ -1,0 +1,211 @@
+"""DALL-E 2's models at tiny sizes (issue [3/6], first step): the noise schedule's closed forms, the
+samplers against each other and against a known distribution, classifier-free guidance, the losses falling,
+the Python API, and checkpoints that round-trip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers", reason="diffusers is a dependency of dalle_dist: pip install -e .")
+
+from dalle_dist import CLIP, DALLE2, ByteTokenizer, Decoder, DiffusionPrior
+from dalle_dist.checkpoint import load_decoder, load_prior, save_checkpoint
+from dalle_dist.errors import UserError
+from dalle_dist.models.diffusion import Diffusion, guided
+
+TOKENIZER = ByteTokenizer()
+CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
+COLOURS = [(1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 1.0, 0.0)]
+
+
+def tiny_clip(dim_latent: int = 16) -> CLIP:
+    torch.manual_seed(0)
+    return CLIP(dim_text=32, dim_image=32, dim_latent=dim_latent, num_text_tokens=TOKENIZER.vocab_size,
+                text_enc_depth=1, text_seq_len=24, text_heads=2, visual_enc_depth=1, visual_heads=2,
+                visual_image_size=16, visual_patch_size=4, dim_head=16)  # fmt: skip
+
+
+def tiny_prior(clip: CLIP) -> DiffusionPrior:
+    return DiffusionPrior(clip, dim=32, depth=2, heads=2, timesteps=100)
+
+
+def tiny_decoder(clip: CLIP) -> Decoder:
+    return Decoder(clip, image_size=16, dim=16, dim_mults=(1, 2), cond_dim=32, attention_head_dim=16,
+                   num_image_tokens=2, timesteps=100)  # fmt: skip
+
+
+def tiny_set() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four captions and their flat-coloured 16 px images."""
+    images = torch.stack([torch.tensor(c)[:, None, None].expand(3, 16, 16) for c in COLOURS])
+    return TOKENIZER.tokenize(CAPTIONS, 24), images.clone()
+
+
+# --------------------------------------------------------------------------------------------- schedule
+
+
+def test_the_cosine_schedule_and_q_sample_in_closed_form():
+    diffusion = Diffusion(1000, prediction="v_prediction")
+    abar = diffusion.alphas_cumprod.double()
+    assert (abar[1:] < abar[:-1]).all() and 0 < abar[-1] < abar[0] <= 1  # monotone, from ~1 to ~0
+
+    def f(t: float, s: float = 0.008) -> float:  # Nichol & Dhariwal 2021, eq. 17
+        return math.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+
+    for t in (0, 10, 250, 500, 900):
+        assert abar[t].item() == pytest.approx(f((t + 1) / 1000) / f(0), rel=1e-4)
+
+    x0, noise = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
+    t = torch.tensor([0, 100, 500, 900, 999])
+    a = abar[t][:, None]
+    torch.testing.assert_close(diffusion.add_noise(x0, noise, t), a.sqrt() * x0 + (1 - a).sqrt() * noise)
+    torch.testing.assert_close(diffusion.target(x0, noise, t), a.sqrt() * noise - (1 - a).sqrt() * x0)
+    assert torch.equal(Diffusion(10, "sample").target(x0, noise, t % 10), x0)
+    assert torch.equal(Diffusion(10, "epsilon").target(x0, noise, t % 10), noise)
+    with pytest.raises(ValueError, match="prediction must be"):
+        Diffusion(10, "x_start")
+    with pytest.raises(ValueError, match="sampler must be"):
+        diffusion.sampler("euler")
+
+
+def gaussian_denoiser(diffusion: Diffusion, mean: float, std: float):
+    """The exact E[x_0 | x_t] when x_0 ~ N(mean, std²) per dimension (a "sample" prediction)."""
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = diffusion.alphas_cumprod.to(x.dtype)[t][:, None]
+        gain = a.sqrt() * std**2 / (a * std**2 + 1 - a)
+        return mean + gain * (x - a.sqrt() * mean)
+
+    return predict
+
+
+def test_samplers_draw_the_known_distribution_and_ddim_eta_1_matches_ddpm():
+    """With the exact denoiser of N(1.5, 0.5²): DDPM's ancestral path over every step and DDIM with η = 1
+    over every step give the same mean and spread; DDIM (η = 0) and DPM-Solver++ in 25 steps too."""
+    diffusion = Diffusion(200, prediction="sample")
+    model = gaussian_denoiser(diffusion, 1.5, 0.5)
+    drawn = {}
+    for name, sampler, steps, eta in (("ddpm", "ddpm", 200, 0.0), ("ddim_eta1", "ddim", 200, 1.0),
+                                      ("ddim", "ddim", 25, 0.0), ("dpm", "dpm", 25, 0.0)):  # fmt: skip
+        g = torch.Generator().manual_seed(0)
+        x = diffusion.sample(model, (4000, 2), device=torch.device("cpu"), steps=steps, sampler=sampler,
+                             eta=eta, generator=g)  # fmt: skip
+        drawn[name] = (x.mean().item(), x.std().item())
+    for name, (mean, std) in drawn.items():
+        assert mean == pytest.approx(1.5, abs=0.03) and std == pytest.approx(0.5, abs=0.03), (name, drawn)
+    assert drawn["ddim_eta1"][0] == pytest.approx(drawn["ddpm"][0], abs=0.03)
+    assert drawn["ddim_eta1"][1] == pytest.approx(drawn["ddpm"][1], abs=0.03)
+
+
+def test_guidance_mixes_the_two_predictions_and_scale_1_is_the_conditional_model():
+    calls = []
+
+    def model(x, t, keep):
+        calls.append(len(x))
+        return torch.where(keep[:, None], torch.full_like(x, 3.0), torch.full_like(x, 1.0))
+
+    x, t = torch.zeros(2, 4), torch.zeros(2, dtype=torch.long)
+    cond, uncond = {"keep": torch.ones(2, dtype=torch.bool)}, {"keep": torch.zeros(2, dtype=torch.bool)}
+    assert torch.equal(guided(model, 2.5)(x, t, cond, uncond), torch.full((2, 4), 1.0 + 2.5 * 2.0))
+    assert torch.equal(guided(model, 1.0)(x, t, cond, uncond), torch.full((2, 4), 3.0))
+    assert calls == [4, 2]  # guided: one doubled batch; scale 1: the conditional half alone
+
+    prior = tiny_prior(tiny_clip()).eval()
+    text, _ = tiny_set()
+    with torch.no_grad():
+        text_embed = prior.clip.embed_text(text)
+    keep = torch.ones(len(text), dtype=torch.bool)
+    direct = prior.diffusion.sample(
+        lambda x, t: prior.predict(x, t, text, text_embed, keep), (len(text), prior.embed_dim),
+        device=torch.device("cpu"), steps=10, generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    sampled = prior.sample(text, cond_scale=1.0, steps=10, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(sampled, torch.nn.functional.normalize(direct, dim=-1))
+    guided_2 = prior.sample(text, cond_scale=2.0, steps=10, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(sampled, guided_2)
+
+
+# ------------------------------------------------------------------------------------------ the models
+
+
+def mean_loss(model, *args, repeats: int = 6) -> float:
+    model.eval()  # no condition dropped: the same draws before and after training
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return sum(float(model(*args)) for _ in range(repeats)) / repeats
+
+
+@pytest.mark.parametrize("part", ["prior", "decoder"])
+def test_the_losses_fall_on_a_tiny_set(part):
+    clip = tiny_clip()
+    text, images = tiny_set()
+    model = tiny_prior(clip) if part == "prior" else tiny_decoder(clip)
+    args = (text, images) if part == "prior" else (images, text)
+    before = mean_loss(model, *args)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(100):
+        optimizer.zero_grad()
+        model(*args).backward()
+        optimizer.step()
+    after = mean_loss(model, *args)
+    assert after < 0.6 * before, (before, after)
+    assert all(p.grad is None for p in model.clip.parameters()), "the CLIP inside stays frozen"
+
+
+def test_the_prior_reports_cosine_beside_the_text_baseline():
+    prior = tiny_prior(tiny_clip())
+    text, images = tiny_set()
+    loss, parts = prior(text, images, return_parts=True)
+    assert loss.ndim == 0 and set(parts) == {"cosine", "text_cosine"}
+    assert all(-1 <= float(v) <= 1 for v in parts.values())
+
+
+def test_the_python_api_example():
+    clip = tiny_clip()
+    prior, decoder = tiny_prior(clip), tiny_decoder(clip)
+    dalle2 = DALLE2(clip, prior, decoder, tokenizer=TOKENIZER)
+    dalle2.val_mode()
+    images = dalle2((3, 16, 16), text="a small red circle on a black background", cf_guidance_scale=2.0,
+                    steps=8, prior_steps=8)  # fmt: skip
+    assert images.shape == (1, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+    images = dalle2(text=["a red circle", "a blue square"], cf_guidance_scale=2.0, steps=8, sampler="dpm")
+    assert images.shape == (2, 3, 16, 16)
+    text, _ = tiny_set()
+    embeds = prior.sample(text, steps=8)
+    assert embeds.shape == (4, 16) and torch.allclose(embeds.norm(dim=-1), torch.ones(4))
+    assert decoder.sample(embeds, text, steps=8).shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"makes images of shape \(3, 16, 16\)"):
+        dalle2((3, 32, 32), text="a red circle")
+    with pytest.raises(ValueError, match="CLIP embeddings of size 16"):
+        DALLE2(tiny_clip(dim_latent=8), prior, decoder)
+    with pytest.raises(ValueError, match="need the CLIP's tokenizer"):
+        DALLE2(clip, prior, decoder)(text="a red circle")
+    with pytest.raises(ValueError, match="power of two"):
+        Decoder(clip, image_size=24)
+
+
+@pytest.mark.parametrize("part", ["prior", "decoder"])
+def test_checkpoints_round_trip_and_refuse_the_other_kind(tmp_path, part):
+    clip = tiny_clip()
+    model = tiny_prior(clip) if part == "prior" else tiny_decoder(clip)
+    meta = {"model": model.config(), "clip": clip.config()}
+    folder = save_checkpoint(tmp_path / part, kind=part, meta=meta, module=model, tokenizer=TOKENIZER)
+    loaded, tokenizer, _ = (load_prior if part == "prior" else load_decoder)(folder)
+    assert type(loaded) is type(model) and tokenizer.vocab_size == TOKENIZER.vocab_size
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    dalle2 = DALLE2(loaded.clip, *((loaded, tiny_decoder(loaded.clip)) if part == "prior" else
+                                   (tiny_prior(loaded.clip), loaded)))  # fmt: skip
+    assert dalle2(text="a red circle", steps=2, prior_steps=2).shape == (
+        1,
+        3,
+        16,
+        16,
+    )  # its tokenizer rode along
+    other = load_decoder if part == "prior" else load_prior
+    with pytest.raises(UserError, match=f"is a {part} checkpoint, but --"):
+        other(folder)
