@@ -30,7 +30,15 @@ FLOORS: list[set[str]] = [
 ]
 FLOOR_OF = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 # the scripts sit above every floor and may import anything
-SCRIPTS = ("train_vae.py", "train_dalle.py", "train_clip.py", "generate.py", "evaluate.py")
+SCRIPTS = (
+    "train_vae.py",
+    "train_dalle.py",
+    "train_clip.py",
+    "train_prior.py",
+    "train_decoder.py",
+    "generate.py",
+    "evaluate.py",
+)
 
 
 def module_name(path: Path) -> str:

@@ -136,8 +136,10 @@ class Decoder(nn.Module):
         *,
         image_embed: Tensor | None = None,
         return_loss: bool = True,
+        seeds: Tensor | None = None,
     ) -> Tensor:
-        """The decoder's loss for ``images`` [B, C, S, S] in [0, 1] (and their captions)."""
+        """The decoder's loss for ``images`` [B, C, S, S] in [0, 1] (and their captions); ``seeds`` [B]:
+        each sample's noise, step and condition dropout from its own seed (``Diffusion.training_draws``)."""
         if not return_loss:
             raise ValueError(
                 "Decoder(images, text) returns the loss; decoder.sample(image_embed, text) samples"
@@ -151,13 +153,9 @@ class Decoder(nn.Module):
         image_embed = self.image_embeddings(images) if image_embed is None else image_embed
         text = self._text(text, b, device)
         x0 = images * 2 - 1
-        noise = torch.randn_like(x0)
-        t = self.diffusion.random_timesteps(b, device)
-        if self.training:
-            keep_image = torch.rand(b, device=device) >= self.image_cond_drop_prob
-            keep_text = torch.rand(b, device=device) >= self.text_cond_drop_prob
-        else:
-            keep_image = keep_text = torch.ones(b, dtype=torch.bool, device=device)
+        noise, t, uniforms = self.diffusion.training_draws(x0, 2, seeds)
+        keep_image = uniforms[:, 0] >= (self.image_cond_drop_prob if self.training else 0.0)
+        keep_text = uniforms[:, 1] >= (self.text_cond_drop_prob if self.training else 0.0)
         pred = self.predict(
             self.diffusion.add_noise(x0, noise, t), t, image_embed, text, keep_image, keep_text
         )

@@ -45,8 +45,29 @@ class Diffusion:
         """ᾱ_t for t = 0 .. timesteps - 1 (decreasing from ~1 to ~0)."""
         return self.scheduler.alphas_cumprod
 
-    def random_timesteps(self, batch: int, device: torch.device) -> Tensor:
-        return torch.randint(0, self.timesteps, (batch,), device=device)
+    def training_draws(
+        self, x0: Tensor, uniforms: int, seeds: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """A training step's randomness for ``x0`` ``[B, ...]``: noise like it, timesteps ``[B]`` and
+        ``uniforms`` numbers in [0, 1) per sample (condition dropout). With ``seeds`` ``[B]`` each
+        sample's draws come from its own seed, so they do not depend on how a batch is split over ranks
+        (2 ranks x b then train as 1 x 2b); without, from the global generator."""
+        b, device = x0.shape[0], x0.device
+        if seeds is None:
+            t = torch.randint(0, self.timesteps, (b,), device=device)
+            return torch.randn_like(x0), t, torch.rand(b, uniforms, device=device)
+        noise, t, u = [], [], []
+        for seed in seeds.tolist():
+            g = torch.Generator().manual_seed(int(seed))
+            t.append(torch.randint(0, self.timesteps, (), generator=g))
+            noise.append(torch.randn(x0.shape[1:], generator=g))
+            u.append(torch.rand(uniforms, generator=g))
+        move = {"device": device}
+        return (
+            torch.stack(noise).to(dtype=x0.dtype, **move),
+            torch.stack(t).to(**move),
+            torch.stack(u).to(**move),
+        )
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """q(x_t | x_0): ``sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) noise``."""

@@ -115,10 +115,12 @@ class DiffusionPrior(nn.Module):
         image_embed: Tensor | None = None,
         return_loss: bool = True,
         return_parts: bool = False,
+        seeds: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The prior's loss for captions ``text`` and their ``image`` ([B, C, H, W] in [0, 1]) or its
         CLIP ``image_embed``. ``return_parts`` adds the cosine similarity of the predicted embedding to
-        the true one, and the text embedding's (the baseline a prior must beat)."""
+        the true one, and the text embedding's (the baseline a prior must beat). ``seeds`` ``[B]``: each
+        sample's noise, step and caption dropout from its own seed (``Diffusion.training_draws``)."""
         if not return_loss:
             raise ValueError("DiffusionPrior(text, image) returns the loss; prior.sample(text) samples")
         text_embed, from_image = self.clip_embeddings(text, image if image_embed is None else None)
@@ -126,13 +128,8 @@ class DiffusionPrior(nn.Module):
         if image_embed is None:
             raise ValueError("DiffusionPrior needs the captions' images or their image embeddings")
         x0 = image_embed * self.embed_scale
-        noise = torch.randn_like(x0)
-        t = self.diffusion.random_timesteps(x0.shape[0], x0.device)
-        keep = (
-            torch.rand(x0.shape[0], device=x0.device) >= self.cond_drop_prob
-            if self.training
-            else (torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device))
-        )
+        noise, t, uniforms = self.diffusion.training_draws(x0, 1, seeds)
+        keep = uniforms[:, 0] >= (self.cond_drop_prob if self.training else 0.0)
         pred = self.predict(self.diffusion.add_noise(x0, noise, t), t, text, text_embed, keep)
         loss = F.mse_loss(pred.float(), self.diffusion.target(x0, noise, t).float())
         if not return_parts:

@@ -1,0 +1,164 @@
+"""What ``train_prior.py`` and ``train_decoder.py`` share: a frozen CLIP from ``--clip_path`` (its tokenizer
+is the run's), the trainers' data and flags, and one ``main`` that builds the part, or takes it back from
+the run's checkpoint on ``--resume`` (or from ``--<kind>_path`` to fine-tune).
+
+The loop, engines, precision flags, trackers, checkpoints, resume, faults and bad-input handling are the
+other trainers' (``training/job.py``); a part's checkpoint carries the CLIP it was trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import RunDirectory, load_checkpoint, load_clip, load_decoder, load_prior
+from ..cli import Flags, Parser, check_tokenizer_flags, positive_float, positive_int
+from ..errors import UserError
+from .captions import CaptionTask, check_captions
+from .flags import add_caption_data_flags, add_common_flags, backend_config, data_config, refuse_changed_flags
+from .job import (
+    load_data,
+    load_validation,
+    parse_flags,
+    prepare_run,
+    resume_point,
+    run_training,
+    seed_everything,
+    start_backend,
+)
+
+LOADERS = {"prior": load_prior, "decoder": load_decoder}
+SCRIPTS = {"prior": "train_prior.py", "decoder": "train_decoder.py"}
+
+
+def build_parser(kind: str, description: str) -> Parser:
+    """The flags both parts take; each adds its model group."""
+    parser = Parser(prog=SCRIPTS[kind], description=description)
+    add_common_flags(parser, f"train_{kind}")
+    src = parser.add_argument_group("inputs")
+    src.add_argument(
+        "--clip_path",
+        type=Path,
+        default=None,
+        help="train_clip.py run or checkpoint: frozen, and its tokenizer",
+    )
+    src.add_argument(f"--{kind}_path", type=Path, default=None, help=f"start from this {kind} (fine-tuning)")
+    add_caption_data_flags(src)
+    g = parser.add_argument_group("training")
+    g.add_argument("--batch_size", type=positive_int, default=16)
+    g.add_argument("--learning_rate", type=positive_float, default=3e-4)
+    g.add_argument("--clip_grad_norm", type=positive_float, default=1.0)
+    g.add_argument("--lr_decay", action="store_true", help="reduce the learning rate on plateaus")
+    g.add_argument(
+        "--sample_steps", type=positive_int, default=25, help="sampler steps of the progress samples (DDIM)"
+    )
+    return parser
+
+
+class DiffusionTask(CaptionTask):
+    """(caption tokens, image, seed) samples for a part built on a frozen CLIP; the checkpoint carries the
+    CLIP. The seed, drawn from the item's own RNG, makes the sample's noise, diffusion step and condition
+    dropout, so that they do not depend on which rank trains the sample."""
+
+    sample_steps = 25
+
+    def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> tuple[Tensor, ...]:
+        text, image = super().make_sample(image, captions, rng)
+        return text, image, torch.tensor(rng.randrange(2**62), dtype=torch.long)
+
+    def collate(self, items: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+        return tuple(torch.stack(parts) for parts in zip(*items, strict=True))
+
+    def checkpoint_args(self) -> dict[str, Any]:
+        meta = {"model": self.model.config(), "clip": self.model.clip.config(), **self.meta}
+        return {"kind": self.kind, "meta": meta, "tokenizer": self.tokenizer}
+
+
+def _model_flags(parser: Parser) -> list[str]:
+    return [a.dest for g in parser._action_groups if g.title == "model" for a in g._group_actions]
+
+
+def main(
+    kind: str,
+    parser: Parser,
+    build: Callable[[nn.Module, Flags, int], nn.Module],
+    task_class: type[DiffusionTask],
+    argv: list[str] | None,
+) -> None:
+    """Train a DALL-E 2 part: ``build(clip, args, image_size)`` makes a new one from the model flags."""
+    args = parse_flags(parser, argv)
+    backend = start_backend(backend_config(args))
+    seed_everything(args.seed)
+    resume = resume_point(args, backend)
+    start = resume or getattr(args, f"{kind}_path")
+    model = ckpt = None
+    if start is not None:  # the part, its CLIP and tokenizer come from the checkpoint
+        model, tokenizer, ckpt = LOADERS[kind](start)
+        clip_source = ckpt.meta.get("clip_source")
+        fixed = {
+            flag: ckpt.meta["model"][flag] for flag in _model_flags(parser) if flag in ckpt.meta["model"]
+        }
+        why = (
+            f"--resume continues {args.output} with the {kind} it built"
+            if resume is not None
+            else f"--{kind}_path {start} fixes the {kind} (fine-tuning keeps its shape)"
+        )
+        refuse_changed_flags(args, fixed, why)
+        given = None if args.clip_path is None else load_checkpoint(args.clip_path, kind="clip").path
+        if given is not None and given.resolve() != Path(clip_source or "").resolve():
+            raise UserError(
+                f"--clip_path {args.clip_path}: the {kind} carries the CLIP it was trained on "
+                f"({clip_source}); drop --clip_path"
+            )
+        clip = model.clip
+    else:
+        if args.clip_path is None:
+            raise UserError(
+                f"{SCRIPTS[kind]} needs --clip_path (a train_clip.py run): the {kind} is built on its "
+                "embeddings and tokenizer"
+            )
+        clip, tokenizer, clip_ckpt = load_clip(args.clip_path)
+        clip_source = str(clip_ckpt.path)
+    check_tokenizer_flags(tokenizer, args, SCRIPTS[kind])  # the flags may only confirm CLIP's
+    image_size = model.image_size if kind == "decoder" and model is not None else None
+    if image_size is not None and args.image_size is not None and args.image_size != image_size:
+        raise UserError(f"--image_size {args.image_size} does not match the decoder's {image_size}: drop it")
+    data = data_config(args, args.image_text_folder, image_size or args.image_size or clip.visual_image_size)
+    dataset = load_data(data, backend)
+    if model is None:
+        try:
+            model = build(clip, args, data.image_size)
+        except ValueError as e:
+            raise UserError(f"model flags: {e}") from None
+    check_captions(dataset, tokenizer, model.text_seq_len, args.truncate_captions)
+    if fine_tuning_into_a_run(args, kind, resume):
+        raise UserError(
+            f"--output {args.output} already holds a run: to continue it use --resume --output "
+            f"{args.output} (--{kind}_path starts a new run from those weights)"
+        )
+    run, flags = prepare_run(args, f"train_{kind}", backend, data, text_seq_len=model.text_seq_len)
+    meta = {"clip_source": clip_source, "data": dataset.describe()}
+    task = task_class(model.to(backend.device), tokenizer, meta, truncate_captions=args.truncate_captions)
+    task.sample_steps = args.sample_steps
+    validation = load_validation(args, data, backend)
+    final = run_training(
+        task, args, backend, run, flags, dataset, ckpt if resume is not None else None, validation=validation
+    )
+    if backend.is_root and final is not None:
+        print(f"{kind} trained: {final}")
+    backend.shutdown()
+
+
+def fine_tuning_into_a_run(args: argparse.Namespace, kind: str, resume: Path | None) -> bool:
+    return (
+        getattr(args, f"{kind}_path") is not None
+        and resume is None
+        and args.output is not None
+        and RunDirectory(args.output).holds_a_run()
+    )

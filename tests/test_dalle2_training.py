@@ -1,0 +1,138 @@
+"""train_prior.py and train_decoder.py end to end at tiny sizes (issue [3/6]): real processes on a trained
+CLIP, checkpoints that DALLE2 samples from, an exact resume, 2 ranks under torchrun equal to one process,
+and bad input as one line."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, launch_2_ranks, run_cmd
+from safetensors.torch import load_file
+
+pytest.importorskip("diffusers", reason="diffusers is a dependency of dalle_dist: pip install -e .")
+
+CLIP = "--dim_text 32 --dim_image 32 --dim_latent 16 --text_enc_depth 1 --visual_enc_depth 1 --text_heads 2 "
+CLIP += "--visual_heads 2 --dim_head 16 --text_seq_len 24 --image_size 16 --visual_patch_size 4 "
+CLIP += "--dataset_size 64 --batch_size 8 --bpe_vocab_size 300 --max_steps 4"
+COMMON_TEXT = "--dataset_size 64 --log_every 1 --sample_every 100 --sample_steps 4 --save_every_n_steps 2"
+PRIOR = "--dim 32 --depth 2 --heads 2 --timesteps 100"
+DECODER = (
+    "--dim 16 --dim_mults 1,2 --cond_dim 32 --attention_head_dim 16 --num_image_tokens 2 --timesteps 100"
+)
+CLIP_FLAGS, COMMON = CLIP.split(), COMMON_TEXT.split()
+PART_FLAGS = {"prior": PRIOR.split(), "decoder": DECODER.split()}
+
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dalle2") / "clip"
+    run_cmd([sys.executable, ROOT / "train_clip.py", *CLIP_FLAGS, "--output", out])
+    return out
+
+
+def train(part: str, clip_run: Path, out: Path, *extra, expect: int = 0, launcher: str | None = None):
+    args = ["--clip_path", clip_run, *PART_FLAGS[part], *COMMON, "--output", out, *extra]
+    if launcher is None:
+        return run_cmd([sys.executable, ROOT / f"train_{part}.py", *args], expect=expect)
+    return run_cmd(launch_2_ranks(launcher, f"train_{part}.py", *args), expect=expect)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def parts(clip_run, tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("parts")
+    runs = {}
+    for part in ("prior", "decoder"):
+        proc = train(part, clip_run, base / part, "--batch_size", "8", "--max_steps", "4")
+        assert f"{part} trained:" in proc.stdout
+        runs[part] = base / part
+    return runs
+
+
+def test_the_parts_train_log_their_figures_and_sample_as_dalle2(parts, clip_run):
+    from dalle_dist import DALLE2
+    from dalle_dist.checkpoint import load_decoder, load_prior
+
+    log = (parts["prior"] / "metrics.jsonl").read_text()
+    assert '"cosine"' in log and '"text_cosine"' in log  # beside the loss, every --log_every steps
+    prior, _, ckpt = load_prior(parts["prior"])
+    decoder, _, _ = load_decoder(parts["decoder"])
+    assert Path(ckpt.meta["clip_source"]).resolve() == (clip_run / "final").resolve()
+    dalle2 = DALLE2(prior.clip, prior, decoder).val_mode()
+    images = dalle2(text=["a red circle", "a blue square"], cf_guidance_scale=2.0, steps=4, prior_steps=4)
+    assert images.shape == (2, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+    assert (parts["decoder"] / "samples" / "decoder-step-00000004.png").is_file()
+
+
+@pytest.mark.parametrize("part", ["prior", "decoder"])
+def test_resume_is_exact(tmp_path, clip_run, parts, part):
+    """Stopped at step 2 and resumed to 4: the weights equal the straight 4-step run's, bit for bit."""
+    out = tmp_path / "split"
+    train(part, clip_run, out, "--batch_size", "8", "--max_steps", "2")
+    proc = train(part, clip_run, out, "--batch_size", "8", "--max_steps", "4", "--resume")
+    assert "resuming" in proc.stdout
+    straight, resumed = weights(parts[part]), weights(out)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+@pytest.mark.parametrize("part", ["prior", "decoder"])
+def test_two_ranks_equal_one_process(tmp_path, clip_run, parts, part):
+    """2 ranks x 4 samples read the same global batches as 1 x 8, and each sample's noise, step and
+    condition dropout come from its own seed: the same weights, within fp32 rounding."""
+    proc = train(
+        part, clip_run, tmp_path / "two", "--batch_size", "4", "--max_steps", "4", launcher="torchrun"
+    )
+    assert "weights identical on all 2 ranks: yes" in proc.stdout
+    if part == "prior":
+        one, two = weights(parts[part]), weights(tmp_path / "two")
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4, msg=key)
+        return
+    # the UNet's biases just before a GroupNorm have a zero gradient in exact arithmetic: Adam turns their
+    # rounding noise into steps of its learning rate, which differ with the reduction order and change
+    # nothing the network computes. So the decoders are compared by what they compute.
+    from dalle_dist.checkpoint import load_decoder
+
+    (one, *_), (two, *_) = load_decoder(parts[part]), load_decoder(tmp_path / "two")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 16, 16, generator=generator)
+    embed = torch.nn.functional.normalize(torch.randn(3, 16, generator=generator), dim=-1)
+    text, t, yes = (
+        torch.randint(1, 300, (3, 24), generator=generator),
+        torch.tensor([5, 50, 95]),
+        torch.ones(3, dtype=torch.bool),
+    )
+    with torch.no_grad():
+        out_one, out_two = (m.eval().predict(x, t, embed, text, yes, yes) for m in (one, two))
+    torch.testing.assert_close(out_two, out_one, atol=2e-5, rtol=1e-4)
+
+
+def one_line(proc) -> str:
+    err = proc.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in proc.stderr, proc.stderr
+    return err
+
+
+def test_bad_input_is_one_line(tmp_path, clip_run, parts):
+    out = tmp_path / "o"
+    proc = run_cmd([sys.executable, ROOT / "train_decoder.py", *PART_FLAGS["decoder"], *COMMON,
+                    "--output", out], expect=2)  # fmt: skip
+    assert "train_decoder.py needs --clip_path" in one_line(proc)
+    proc = train("decoder", parts["prior"], out, expect=2)  # a prior run given as the CLIP
+    assert "is a prior checkpoint, but --clip_path needs a CLIP one" in one_line(proc)
+    proc = train("decoder", clip_run, out, "--decoder_path", parts["prior"], expect=2)
+    assert "is a prior checkpoint, but --decoder_path needs a decoder one" in one_line(proc)
+    copy = tmp_path / "copy"
+    shutil.copytree(parts["decoder"], copy)
+    proc = run_cmd([sys.executable, ROOT / "train_decoder.py", "--output", copy, "--resume",
+                    "--max_steps", "6", "--dim", "32"], expect=2)  # fmt: skip
+    assert "--dim 32 (it has 16)" in one_line(proc)
+    assert not (out / "latest").exists()
