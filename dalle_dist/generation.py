@@ -1,4 +1,5 @@
-"""``generate.py``: images (and optionally captions) from a trained DALL-E checkpoint.
+"""``generate.py``: images (and optionally captions) from a trained DALL-E checkpoint, or from a DALL-E 2
+prior and decoder (``--prior_path`` + ``--decoder_path``).
 
 Layout, as DALLE-pytorch writes it: ``{outputs_dir}/{prompt, spaces -> underscores, <= 100 chars}/``
 holding ``0.png``, ``1.png``, ..., ``caption.txt`` and ``grid.png``.
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .checkpoint import load_clip, load_dalle
+from .checkpoint import load_clip, load_dalle, load_decoder, load_prior
 from .cli import (
     Parser,
     add_device_flag,
@@ -34,9 +38,17 @@ from .text import CaptionTooLongError
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="generate.py", description="Generate images from a trained DALL-E.")
+    parser = Parser(prog="generate.py", description="Generate images from a trained DALL-E (or DALL-E 2).")
     parser.add_argument(
-        "--dalle_path", type=Path, required=True, help="train_dalle.py run directory or checkpoint"
+        "--dalle_path", type=Path, default=None, help="train_dalle.py run directory or checkpoint"
+    )
+    two = parser.add_argument_group("DALL-E 2 (instead of --dalle_path)")
+    two.add_argument("--prior_path", type=Path, default=None, help="train_prior.py run or checkpoint")
+    two.add_argument("--decoder_path", type=Path, default=None, help="train_decoder.py run or checkpoint")
+    two.add_argument("--steps", type=positive_int, default=50, help="the decoder's sampler steps")
+    two.add_argument("--prior_steps", type=positive_int, default=64, help="the prior's sampler steps")
+    two.add_argument(
+        "--sampler", choices=("ddim", "dpm", "ddpm"), default="ddim", help="ddim, DPM-Solver++, ddpm"
     )
     parser.add_argument("--text", type=str, default=None, help="prompt; '|' separates several prompts")
     refuse(parser, "--taming", "a DALL-E checkpoint here carries its own VAE: --dalle_path is enough")
@@ -69,7 +81,11 @@ def build_parser() -> Parser:
     parser.add_argument("--top_p", type=unit_interval, default=1.0, help="nucleus sampling; 1 = off")
     parser.add_argument("--temperature", type=positive_float, default=1.0)
     parser.add_argument(
-        "--cond_scale", type=nonneg_float, default=1.0, help="classifier-free guidance scale; 1 = off"
+        "--cond_scale",
+        "--cf_guidance_scale",
+        type=nonneg_float,
+        default=1.0,
+        help="classifier-free guidance scale; 1 = off (DALL-E 2: the prior's and the decoder's)",
     )
     parser.add_argument("--img", type=Path, default=None, help="image whose top rows prime the samples")
     parser.add_argument("--num_init_img_tokens", type=positive_int, default=None)
@@ -105,26 +121,39 @@ def prompt_folder(outputs_dir: Path, prompt: str) -> Path:
     return outputs_dir / name
 
 
-@cli
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse(argv)
-    if args.text is None and not args.gentxt:
-        raise UserError("give --text 'a prompt' (or --gentxt to let the model write one)")
-    if args.text is not None and not args.gentxt and not all(p.strip() for p in args.text.split("|")):
-        raise UserError(
-            f"--text {args.text!r} holds an empty prompt: write one, e.g. --text 'a red square' ('|' "
-            "separates several), or add --gentxt to let the model write the text"
-        )
+# DALL-E 1's sampling flags: with a prior and decoder they would be ignored, so they are refused
+DALLE1_ONLY = (
+    "gentxt",
+    "img",
+    "num_init_img_tokens",
+    "top_k",
+    "top_p",
+    "temperature",
+    "no_cache",
+    "compile",
+    "bf16",
+)
+
+
+@dataclass
+class Model:
+    """What the prompt loop needs of either generation: the tokenizer, the caption length, a line to
+    print, and ``images(text [1, L], n)`` -> n images [n, C, S, S] in [0, 1] (on the CPU)."""
+
+    tokenizer: Any
+    text_seq_len: int
+    loaded: str
+    images: Callable[[torch.Tensor, int], torch.Tensor]
+    dalle: Any = None  # DALL-E 1 (its --gentxt)
+
+
+def _dalle1(args: Any, device: torch.device) -> Model:
     if args.compile and args.no_cache:
         raise UserError("--compile compiles the cached decode step: drop --no_cache (or --compile)")
-    device = pick_device(args.device)
     dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
-    check_tokenizer_flags(tokenizer, args, "generate.py")
     dalle.to(device).eval()
     if args.bf16:
         dalle.to(torch.bfloat16).vae.float()
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
     prime = None
     if args.img is not None:
         if not args.img.is_file():
@@ -134,6 +163,86 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(
             f"--num_init_img_tokens must be below {dalle.image_seq_len} (the image's token count)"
         )
+    to_pixels = getattr(dalle.vae, "denormalize", lambda x: x)
+
+    def images(text: torch.Tensor, n: int) -> torch.Tensor:
+        out = dalle.generate_images(
+            text.expand(n, -1),
+            filter_thres=args.top_k,
+            top_p=args.top_p,
+            temperature=args.temperature,
+            cond_scale=args.cond_scale,
+            img=prime.expand(n, -1, -1, -1) if prime is not None else None,
+            num_init_img_tokens=args.num_init_img_tokens,
+            use_cache=not args.no_cache,
+            compile=args.compile,
+        )
+        return to_pixels(out).clamp(0, 1).cpu()
+
+    return Model(tokenizer, dalle.text_seq_len, f"loaded {ckpt.path} (step {ckpt.step})", images, dalle)
+
+
+def _dalle2(args: Any, device: torch.device) -> Model:
+    from .models import DALLE2
+
+    if args.prior_path is None or args.decoder_path is None:
+        raise UserError(
+            "DALL-E 2 needs both --prior_path and --decoder_path (train_prior.py, train_decoder.py)"
+        )
+    given = [f"--{name}" for name in DALLE1_ONLY if args.given(name)]
+    if given:
+        raise UserError(f"{', '.join(given)}: DALL-E 1 sampling flags; a prior and decoder take --steps, "
+                        "--prior_steps, --sampler and --cf_guidance_scale")  # fmt: skip
+    prior, tokenizer, prior_ckpt = load_prior(args.prior_path)
+    decoder, _, decoder_ckpt = load_decoder(args.decoder_path)
+    if prior_ckpt.meta.get("clip_source") != decoder_ckpt.meta.get("clip_source"):
+        print(
+            f"note: the prior was trained on {prior_ckpt.meta.get('clip_source')}, the decoder on "
+            f"{decoder_ckpt.meta.get('clip_source')}: their CLIPs should be the same"
+        )
+    try:
+        dalle2 = DALLE2(prior.clip, prior, decoder, tokenizer=tokenizer).to(device).val_mode()
+    except ValueError as e:
+        raise UserError(f"--prior_path / --decoder_path: {e}") from None
+
+    def images(text: torch.Tensor, n: int) -> torch.Tensor:
+        out = dalle2(
+            text=text.expand(n, -1),
+            cf_guidance_scale=args.cond_scale,
+            steps=args.steps,
+            prior_steps=args.prior_steps,
+            sampler=args.sampler,
+        )
+        return out.float().clamp(0, 1).cpu()
+
+    loaded = (
+        f"loaded {prior_ckpt.path} (step {prior_ckpt.step}) and {decoder_ckpt.path} "
+        f"(step {decoder_ckpt.step})"
+    )
+    return Model(tokenizer, prior.text_seq_len, loaded, images)
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse(argv)
+    two = args.prior_path is not None or args.decoder_path is not None
+    if two and args.dalle_path is not None:
+        raise UserError("--dalle_path names a DALL-E, --prior_path / --decoder_path a DALL-E 2: keep one")
+    if not two and args.dalle_path is None:
+        raise UserError("give --dalle_path (a train_dalle.py run), or --prior_path and --decoder_path")
+    if args.text is None and not args.gentxt:
+        raise UserError("give --text 'a prompt' (or --gentxt to let the model write one)")
+    if args.text is not None and not args.gentxt and not all(p.strip() for p in args.text.split("|")):
+        raise UserError(
+            f"--text {args.text!r} holds an empty prompt: write one, e.g. --text 'a red square' ('|' "
+            "separates several), or add --gentxt to let the model write the text"
+        )
+    device = pick_device(args.device)
+    model = _dalle2(args, device) if two else _dalle1(args, device)
+    tokenizer = model.tokenizer
+    check_tokenizer_flags(tokenizer, args, "generate.py")
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
     candidates, keep = args.num_candidates or args.num_images, args.keep or args.num_images
     ranker = None
     if args.clip_path is not None:
@@ -143,38 +252,27 @@ def main(argv: list[str] | None = None) -> None:
     elif args.num_candidates is not None or args.keep is not None:
         raise UserError("--num_candidates / --keep choose among samples with a CLIP: add --clip_path RUN")
     prompts = [p.strip() for p in (args.text or "").split("|")] if args.text else [""]
-    to_pixels = getattr(dalle.vae, "denormalize", lambda x: x)
-    print(f"loaded {ckpt.path} (step {ckpt.step})")
+    print(model.loaded)
     for prompt in prompts:
         if args.gentxt:
             # condition on the sampled tokens themselves: decoding and re-encoding need not round-trip
-            text, texts = dalle.generate_texts(
+            text, texts = model.dalle.generate_texts(
                 tokenizer, prompt or None, filter_thres=args.top_k, compile=args.compile
             )
             prompt = texts[0]
             print(f"generated text: {prompt}")
         else:
             try:
-                text = tokenizer.tokenize([prompt], dalle.text_seq_len, truncate_text=args.truncate_captions)
+                text = tokenizer.tokenize([prompt], model.text_seq_len, truncate_text=args.truncate_captions)
             except CaptionTooLongError as e:
                 raise UserError(str(e)) from None
         text = text.to(device)
-        images = []
-        for start in range(0, candidates, args.batch_size):
-            n = min(args.batch_size, candidates - start)
-            out = dalle.generate_images(
-                text.expand(n, -1),
-                filter_thres=args.top_k,
-                top_p=args.top_p,
-                temperature=args.temperature,
-                cond_scale=args.cond_scale,
-                img=prime.expand(n, -1, -1, -1) if prime is not None else None,
-                num_init_img_tokens=args.num_init_img_tokens,
-                use_cache=not args.no_cache,
-                compile=args.compile,
-            )
-            images.append(to_pixels(out).clamp(0, 1).cpu())
-        images = torch.cat(images)
+        images = torch.cat(
+            [
+                model.images(text, min(args.batch_size, candidates - start))
+                for start in range(0, candidates, args.batch_size)
+            ]
+        )
         label, scores = prompt, None
         if ranker is not None:  # best first: 0.png is the one CLIP matches best with the prompt
             clip, clip_tokenizer = ranker

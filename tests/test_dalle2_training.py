@@ -136,3 +136,34 @@ def test_bad_input_is_one_line(tmp_path, clip_run, parts):
                     "--max_steps", "6", "--dim", "32"], expect=2)  # fmt: skip
     assert "--dim 32 (it has 16)" in one_line(proc)
     assert not (out / "latest").exists()
+
+
+def test_generate_with_a_prior_and_decoder_writes_the_dalle_layout_and_ranks(tmp_path, clip_run, parts):
+    """generate.py --prior_path --decoder_path: DALL-E 1's folders, captions and grids; CLIP ranking alike;
+    DALL-E 1's sampling flags refused in one line."""
+    import json
+
+    base = [sys.executable, ROOT / "generate.py", "--prior_path", parts["prior"], "--decoder_path",
+            parts["decoder"], "--steps", "3", "--prior_steps", "3", "--cf_guidance_scale", "2"]  # fmt: skip
+    out = tmp_path / "out"
+    proc = run_cmd([*base, "--text", "a red circle|a blue square", "--num_images", "2", "--outputs_dir", out])
+    assert "and" in proc.stdout.splitlines()[0] and "(step 4)" in proc.stdout
+    for folder in ("a_red_circle", "a_blue_square"):
+        names = sorted(p.name for p in (out / folder).iterdir())
+        assert names == ["0.png", "1.png", "caption.txt", "grid.png"], names
+    ranked = tmp_path / "ranked"
+    run_cmd([*base, "--text", "a red circle", "--num_candidates", "4", "--keep", "2", "--clip_path", clip_run,
+             "--outputs_dir", ranked])  # fmt: skip
+    scores = json.loads((ranked / "a_red_circle" / "scores.json").read_text())
+    assert scores["candidates"] == 4 and len(scores["images"]) == 2
+    assert scores["images"][0]["clip_score"] >= scores["images"][1]["clip_score"]
+    for extra, words in (
+        (["--top_k", "0.5"], "--top_k: DALL-E 1 sampling flags"),
+        (["--dalle_path", parts["prior"]], "keep one"),
+    ):
+        proc = run_cmd([*base, "--text", "a red circle", *extra, "--outputs_dir", tmp_path / "bad"], expect=2)
+        assert words in one_line(proc)
+    proc = run_cmd([sys.executable, ROOT / "generate.py", "--prior_path", parts["prior"], "--text", "a",
+                    "--outputs_dir", tmp_path / "bad"], expect=2)  # fmt: skip
+    assert "needs both --prior_path and --decoder_path" in one_line(proc)
+    assert not (tmp_path / "bad").exists()
