@@ -92,7 +92,8 @@ def test_generate_with_nan_guidance_stops_before_generating(tmp_path):
         expect=2,
     )  # fmt: skip
     assert proc.stderr.strip() == (
-        "error: argument --cond_scale: must be a finite number, got nan; see generate.py --help"
+        "error: argument --cond_scale/--cf_guidance_scale: must be a finite number, got nan; "
+        "see generate.py --help"
     )
     assert not (tmp_path / "out").exists()
 
