@@ -118,12 +118,14 @@ def save_checkpoint(
     weights: dict[str, torch.Tensor] | None = None,
     tokenizer: Tokenizer | None = None,
     training_state: dict[str, Any] | None = None,
+    extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
     staged: bool = False,
     before_commit: Callable[[], None] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (replacing an existing one) and return its path.
 
-    The weights are ``weights`` or ``module``'s. With ``staged``, ``staging_folder(folder)`` already holds
+    The weights are ``weights`` or ``module``'s; ``extra_weights`` are more safetensors files by name (an
+    average of the weights: ``ema.safetensors``). With ``staged``, ``staging_folder(folder)`` already holds
     files other ranks wrote (an engine's own checkpoint) and they become part of the checkpoint.
     ``before_commit`` runs when every file is written and synced, just before the rename (fault injection).
     """
@@ -135,6 +137,8 @@ def save_checkpoint(
             weights = module.state_dict()
         weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         save_file(weights, tmp / "model.safetensors")
+        for name, tensors in (extra_weights or {}).items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / name)
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer.json")
         if training_state is not None:
@@ -220,8 +224,8 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.meta.get("step", 0))
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        file = self.path / "model.safetensors"
+    def weights(self, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+        file = self.path / name
         try:
             return load_file(file)
         except SafetensorError as e:  # safetensors reads a header and raw bytes: nothing in it can run
@@ -391,28 +395,34 @@ def load_clip(path: str | Path) -> tuple[CLIP, Tokenizer, Checkpoint]:
     return clip, clip.tokenizer, ckpt
 
 
-def load_prior(path: str | Path) -> tuple[nn.Module, Tokenizer, Checkpoint]:
-    """The trained DiffusionPrior (with the frozen CLIP it carries) and tokenizer of a prior checkpoint."""
+def load_prior(path: str | Path, ema: bool = True) -> tuple[nn.Module, Tokenizer, Checkpoint]:
+    """The trained DiffusionPrior (with the frozen CLIP it carries) and tokenizer of a prior checkpoint;
+    with ``ema`` its averaged weights (``ema.safetensors``) where the run kept them: what samples best."""
     from .models.prior import DiffusionPrior  # DALL-E 2 imports diffusers: only when one is loaded
 
-    return _load_on_clip(path, "prior", DiffusionPrior)
+    return _load_on_clip(path, "prior", DiffusionPrior, ema)
 
 
-def load_decoder(path: str | Path) -> tuple[nn.Module, Tokenizer, Checkpoint]:
-    """The trained Decoder (with the frozen CLIP it carries) and tokenizer of a decoder checkpoint."""
+def load_decoder(path: str | Path, ema: bool = True) -> tuple[nn.Module, Tokenizer, Checkpoint]:
+    """The trained Decoder (with the frozen CLIP it carries) and tokenizer of a decoder checkpoint; with
+    ``ema`` its averaged weights where the run kept them."""
     from .models.decoder import Decoder
 
-    return _load_on_clip(path, "decoder", Decoder)
+    return _load_on_clip(path, "decoder", Decoder, ema)
 
 
 def _load_on_clip(
-    path: str | Path, kind: str, cls: type[nn.Module]
+    path: str | Path, kind: str, cls: type[nn.Module], ema: bool
 ) -> tuple[nn.Module, Tokenizer, Checkpoint]:
-    """A DALL-E 2 part: its CLIP from ``meta["clip"]``, itself from ``meta["model"]``, then the weights."""
+    """A DALL-E 2 part: its CLIP from ``meta["clip"]``, itself from ``meta["model"]``, then the weights (the
+    averaged ones over the raw where asked and present)."""
     ckpt = load_checkpoint(path, kind=kind)
     with _described(_NAME[kind], ckpt.path):
         model = cls(CLIP(**ckpt.meta["clip"]), **ckpt.meta["model"])
-    load_weights(model, ckpt.weights(), ckpt.path)
+    weights = ckpt.weights()
+    if ema and (ckpt.path / "ema.safetensors").is_file():
+        weights.update(ckpt.weights("ema.safetensors"))
+    load_weights(model, weights, ckpt.path)
     model.clip.tokenizer = model.tokenizer = _tokenizer_of(ckpt)
     return model, model.tokenizer, ckpt
 

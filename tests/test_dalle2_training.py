@@ -56,6 +56,22 @@ def parts(clip_run, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+def test_sampling_uses_the_average_of_the_weights(parts):
+    """Checkpoints keep the raw weights (training continues from them) and ema.safetensors; loading for
+    sampling takes the average, loading for training the raw ones."""
+    from dalle_dist.checkpoint import load_decoder
+
+    raw, ema = weights(parts["decoder"]), load_file(parts["decoder"] / "final" / "ema.safetensors")
+    assert ema and set(ema) < set(raw) and not any(k.startswith("clip.") for k in ema)  # trainable only
+    sampling, *_ = load_decoder(parts["decoder"])
+    training, *_ = load_decoder(parts["decoder"], ema=False)
+    key = next(iter(ema))
+    assert torch.equal(sampling.state_dict()[key], ema[key]) and torch.equal(
+        training.state_dict()[key], raw[key]
+    )
+    assert not torch.equal(ema[key], raw[key])
+
+
 def test_the_parts_train_log_their_figures_and_sample_as_dalle2(parts, clip_run):
     from dalle_dist import DALLE2
     from dalle_dist.checkpoint import load_decoder, load_prior
@@ -78,9 +94,11 @@ def test_resume_is_exact(tmp_path, clip_run, parts, part):
     train(part, clip_run, out, "--batch_size", "8", "--max_steps", "2")
     proc = train(part, clip_run, out, "--batch_size", "8", "--max_steps", "4", "--resume")
     assert "resuming" in proc.stdout
-    straight, resumed = weights(parts[part]), weights(out)
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
+    for name in ("model.safetensors", "ema.safetensors"):  # the weights and their average (--ema_decay)
+        straight = load_file(parts[part] / "final" / name)
+        resumed = load_file(out / "final" / name)
+        for key in straight:
+            assert torch.equal(straight[key], resumed[key]), (name, key)
 
 
 @pytest.mark.parametrize("part", ["prior", "decoder"])

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import RunDirectory, load_checkpoint, load_clip, load_decoder, load_prior
-from ..cli import Flags, Parser, check_tokenizer_flags, positive_float, positive_int
+from ..cli import Flags, Parser, check_tokenizer_flags, fraction, positive_float, positive_int
 from ..errors import UserError
 from .captions import CaptionTask, check_captions
+from .ema import EMA, EMA_FILE
 from .flags import add_caption_data_flags, add_common_flags, backend_config, data_config, refuse_changed_flags
 from .job import (
     load_data,
@@ -58,6 +59,12 @@ def build_parser(kind: str, description: str) -> Parser:
     g.add_argument(
         "--sample_steps", type=positive_int, default=25, help="sampler steps of the progress samples (DDIM)"
     )
+    g.add_argument(
+        "--ema_decay",
+        type=fraction,
+        default=0.995,
+        help="average of the weights that sampling uses (ema.safetensors in each checkpoint); 0 = off",
+    )
     return parser
 
 
@@ -67,6 +74,18 @@ class DiffusionTask(CaptionTask):
     dropout, so that they do not depend on which rank trains the sample."""
 
     sample_steps = 25
+    ema: EMA | None = None  # --ema_decay
+
+    def after_step(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.ema is None else {"ema": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
 
     def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> tuple[Tensor, ...]:
         text, image = super().make_sample(image, captions, rng)
@@ -77,7 +96,8 @@ class DiffusionTask(CaptionTask):
 
     def checkpoint_args(self) -> dict[str, Any]:
         meta = {"model": self.model.config(), "clip": self.model.clip.config(), **self.meta}
-        return {"kind": self.kind, "meta": meta, "tokenizer": self.tokenizer}
+        extra = {} if self.ema is None else {"extra_weights": {EMA_FILE: self.ema.weights()}}
+        return {"kind": self.kind, "meta": meta, "tokenizer": self.tokenizer, **extra}
 
 
 def _model_flags(parser: Parser) -> list[str]:
@@ -99,7 +119,7 @@ def main(
     start = resume or getattr(args, f"{kind}_path")
     model = ckpt = None
     if start is not None:  # the part, its CLIP and tokenizer come from the checkpoint
-        model, tokenizer, ckpt = LOADERS[kind](start)
+        model, tokenizer, ckpt = LOADERS[kind](start, ema=False)  # the raw weights training continues
         clip_source = ckpt.meta.get("clip_source")
         fixed = {
             flag: ckpt.meta["model"][flag] for flag in _model_flags(parser) if flag in ckpt.meta["model"]
@@ -146,6 +166,8 @@ def main(
     meta = {"clip_source": clip_source, "data": dataset.describe()}
     task = task_class(model.to(backend.device), tokenizer, meta, truncate_captions=args.truncate_captions)
     task.sample_steps = args.sample_steps
+    if args.ema_decay > 0:
+        task.ema = EMA(task.model, args.ema_decay)
     validation = load_validation(args, data, backend)
     final = run_training(
         task, args, backend, run, flags, dataset, ckpt if resume is not None else None, validation=validation

@@ -360,6 +360,7 @@ class TrainingLoop:
         if not stepped:
             return None
         self.step += 1
+        self.task.after_step(self.step)
         self.tracking.advance()
         return extra
 

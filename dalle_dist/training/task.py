@@ -60,6 +60,9 @@ class Task(ABC):
     def tokens_per_sample(self) -> int | None:
         return None
 
+    def after_step(self, step: int) -> None:
+        """Called on every rank after each optimizer step (e.g. to update an average of the weights)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
