@@ -101,13 +101,32 @@ def test_resume_is_exact(tmp_path, clip_run, parts, part):
             assert torch.equal(straight[key], resumed[key]), (name, key)
 
 
-@pytest.mark.parametrize("part", ["prior", "decoder"])
-def test_two_ranks_equal_one_process(tmp_path, clip_run, parts, part):
+ENGINES = {
+    "torchrun": [],
+    "deepspeed": ["--deepspeed", "--zero_stage", "2"],
+    "deepspeed-zero3": ["--deepspeed", "--zero_stage", "3", "--ema_decay", "0"],  # ZeRO-3: no average
+    "horovodrun": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("part", "engine"),
+    [(part, engine) for part in ("prior", "decoder") for engine in ENGINES if engine != "deepspeed-zero3"]
+    + [("decoder", "deepspeed-zero3")],
+)
+def test_two_ranks_equal_one_process(tmp_path, clip_run, parts, part, engine):
     """2 ranks x 4 samples read the same global batches as 1 x 8, and each sample's noise, step and
-    condition dropout come from its own seed: the same weights, within fp32 rounding."""
+    condition dropout come from its own seed: the same weights, within fp32 rounding, under every
+    launcher and engine."""
+    launcher = engine.split("-")[0]
+    if launcher == "deepspeed":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install-dev installs it)")
+    if launcher == "horovodrun":
+        pytest.importorskip("horovod.torch", reason="Horovod is not installed (make install-dev builds it)")
     proc = train(
-        part, clip_run, tmp_path / "two", "--batch_size", "4", "--max_steps", "4", launcher="torchrun"
-    )
+        part, clip_run, tmp_path / "two", "--batch_size", "4", "--max_steps", "4", *ENGINES[engine],
+        launcher=launcher,
+    )  # fmt: skip
     assert "weights identical on all 2 ranks: yes" in proc.stdout
     if part == "prior":
         one, two = weights(parts[part]), weights(tmp_path / "two")
@@ -119,7 +138,7 @@ def test_two_ranks_equal_one_process(tmp_path, clip_run, parts, part):
     # nothing the network computes. So the decoders are compared by what they compute.
     from dalle_dist.checkpoint import load_decoder
 
-    (one, *_), (two, *_) = load_decoder(parts[part]), load_decoder(tmp_path / "two")
+    (one, *_), (two, *_) = load_decoder(parts[part], ema=False), load_decoder(tmp_path / "two", ema=False)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, 3, 16, 16, generator=generator)
     embed = torch.nn.functional.normalize(torch.randn(3, 16, generator=generator), dim=-1)
