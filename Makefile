@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 
-.PHONY: install install-dev test test-fast lint demo docker bench-compare clean
+.PHONY: install install-dev test test-fast lint demo demo-dalle2 docker bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ lint: install-dev
 
 demo: install
 	bash scripts/demo.sh $(BIN)/python runs/demo
+
+# DALL-E 2 on the same data, prompts and judge: CLIP -> prior -> decoder -> generated grids
+demo-dalle2: install
+	bash scripts/demo_dalle2.sh $(BIN)/python runs/demo-dalle2
 
 # The GPU image (docker/README.md). DALLE-pytorch builds with `docker build -t dalle docker`; this image
 # installs through the Makefile and the install scripts, so its build context is the repository root.

@@ -186,6 +186,8 @@ def test_the_python_api_example():
         DALLE2(clip, prior, decoder)(text="a red circle")
     with pytest.raises(ValueError, match="power of two"):
         Decoder(clip, image_size=24)
+    # widths that are not multiples of 32 (GroupNorm's groups divide every width)
+    assert Decoder(clip, image_size=16, dim=24, dim_mults=(1, 2), cond_dim=32, attention_head_dim=8).unet
 
 
 @pytest.mark.parametrize("part", ["prior", "decoder"])

@@ -11,6 +11,7 @@ training, as in the paper. The frozen CLIP inside gives the image embeddings whi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -85,7 +86,7 @@ class Decoder(nn.Module):
             mid_block_type="UNetMidBlock2DCrossAttn",
             cross_attention_dim=cond_dim,
             attention_head_dim=attention_head_dim,
-            norm_num_groups=min(32, dim),
+            norm_num_groups=math.gcd(32, dim),  # divides every width (all are multiples of dim)
             class_embed_type="projection",  # the image embedding, added to the timestep embedding
             projection_class_embeddings_input_dim=self.embed_dim,
         )

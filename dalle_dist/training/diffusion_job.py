@@ -130,7 +130,8 @@ def main(
             else f"--{kind}_path {start} fixes the {kind} (fine-tuning keeps its shape)"
         )
         refuse_changed_flags(args, fixed, why)
-        given = None if args.clip_path is None else load_checkpoint(args.clip_path, kind="clip").path
+        # (a resume inherits the run's --clip_path: only one the user gives now is compared)
+        given = load_checkpoint(args.clip_path, kind="clip").path if args.given("clip_path") else None
         if given is not None and given.resolve() != Path(clip_source or "").resolve():
             raise UserError(
                 f"--clip_path {args.clip_path}: the {kind} carries the CLIP it was trained on "
