@@ -5,8 +5,9 @@ The run is the other trainers' run: the same flags, data sources, backends, run 
 text goes through the same tokenizer choice as ``train_dalle.py`` (``--bpe_path`` / ``--hug`` /
 ``--chinese``, else a BPE trained on the captions), and the tokenizer travels in the checkpoint.
 
-The contrastive loss sees the negatives of one micro-batch: under several ranks or ``--ga_steps`` each
-rank's micro-batch is its own set of negatives (features are not gathered across ranks).
+The contrastive loss ranks each caption against the images of the whole global batch: under several
+ranks the latents are gathered (differentiably: ``backend.gather_rows``), so 2 ranks x b train as 1 x 2b.
+With ``--ga_steps`` each micro-batch is its own set of negatives; validation stays per rank.
 """
 
 from __future__ import annotations
