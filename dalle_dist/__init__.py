@@ -5,9 +5,10 @@ from .text import ByteTokenizer
 
 
 def __getattr__(name: str):
-    if name in ("DiffusionPrior", "Decoder", "DALLE2"):  # DALL-E 2: loaded on first use (diffusers)
-        from . import models
+    """DALL-E 2's classes, loaded on first use (``models`` says why)."""
+    from . import models
 
+    if name in models.LAZY:
         return getattr(models, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

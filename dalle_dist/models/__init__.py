@@ -8,14 +8,14 @@ from .pretrained import OpenAIDiscreteVAE, VQGanVAE
 from .vae import DiscreteVAE
 
 # DALL-E 2's modules import diffusers (~3 s): loaded on first use, so DALL-E 1's scripts never pay for it
-_LAZY = {"DiffusionPrior": ".prior", "Decoder": ".decoder", "DALLE2": ".dalle2"}
+LAZY = {"DiffusionPrior": ".prior", "Decoder": ".decoder", "DALLE2": ".dalle2"}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
+    if name in LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        return getattr(importlib.import_module(LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -477,9 +477,11 @@ class TrainingLoop:
                         batch = to_device(batch, self.backend.device, self.engine.input_dtype)
                         loss, _ = self.task.loss(model, batch, self.step)
                     total, count = loss.detach().float(), 1.0
-                count = float(self.backend.average(torch.tensor(count, device=self.backend.device)))
-                if count > 0:
-                    losses.append(float(self.backend.average(total)) / count)
+                # one collective for both: the mean loss over the ranks that had a batch
+                count = torch.tensor(count, device=self.backend.device)
+                mean_total, mean_count = self.backend.average(torch.stack([total, count])).tolist()
+                if mean_count > 0:
+                    losses.append(mean_total / mean_count)
         model.train(was_training)
         return sum(losses) / len(losses) if losses else None
 
