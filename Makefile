@@ -52,12 +52,14 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# `make demo SHAPES=two` (and demo-dalle2): train and judge on the two-shape captions instead
+SHAPES ?= one
 demo: install
-	bash scripts/demo.sh $(BIN)/python runs/demo
+	SHAPES=$(SHAPES) bash scripts/demo.sh $(BIN)/python runs/demo$(if $(filter two,$(SHAPES)),-two)
 
 # DALL-E 2 on the same data, prompts and judge: CLIP -> prior -> decoder -> generated grids
 demo-dalle2: install
-	bash scripts/demo_dalle2.sh $(BIN)/python runs/demo-dalle2
+	SHAPES=$(SHAPES) bash scripts/demo_dalle2.sh $(BIN)/python runs/demo-dalle2$(if $(filter two,$(SHAPES)),-two)
 
 # The GPU image (docker/README.md). DALLE-pytorch builds with `docker build -t dalle docker`; this image
 # installs through the Makefile and the install scripts, so its build context is the repository root.

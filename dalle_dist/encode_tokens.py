@@ -32,6 +32,7 @@ from .checkpoint import describe_vae, load_checkpoint, load_dalle, load_vae
 from .cli import Parser, add_device_flag, cli, nonneg_int, output_file, positive_int
 from .data import DataConfig, FolderDataset, build_dataset
 from .data.shards import ShardDataset, Skipped, sample_key, shard_name
+from .data.synthetic import SHAPE_COUNTS
 from .data.token_cache import (
     PREPROCESSING,
     default_file_name,
@@ -74,6 +75,9 @@ def build_parser() -> Parser:
         "--holdout", type=str, default="", help="built-in dataset: colour-shape pairs left out"
     )
     parser.add_argument(
+        "--shapes", choices=tuple(SHAPE_COUNTS), default="one", help="built-in dataset: shapes per picture"
+    )
+    parser.add_argument(
         "--output",
         type=output_file,
         default=None,
@@ -108,6 +112,7 @@ def _dataset(args: argparse.Namespace, image_size: int) -> Any:
         shard_keys=args.wds,
         dataset_size=args.dataset_size,
         holdout=args.holdout,
+        shapes=SHAPE_COUNTS[args.shapes],
     )
     return build_dataset(config)
 

@@ -39,6 +39,18 @@ def test_scores_and_loss():
     assert loss.item() > 0 and clip.temperature.grad is not None
 
 
+def test_similarities_start_at_clips_scale():
+    """CLIP's initial logit scale 1/0.07 (DALLE-pytorch's e^1 could not make a batch's softmax sharp)."""
+    clip = small_clip()
+    text, images = torch.randint(1, 50, (3, 6)), torch.rand(3, 3, 16, 16)
+    cosine = (clip.embed_text(text) * clip.embed_image(images)).sum(-1)
+    assert torch.allclose(clip(text, images), cosine / 0.07, atol=1e-5)
+    assert small_clip(logit_scale_init=2.0)(text, images).div(cosine).allclose(torch.tensor(2.0))
+    assert small_clip(logit_scale_init=2.0).config()["logit_scale_init"] == 2.0
+    with pytest.raises(ValueError, match="logit_scale_init must be positive"):
+        small_clip(logit_scale_init=0.0)
+
+
 def test_padding_is_ignored():
     clip = small_clip()
     text = torch.tensor([[5, 6, 7, 0, 0, 0]])

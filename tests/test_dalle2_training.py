@@ -131,7 +131,15 @@ def test_two_ranks_equal_one_process(tmp_path, clip_run, parts, part, engine):
     if part == "prior":
         one, two = weights(parts[part]), weights(tmp_path / "two")
         for key in one:
-            torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4, msg=key)
+            a, b = one[key], two[key]
+            if key.endswith("self_attn.in_proj_bias"):
+                # the key projection's bias (the middle third) shifts every logit of a query alike: its
+                # gradient is zero in exact arithmetic, and Adam turns the rounding noise into steps of its
+                # learning rate that differ with the reduction order (the engines' differ). It changes
+                # nothing the network computes, so only the query and value thirds are compared.
+                third = a.numel() // 3
+                a, b = torch.cat([a[:third], a[2 * third :]]), torch.cat([b[:third], b[2 * third :]])
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=key)
         return
     # the UNet's biases just before a GroupNorm have a zero gradient in exact arithmetic: Adam turns their
     # rounding noise into steps of its learning rate, which differ with the reduction order and change

@@ -163,6 +163,7 @@ def test_holdout_excludes_pairs_and_is_recorded():
         "length": 2000,
         "seed": 0,
         "holdout": ["blue circle", "red triangle"],
+        "shapes": 1,
     }
     rebuilt = ShapesDataset(**{k: v for k, v in json.loads(json.dumps(description)).items() if k != "kind"})
     assert torch.equal(rebuilt[11][0], ds[11][0])

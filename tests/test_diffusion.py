@@ -190,6 +190,26 @@ def test_the_python_api_example():
     assert Decoder(clip, image_size=16, dim=24, dim_mults=(1, 2), cond_dim=32, attention_head_dim=8).unet
 
 
+def test_decoder_attends_at_the_resolutions_it_is_given():
+    clip = tiny_clip()
+
+    def attending(**kw):
+        unet = Decoder(clip, image_size=32, dim=16, dim_mults=(1, 2, 2, 2), cond_dim=32, **kw).unet
+        return [type(b).__name__.startswith("CrossAttn") for b in unet.down_blocks], [
+            type(b).__name__.startswith("CrossAttn") for b in unet.up_blocks
+        ]
+
+    assert attending() == ([False, False, False, True], [True, False, False, False])  # the lowest: 4 px
+    assert attending(attention_resolutions=(8, 16)) == (
+        [False, True, True, False],
+        [False, True, True, False],
+    )
+    decoder = Decoder(clip, image_size=32, dim=16, dim_mults=(1, 2, 2, 2), attention_resolutions=(16, 8))
+    assert decoder.config()["attention_resolutions"] == [16, 8]  # recorded, so a checkpoint rebuilds it
+    with pytest.raises(ValueError, match="among the UNet's resolutions 32, 16, 8, 4"):
+        Decoder(clip, image_size=32, dim=16, dim_mults=(1, 2, 2, 2), attention_resolutions=(2,))
+
+
 @pytest.mark.parametrize("part", ["prior", "decoder"])
 def test_checkpoints_round_trip_and_refuse_the_other_kind(tmp_path, part):
     clip = tiny_clip()

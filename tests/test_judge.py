@@ -128,7 +128,7 @@ def test_matches_every_caption_form():
     assert matches(result, "red circle on white", check_background=True)
     assert not matches(JudgeResult("red", "circle", "white", single=False), "a red circle")
     assert parse_caption("a small pink triangle on a gray background") == ("pink", "triangle", "gray")
-    with pytest.raises(ValueError, match="one colour"):
+    with pytest.raises(ValueError, match="must name a colour"):
         parse_caption("a circle")
     with pytest.raises(ValueError):
         parse_caption("a red and blue circle")

@@ -29,6 +29,7 @@ class DataConfig:
     # the built-in dataset
     dataset_size: int = 20000
     holdout: str = ""  # colour-shape pairs left out, e.g. "red triangle,blue circle"
+    shapes: int = 1  # shapes per picture: 1, or 2 ("a small red square and a large blue circle")
 
     def __post_init__(self) -> None:
         if self.shard_keys and self.location is None:

@@ -243,10 +243,21 @@ class TokenCache:
             return sum(n for _, n in changed), dataset.num_slots, [f"{name}/*" for name, _ in changed[:3]]
         if isinstance(dataset, ShapesDataset):
             data = self.meta["data"]
-            recipe = {k: data.get(k) for k in ("seed", "holdout", "image_size")}
+            # token files written before --shapes existed hold one-shape pictures
+            recipe = {
+                k: data.get(k, 1 if k == "shapes" else None)
+                for k in ("seed", "holdout", "image_size", "shapes")
+            }
             if recipe != {k: dataset.describe()[k] for k in recipe}:
                 held = ", ".join(recipe["holdout"] or ["none"])
-                return len(dataset), len(dataset), [f"the file holds seed {recipe['seed']}, holdout {held}"]
+                return (
+                    len(dataset),
+                    len(dataset),
+                    [
+                        f"the file holds seed {recipe['seed']}, holdout {held}, "
+                        f"{recipe['shapes']} shape(s) a picture"
+                    ],
+                )
         keys = np.asarray([item_entry(dataset, i)[0] for i in range(len(dataset))], dtype=str)
         absent = keys[self._rows(keys) < 0]
         return len(absent), len(keys), [str(k) for k in absent[:3]]

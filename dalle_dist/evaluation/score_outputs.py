@@ -3,7 +3,9 @@
     python -m dalle_dist.evaluation.score_outputs OUTPUTS_DIR [--holdout "red triangle"] [--json FILE]
 
 For every prompt folder (``caption.txt`` + ``0.png, 1.png, ...``) it counts the images that show a single
-shape of the named colour and shape, and the colour alone; held-out pairs are reported apart.
+shape of the named colour and shape, and the colour alone; held-out pairs are reported apart. A two-shape
+prompt ("a red circle and a blue square", ``--shapes two`` data) counts when exactly those two shapes are
+there, in any place and order (and for colour, their two colours); it is held out when either pair is.
 """
 
 from __future__ import annotations
@@ -17,23 +19,36 @@ from PIL import Image
 
 from ..cli import Parser, output_file
 from ..data.synthetic import parse_holdout
-from .shapes_judge import judge_shape, matches, parse_caption
+from .shapes_judge import judge_shape, judge_shapes, matches, matches_all, parse_pairs
 
 
 def score_folder(folder: Path) -> dict:
     """Judge every numbered image under one prompt folder."""
     prompt = (folder / "caption.txt").read_text(encoding="utf-8").strip()
-    color, shape, _ = parse_caption(prompt)
+    pairs, _ = parse_pairs(prompt)
     files = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
-    results = [judge_shape(Image.open(p).convert("RGB")) for p in files]
+    images = [Image.open(p).convert("RGB") for p in files]
+    row = {"prompt": prompt, "pair": " and ".join(f"{c} {s}" for c, s in pairs), "images": len(images)}
+    if len(pairs) == 1:
+        results = [judge_shape(image) for image in images]
+        return {
+            **row,
+            "correct": sum(matches(r, prompt) for r in results),
+            "color_correct": sum(r.color == pairs[0][0] for r in results),
+            "seen": [f"{r.color} {r.shape}{'' if r.single else ' (not single)'}" for r in results],
+        }
+    scenes = [judge_shapes(image) for image in images]
     return {
-        "prompt": prompt,
-        "pair": f"{color} {shape}",
-        "images": len(results),
-        "correct": sum(matches(r, prompt) for r in results),
-        "color_correct": sum(r.color == color for r in results),
-        "seen": [f"{r.color} {r.shape}{'' if r.single else ' (not single)'}" for r in results],
+        **row,
+        "correct": sum(matches_all(found, prompt) for found in scenes),
+        "color_correct": sum(matches_all(found, prompt, colours_only=True) for found in scenes),
+        "seen": [" and ".join(f"{r.color} {r.shape}" for r in found) or "nothing" for found in scenes],
     }
+
+
+def held_out(row: dict, holdout: tuple[str, ...]) -> bool:
+    """Whether a prompt's row names a held-out pair (either of a two-shape prompt's)."""
+    return any(pair in holdout for pair in row["pair"].split(" and "))
 
 
 def score_outputs(outputs_dir: Path, holdout: tuple[str, ...] = ()) -> dict:
@@ -50,8 +65,8 @@ def score_outputs(outputs_dir: Path, holdout: tuple[str, ...] = ()) -> dict:
 
     return {
         "prompts": rows,
-        "trained_pairs": total([r for r in rows if r["pair"] not in holdout]),
-        "held_out_pairs": total([r for r in rows if r["pair"] in holdout]),
+        "trained_pairs": total([r for r in rows if not held_out(r, holdout)]),
+        "held_out_pairs": total([r for r in rows if held_out(r, holdout)]),
         "all": total(rows),
     }
 
@@ -75,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scores = score_outputs(args.outputs_dir, parse_holdout(args.holdout) if args.holdout else ())
     for row in scores["prompts"]:
-        tag = " (held out)" if row["pair"] in (parse_holdout(args.holdout) if args.holdout else ()) else ""
+        tag = " (held out)" if held_out(row, parse_holdout(args.holdout) if args.holdout else ()) else ""
         print(
             f"{row['prompt']!r:<28} {row['correct']}/{row['images']} right, colour {row['color_correct']}/"
             f"{row['images']}{tag}"

@@ -188,8 +188,22 @@ def _fit_shapes(alpha: np.ndarray, region: np.ndarray, noise_var: float) -> dict
     return misfits
 
 
-def judge_shape(image: Image.Image | torch.Tensor) -> JudgeResult:
-    """Judge one picture (a PIL image, or a ``[3, H, W]`` tensor in [0, 1])."""
+@dataclass
+class _Segments:
+    """A picture split into background and 8-connected foreground components."""
+
+    rgb: np.ndarray
+    border: np.ndarray  # the border ring's pixels
+    bg: np.ndarray  # the background colour
+    background: str | None
+    smooth: np.ndarray  # each pixel's 3x3-smoothed distance from the background
+    labels: np.ndarray
+    counts: np.ndarray
+    sizeable: list[int]  # labels of the components that are not specks, largest first
+    features: dict[str, float]
+
+
+def _segment(image: Image.Image | torch.Tensor) -> _Segments:
     rgb = _as_rgb_array(image)
     h, w, _ = rgb.shape
     if min(h, w) < 4:
@@ -206,18 +220,22 @@ def judge_shape(image: Image.Image | torch.Tensor) -> JudgeResult:
     features: dict[str, float] = {"threshold": threshold, "background_distance": bg_distance}
     labels, counts = _components(smooth > threshold)
     min_count = max(2.0, SPECK_FRACTION * h * w)
-    if counts.size == 0 or counts.max() < min_count:
-        return JudgeResult(None, None, background, False, 0.0, features)
-    largest = int(counts.argmax())
-    sizeable = int((counts >= min_count).sum())
-    component = labels == largest
-    features.update(components=float(sizeable), area_fraction=float(counts[largest]) / (h * w))
+    sizeable = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k] >= min_count]
+    return _Segments(rgb, border, bg, background, smooth, labels, counts, sizeable, features)
+
+
+def _judge_component(seg: _Segments, label: int) -> JudgeResult:
+    """Colour and shape of one component; ``single`` says whether it is the picture's only sizeable one."""
+    rgb, bg, (h, w) = seg.rgb, seg.bg, seg.labels.shape
+    features = dict(seg.features)
+    component = seg.labels == label
+    features.update(components=float(len(seg.sizeable)), area_fraction=float(seg.counts[label]) / (h * w))
 
     # core = pixels whose neighbourhood is nearly as far from the background as the component gets: the
     # interior, not the anti-aliased rim whose colours are mixed with the background (most of a small
     # triangle's pixels). Ranking by the smoothed distance keeps the pick independent of each pixel's noise,
     # which would otherwise bias the colour away from the background.
-    inside = smooth[component]
+    inside = seg.smooth[component]
     core = rgb[component][inside >= 0.8 * np.percentile(inside, 95)]
     fg = np.median(core, axis=0)
     color_index, color_distance = _nearest(fg, _PALETTE)
@@ -228,34 +246,70 @@ def judge_shape(image: Image.Image | torch.Tensor) -> JudgeResult:
 
     contrast = fg - bg
     alpha = (rgb - bg) @ contrast / max(float(contrast @ contrast), 1e-6)
+    # the other sizeable components (a two-shape picture) are background to this one's fit
+    others = np.isin(seg.labels, [k for k in seg.sizeable if k != label])
+    if others.any():
+        alpha = np.where(_dilate(_dilate(others)), 0.0, alpha)
     # alpha's noise, measured on the border (where the true alpha is 0)
-    border_alpha = (border - bg) @ contrast / max(float(contrast @ contrast), 1e-6)
+    border_alpha = (seg.border - bg) @ contrast / max(float(contrast @ contrast), 1e-6)
     noise_var = float(np.median(np.abs(border_alpha - np.median(border_alpha))) * 1.4826) ** 2
     misfits = _fit_shapes(alpha, _dilate(_dilate(component)), noise_var)
+    single = len(seg.sizeable) == 1
     if not misfits:
-        return JudgeResult(color, None, background, sizeable == 1, 0.0, features)
+        return JudgeResult(color, None, seg.background, single, 0.0, features)
     features.update({f"misfit_{k}": v for k, v in misfits.items()})
     best, second = sorted(SHAPES, key=misfits.get)[:2]
     confidence = (misfits[second] - misfits[best]) / max(misfits[second], 1e-6)
     shape = best if misfits[best] <= MAX_MISFIT else None
-    return JudgeResult(color, shape, background, sizeable == 1, confidence, features)
+    return JudgeResult(color, shape, seg.background, single, confidence, features)
+
+
+def judge_shape(image: Image.Image | torch.Tensor) -> JudgeResult:
+    """Judge one picture (a PIL image, or a ``[3, H, W]`` tensor in [0, 1]) by its largest shape."""
+    seg = _segment(image)
+    if not seg.sizeable:
+        return JudgeResult(None, None, seg.background, False, 0.0, seg.features)
+    return _judge_component(seg, seg.sizeable[0])
+
+
+def judge_shapes(image: Image.Image | torch.Tensor) -> list[JudgeResult]:
+    """Judge every shape of a picture (``--shapes two`` data), largest first; none for a blank one."""
+    seg = _segment(image)
+    return [_judge_component(seg, label) for label in seg.sizeable]
 
 
 _WORD = re.compile(r"[a-z]+")
 
 
-def parse_caption(caption: str) -> tuple[str, str, str | None]:
-    """``(color, shape, background or None)`` named by a caption in any of the shapes grammar's forms."""
+def parse_pairs(caption: str) -> tuple[list[tuple[str, str]], str | None]:
+    """The ``(color, shape)`` pairs a caption of the shapes grammar names, in order (one, or two joined by
+    "and"), and its background or None."""
     words = _WORD.findall(caption.lower())
-    colors = [w for w in words if w in COLORS]
-    shapes = [w for w in words if w in SHAPES]
+    named = [w for w in words if w in COLORS or w in SHAPES]
     backgrounds = [w for w in words if w in BACKGROUNDS]
-    if len(colors) != 1 or len(shapes) != 1 or len(backgrounds) > 1:
+    pairs = list(zip(named[::2], named[1::2], strict=False))  # an odd count is refused below
+    well_formed = (
+        len(named) % 2 == 0
+        and 1 <= len(pairs) <= 2
+        and all(c in COLORS and s in SHAPES for c, s in pairs)
+        and len(backgrounds) <= 1
+    )
+    if not well_formed:
         raise ValueError(
-            f"caption {caption!r} must name one colour ({', '.join(COLORS)}) and one shape "
-            f"({', '.join(SHAPES)}), e.g. 'a red circle'"
+            f"caption {caption!r} must name a colour ({', '.join(COLORS)}) then a shape "
+            f"({', '.join(SHAPES)}), once or twice, e.g. 'a red circle' or 'a red circle and a blue square'"
         )
-    return colors[0], shapes[0], backgrounds[0] if backgrounds else None
+    return pairs, backgrounds[0] if backgrounds else None
+
+
+def parse_caption(caption: str) -> tuple[str, str, str | None]:
+    """``(color, shape, background or None)`` named by a one-shape caption in any of the grammar's forms."""
+    pairs, background = parse_pairs(caption)
+    if len(pairs) != 1:
+        raise ValueError(
+            f"caption {caption!r} names {len(pairs)} shapes; one is expected, e.g. 'a red circle'"
+        )
+    return pairs[0][0], pairs[0][1], background
 
 
 def matches(result: JudgeResult, caption: str, check_background: bool = False) -> bool:
@@ -267,4 +321,20 @@ def matches(result: JudgeResult, caption: str, check_background: bool = False) -
     return ok
 
 
-__all__ = ["JudgeResult", "judge_shape", "matches", "parse_caption"]
+def matches_all(results: list[JudgeResult], caption: str, colours_only: bool = False) -> bool:
+    """Whether the judged shapes are exactly those the caption names (in any order), no more, no fewer;
+    ``colours_only``: their colours are."""
+    pairs, _ = parse_pairs(caption)
+    seen = sorted((r.color or "", "" if colours_only else (r.shape or "")) for r in results)
+    return seen == sorted((c, "" if colours_only else s) for c, s in pairs)
+
+
+__all__ = [
+    "JudgeResult",
+    "judge_shape",
+    "judge_shapes",
+    "matches",
+    "matches_all",
+    "parse_caption",
+    "parse_pairs",
+]

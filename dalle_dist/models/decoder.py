@@ -4,9 +4,12 @@ image, by diffusion in pixel space.
 The network is diffusers' ``UNet2DConditionModel`` built from this module's arguments (so a checkpoint is
 our JSON + safetensors, nothing pickled): the CLIP image embedding is projected and added to the timestep
 embedding, and also becomes ``num_image_tokens`` context tokens beside the caption's tokens, which the
-attention blocks at the lower resolutions attend to. Classifier-free guidance: the image embedding is
-dropped with ``image_cond_drop_prob`` (10 %) and the caption with ``text_cond_drop_prob`` (50 %) during
-training, as in the paper. The frozen CLIP inside gives the image embeddings while training.
+attention blocks attend to. Attention runs at ``attention_resolutions`` (default: the lowest one): on the
+2-core CPU a self- and cross-attention block at 16 px costs more than all the convolutions of a 32 px UNet
+(the step is 2.3x faster with attention at 8 px only, measured in bench/RESULTS.md). Classifier-free
+guidance: the image embedding is dropped with ``image_cond_drop_prob`` (10 %) and the caption with
+``text_cond_drop_prob`` (50 %) during training, as in the paper. The frozen CLIP inside gives the image
+embeddings while training.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Decoder(nn.Module):
         layers_per_block: int = 1,
         cond_dim: int = 128,
         attention_head_dim: int = 32,
+        attention_resolutions: tuple[int, ...] | None = None,
         num_image_tokens: int = 4,
         timesteps: int = 1000,
         image_cond_drop_prob: float = 0.1,
@@ -49,6 +53,13 @@ class Decoder(nn.Module):
         if image_size % 2 ** (len(dim_mults) - 1):
             raise ValueError(f"image_size {image_size} is too small for {len(dim_mults)} resolutions")
         dim_mults = tuple(dim_mults)
+        resolutions = [image_size >> level for level in range(len(dim_mults))]
+        attention = sorted(set(attention_resolutions or resolutions[-1:]), reverse=True)
+        if not set(attention) <= set(resolutions):
+            raise ValueError(
+                f"attention_resolutions {attention} must be among the UNet's resolutions "
+                f"{', '.join(map(str, resolutions))}"
+            )
         self._config = dict(
             image_size=image_size,
             channels=channels,
@@ -57,6 +68,7 @@ class Decoder(nn.Module):
             layers_per_block=layers_per_block,
             cond_dim=cond_dim,
             attention_head_dim=attention_head_dim,
+            attention_resolutions=attention,
             num_image_tokens=num_image_tokens,
             timesteps=timesteps,
             image_cond_drop_prob=image_cond_drop_prob,
@@ -72,9 +84,8 @@ class Decoder(nn.Module):
         self.diffusion = Diffusion(timesteps, prediction="v_prediction")
 
         widths = tuple(dim * m for m in dim_mults)
-        # attention (with the context tokens) at every resolution below the full one
-        down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(widths) - 1)
-        up = ("CrossAttnUpBlock2D",) * (len(widths) - 1) + ("UpBlock2D",)
+        down = tuple("CrossAttnDownBlock2D" if r in attention else "DownBlock2D" for r in resolutions)
+        up = tuple("CrossAttnUpBlock2D" if r in attention else "UpBlock2D" for r in reversed(resolutions))
         self.unet = UNet2DConditionModel(
             sample_size=image_size,
             in_channels=channels,

@@ -28,6 +28,12 @@ def build_parser():
     m.add_argument("--layers_per_block", type=positive_int, default=1)
     m.add_argument("--cond_dim", type=positive_int, default=128, help="width of the context tokens")
     m.add_argument("--attention_head_dim", type=positive_int, default=32)
+    m.add_argument(
+        "--attention_resolutions",
+        type=int_list,
+        default=None,
+        help="resolutions (px) with self- and cross-attention, e.g. 16,8 (default: the lowest)",
+    )
     m.add_argument("--num_image_tokens", type=positive_int, default=4, help="context tokens of the embedding")
     m.add_argument("--timesteps", type=positive_int, default=1000, help="diffusion steps in training")
     m.add_argument("--image_cond_drop_prob", type=unit_interval, default=0.1)
@@ -44,6 +50,7 @@ def build(clip: nn.Module, args: Flags, image_size: int) -> Decoder:
         layers_per_block=args.layers_per_block,
         cond_dim=args.cond_dim,
         attention_head_dim=args.attention_head_dim,
+        attention_resolutions=tuple(args.attention_resolutions or ()),
         num_image_tokens=args.num_image_tokens,
         timesteps=args.timesteps,
         image_cond_drop_prob=args.image_cond_drop_prob,

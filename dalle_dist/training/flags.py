@@ -21,6 +21,7 @@ from ..cli import (
     unit_interval,
 )
 from ..data import DataConfig
+from ..data.synthetic import SHAPE_COUNTS
 from ..distributed import BACKENDS, BackendConfig
 from ..errors import UserError
 from .loop import LoopSettings
@@ -46,6 +47,7 @@ RUN_DEFINING = (
     "wds",
     "dataset_size",
     "holdout",
+    "shapes",
     "seed",
     "validation_fraction",
     "wds_val",
@@ -112,6 +114,15 @@ def backend_config(args: argparse.Namespace) -> BackendConfig:
     )
 
 
+def refuse_built_in_flags(args: argparse.Namespace, location: str | Path | None) -> None:
+    """Flags of the built-in dataset given beside a folder or shards (``location``): one line."""
+    if location is None:
+        return
+    for flag, given in (("holdout", bool(args.holdout)), ("shapes", args.shapes != "one")):
+        if given:
+            raise UserError(f"--{flag} applies to the built-in dataset only: drop it or drop the folder flag")
+
+
 def data_config(
     args: argparse.Namespace, location: str | Path | None, image_size: int | None = None, *, check_size=True
 ) -> DataConfig:
@@ -124,8 +135,7 @@ def data_config(
         )
     if getattr(args, "wds_val", "") and not getattr(args, "wds", ""):
         raise UserError("--wds_val names validation shards for a --wds run: add --wds, or drop --wds_val")
-    if location is not None and args.holdout:
-        raise UserError("--holdout applies to the built-in dataset only: drop it or drop the folder flag")
+    refuse_built_in_flags(args, location)
     default = FOLDER_IMAGE_SIZE if location is not None else BUILT_IN_IMAGE_SIZE
     # the shard flags only exist for the trainers that read shards; the others keep DataConfig's defaults
     shards = {field: getattr(args, flag) for field, flag in SHARD_FLAGS.items() if hasattr(args, flag)}
@@ -138,6 +148,7 @@ def data_config(
         check_size=check_size,
         dataset_size=args.dataset_size,
         holdout=args.holdout,
+        shapes=SHAPE_COUNTS[args.shapes],
         **shards,
     )
 
@@ -242,6 +253,13 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         type=str,
         default="",
         help='built-in dataset: colour-shape pairs to leave out, e.g. "red triangle,blue circle"',
+    )
+    d.add_argument(
+        "--shapes",
+        choices=tuple(SHAPE_COUNTS),
+        default="one",
+        help='built-in dataset: shapes per picture; "two" captions both ("a small red square and a large '
+        'blue circle")',
     )
     d.add_argument(
         "--strict_data",

@@ -22,7 +22,7 @@ from ..data import DataConfig, Ranks, TrainingData, build_dataset
 from ..data.sampler import split_indices
 from ..distributed import BACKENDS, BackendConfig, DistributedBackend, Precision, backend_from_config
 from ..errors import UserError
-from .flags import RUN_DEFINING, loop_settings, refuse_changed_flags
+from .flags import RUN_DEFINING, loop_settings, refuse_built_in_flags, refuse_changed_flags
 from .loop import TrainingLoop
 from .schedule import LRSchedule
 from .task import Task
@@ -47,6 +47,10 @@ def parse_flags(parser: Parser, argv: list[str] | None = None) -> Flags:
     change (one line names those that differ), and the others (steps, logging, saving, learning rate...)
     may, with a note for the learning rate."""
     args = parser.parse(argv)
+    # before any model is loaded: the data flags contradict each other
+    refuse_built_in_flags(
+        args, getattr(args, "image_text_folder", None) or getattr(args, "image_folder", None)
+    )
     if not args.resume or args.output is None:
         return args
     file, recorded = recorded_flags(RunDirectory(args.output))

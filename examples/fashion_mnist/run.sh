@@ -10,6 +10,9 @@
 #   PY (.venv/bin/python)  THREADS (1)  TRAIN_LIMIT (all 60000)  TEST_LIMIT (all 10000)  CLS_EPOCHS (3)
 #   VAE_STEPS (2000)  DALLE_STEPS (3500)  CLIP_STEPS (1500)  IMAGES (50 kept per prompt)  CANDIDATES (200)
 #   GEN_FLAGS ("--cond_scale 2.5 --top_k 0.9 --temperature 0.7", make demo's)  FASHION_MNIST_DIR
+#   MODEL (dalle: VAE -> DALL-E; dalle2: CLIP -> diffusion prior and decoder, the same judge and evaluation)
+#   with MODEL=dalle2: PRIOR_STEPS (2000)  DECODER_STEPS (1500)  CANDIDATES (100)
+#   GEN_FLAGS ("--cf_guidance_scale 3 --steps 50 --prior_steps 64", make demo-dalle2's)
 #
 # Two chains run side by side, one thread each: VAE -> DALL-E, and classifier -> CLIP (CLIP and the
 # classifier need no VAE). One thread per process because the machine is shared: with two threads each
@@ -30,7 +33,7 @@ DATA_DIR=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 THREADS=${THREADS:-1}
 if [[ ${QUICK:-0} == 1 ]]; then
   : "${TRAIN_LIMIT:=3000}" "${TEST_LIMIT:=1000}" "${CLS_EPOCHS:=1}" "${VAE_STEPS:=150}" "${DALLE_STEPS:=150}"
-  : "${CLIP_STEPS:=60}" "${IMAGES:=16}" "${CANDIDATES:=32}"
+  : "${CLIP_STEPS:=60}" "${IMAGES:=16}" "${CANDIDATES:=32}" "${PRIOR_STEPS:=60}" "${DECODER_STEPS:=60}"
 fi
 TRAIN_LIMIT=${TRAIN_LIMIT:-}
 TEST_LIMIT=${TEST_LIMIT:-}
@@ -39,8 +42,23 @@ VAE_STEPS=${VAE_STEPS:-2000}
 DALLE_STEPS=${DALLE_STEPS:-3500}
 CLIP_STEPS=${CLIP_STEPS:-1500}
 IMAGES=${IMAGES:-50}
-CANDIDATES=${CANDIDATES:-200}
-GEN_FLAGS=${GEN_FLAGS:---cond_scale 2.5 --top_k 0.9 --temperature 0.7}
+MODEL=${MODEL:-dalle}
+PRIOR_STEPS=${PRIOR_STEPS:-2000}
+DECODER_STEPS=${DECODER_STEPS:-1500}
+case $MODEL in
+  dalle)
+    CANDIDATES=${CANDIDATES:-200}
+    GEN_FLAGS=${GEN_FLAGS:---cond_scale 2.5 --top_k 0.9 --temperature 0.7}
+    ;;
+  dalle2)  # a sample costs ~50 UNet passes here: fewer candidates to rank
+    CANDIDATES=${CANDIDATES:-100}
+    GEN_FLAGS=${GEN_FLAGS:---cf_guidance_scale 3 --steps 50 --prior_steps 64}
+    ;;
+  *)
+    echo "error: MODEL must be dalle or dalle2, got '$MODEL'" >&2
+    exit 2
+    ;;
+esac
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
 # the data first: without it, one line and nothing touched
@@ -57,7 +75,7 @@ rm -rf "$RUN"
 mkdir -p "$RUN/logs"
 touch "$RUN/.fashion_mnist_run"
 echo "$0 $*" > "$RUN/command.txt"
-env | grep -E '^(QUICK|THREADS|TRAIN_LIMIT|TEST_LIMIT|CLS_EPOCHS|VAE_STEPS|DALLE_STEPS|CLIP_STEPS|IMAGES|CANDIDATES|GEN_FLAGS|FASHION_MNIST_DIR)=' \
+env | grep -E '^(QUICK|THREADS|TRAIN_LIMIT|TEST_LIMIT|CLS_EPOCHS|VAE_STEPS|DALLE_STEPS|CLIP_STEPS|IMAGES|CANDIDATES|GEN_FLAGS|FASHION_MNIST_DIR|MODEL|PRIOR_STEPS|DECODER_STEPS)=' \
   >> "$RUN/command.txt" || true
 printf 'stage\tseconds\tchain\n' > "$RUN/times.tsv"
 {
@@ -100,42 +118,64 @@ COMMON=(--image_size 32 --random_resize_crop_lower_ratio 1.0 --progress lines --
 stage prepare main "$PY" "$HERE/prepare.py" --data_dir "$DATA_DIR" --out "$DATA" "${LIMITS[@]}" \
   --reference_per_class "$IMAGES"
 
-side_chain() {
-  stage classifier side "$PY" "$HERE/classifier.py" train --data_dir "$DATA_DIR" --out "$RUN/classifier" \
-    --epochs "$CLS_EPOCHS" "${LIMITS[@]}"
-  # a small CLIP: 8 x 8 patches of 4 px, 2 + 2 layers of width 128, bf16 autocast (~1.4x fp32 here)
-  stage train_clip side "$PY" train_clip.py --output "$RUN/clip" "${WDS[@]}" "${COMMON[@]}" --bf16 \
+train_clip() {  # CHAIN: a small CLIP, 8 x 8 patches of 4 px, 2 + 2 layers of width 128, bf16 autocast (~1.4x fp32 here)
+  stage train_clip "$1" "$PY" train_clip.py --output "$RUN/clip" "${WDS[@]}" "${COMMON[@]}" --bf16 \
     --dim_text 128 --dim_image 128 --dim_latent 128 --text_enc_depth 2 --visual_enc_depth 2 --text_heads 4 \
     --visual_heads 4 --dim_head 32 --text_seq_len 8 --visual_patch_size 4 --batch_size 64 \
     --learning_rate 1e-3 --warmup_steps 50 --lr_schedule cosine --max_steps "$CLIP_STEPS" --log_every 100 \
     --sample_every 100000 --save_every_n_steps 500 --keep_n_checkpoints 1
 }
-echo "== classifier and train_clip run alongside the VAE and DALL-E (logs: $RUN/logs/)"
-side_chain &
-side=$!
-trap 'kill -- -$side 2>/dev/null || true' EXIT
+classifier() {
+  stage classifier side "$PY" "$HERE/classifier.py" train --data_dir "$DATA_DIR" --out "$RUN/classifier" \
+    --epochs "$CLS_EPOCHS" "${LIMITS[@]}"
+}
 
-# 32 px -> an 8 x 8 token grid of 128 codes (make demo's VAE)
-stage train_vae main "$PY" train_vae.py --config configs/demo_vae.yaml --output "$RUN/vae" \
-  --image_folder "$DATA/train" "${COMMON[@]}" --max_steps "$VAE_STEPS" --log_every 250 --sample_every 1000 \
-  --save_every_n_steps 1000 --keep_n_checkpoints 1
-# make demo's DALL-E (dim 256, depth 4, full attention) on 8 text + 64 image tokens, bf16 autocast
-# (~2.3x fp32 here), caption dropout for classifier-free guidance
-stage train_dalle main "$PY" train_dalle.py --config configs/demo_dalle.yaml --no-amp --bf16 \
-  --output "$RUN/dalle" --vae_path "$RUN/vae" "${WDS[@]}" "${COMMON[@]}" --text_seq_len 8 \
-  --max_steps "$DALLE_STEPS" --log_every 100 --sample_every 1000 --save_every_n_steps 1000 --keep_n_checkpoints 1
-wait "$side"
-trap - EXIT
+if [[ $MODEL == dalle ]]; then
+  echo "== classifier and train_clip run alongside the VAE and DALL-E (logs: $RUN/logs/)"
+  { classifier && train_clip side; } &
+  side=$!
+  trap 'kill -- -$side 2>/dev/null || true' EXIT
+  # 32 px -> an 8 x 8 token grid of 128 codes (make demo's VAE)
+  stage train_vae main "$PY" train_vae.py --config configs/demo_vae.yaml --output "$RUN/vae" \
+    --image_folder "$DATA/train" "${COMMON[@]}" --max_steps "$VAE_STEPS" --log_every 250 --sample_every 1000 \
+    --save_every_n_steps 1000 --keep_n_checkpoints 1
+  # make demo's DALL-E (dim 256, depth 4, full attention) on 8 text + 64 image tokens, bf16 autocast
+  # (~2.3x fp32 here), caption dropout for classifier-free guidance
+  stage train_dalle main "$PY" train_dalle.py --config configs/demo_dalle.yaml --no-amp --bf16 \
+    --output "$RUN/dalle" --vae_path "$RUN/vae" "${WDS[@]}" "${COMMON[@]}" --text_seq_len 8 \
+    --max_steps "$DALLE_STEPS" --log_every 100 --sample_every 1000 --save_every_n_steps 1000 --keep_n_checkpoints 1
+  wait "$side"
+  trap - EXIT
+  MODEL_FLAGS=(--dalle_path "$RUN/dalle")
+else
+  echo "== classifier runs alongside train_clip, then the prior alongside the decoder (logs: $RUN/logs/)"
+  classifier &
+  side=$!
+  trap 'kill -- -$side 2>/dev/null || true' EXIT
+  train_clip main
+  wait "$side"
+  # make demo-dalle2's prior and decoder (configs/demo_{prior,decoder}.yaml) on this CLIP
+  stage train_prior side "$PY" train_prior.py --config configs/demo_prior.yaml --clip_path "$RUN/clip" \
+    --output "$RUN/prior" "${WDS[@]}" "${COMMON[@]}" --max_steps "$PRIOR_STEPS" --sample_every 100000 \
+    --save_every_n_steps 1000 --keep_n_checkpoints 1 &
+  side=$!
+  stage train_decoder main "$PY" train_decoder.py --config configs/demo_decoder.yaml --clip_path "$RUN/clip" \
+    --output "$RUN/decoder" "${WDS[@]}" "${COMMON[@]}" --max_steps "$DECODER_STEPS" --sample_every 100000 \
+    --save_every_n_steps 1000 --keep_n_checkpoints 1
+  wait "$side"
+  trap - EXIT
+  MODEL_FLAGS=(--prior_path "$RUN/prior" --decoder_path "$RUN/decoder")
+fi
 
 PROMPTS=$(cat "$DATA/prompts.txt")
 # CLIP-ranked (the best IMAGES of CANDIDATES per prompt) and plain (the first IMAGES samples), side by side
 # shellcheck disable=SC2086  # GEN_FLAGS is a list of flags
-stage generate_plain side "$PY" generate.py --dalle_path "$RUN/dalle" --text "$PROMPTS" --num_images "$IMAGES" \
+stage generate_plain side "$PY" generate.py "${MODEL_FLAGS[@]}" --text "$PROMPTS" --num_images "$IMAGES" \
   --batch_size 50 $GEN_FLAGS --seed 0 --outputs_dir "$RUN/outputs_plain" &
 plain=$!
 trap 'kill -- -$plain 2>/dev/null || true' EXIT
 # shellcheck disable=SC2086
-stage generate_ranked main "$PY" generate.py --dalle_path "$RUN/dalle" --text "$PROMPTS" --num_images "$IMAGES" \
+stage generate_ranked main "$PY" generate.py "${MODEL_FLAGS[@]}" --text "$PROMPTS" --num_images "$IMAGES" \
   --num_candidates "$CANDIDATES" --keep "$IMAGES" --clip_path "$RUN/clip" --batch_size 50 $GEN_FLAGS --seed 0 \
   --outputs_dir "$RUN/outputs_ranked"
 wait "$plain"

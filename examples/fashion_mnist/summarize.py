@@ -77,7 +77,7 @@ def summarize(run: Path) -> tuple[list[str], dict]:
             lines.append(f"| {name} | {_minutes(sec)} | {where} |")
 
     rates = {}
-    for name in ("vae", "dalle", "clip"):
+    for name in ("vae", "dalle", "clip", "prior", "decoder"):
         last, mean = _last_metrics(run / name / "metrics.jsonl"), _mean_rate(run / name / "metrics.jsonl")
         if last:
             rates[name] = {"step": last.get("step"), "loss": last.get("loss"), "mean_samples_per_s": mean}
