@@ -210,6 +210,20 @@ def test_decoder_attends_at_the_resolutions_it_is_given():
         Decoder(clip, image_size=32, dim=16, dim_mults=(1, 2, 2, 2), attention_resolutions=(2,))
 
 
+def test_decoder_conditions_by_adagn_on_groups_of_four_channels():
+    """The embedding scales and shifts each residual block (its projection is twice the channels) and
+    GroupNorm keeps >= 4 channels a group by default, so flat colours survive normalisation."""
+    clip = tiny_clip()
+    decoder = Decoder(clip, image_size=32, dim=32, dim_mults=(1, 2), cond_dim=32)
+    resnet = decoder.unet.down_blocks[0].resnets[0]
+    assert resnet.time_emb_proj.out_features == 2 * resnet.conv1.out_channels
+    groups = {m.num_groups for m in decoder.unet.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {8} and decoder.config()["norm_groups"] == 8  # 32 / 8 = 4 channels a group
+    assert Decoder(clip, image_size=32, dim=16, dim_mults=(1, 2), norm_groups=2).config()["norm_groups"] == 2
+    with pytest.raises(ValueError, match="norm_groups 3 must divide dim 16"):
+        Decoder(clip, image_size=32, dim=16, dim_mults=(1, 2), norm_groups=3)
+
+
 @pytest.mark.parametrize("part", ["prior", "decoder"])
 def test_checkpoints_round_trip_and_refuse_the_other_kind(tmp_path, part):
     clip = tiny_clip()

@@ -3,7 +3,9 @@ image, by diffusion in pixel space.
 
 The network is diffusers' ``UNet2DConditionModel`` built from this module's arguments (so a checkpoint is
 our JSON + safetensors, nothing pickled): the CLIP image embedding is projected and added to the timestep
-embedding, and also becomes ``num_image_tokens`` context tokens beside the caption's tokens, which the
+embedding, which scales and shifts every residual block's normalised features (AdaGN, the ADM UNet of
+Dhariwal & Nichol 2021 that GLIDE and this decoder build on; GroupNorm of at least 4 channels a group),
+and also becomes ``num_image_tokens`` context tokens beside the caption's tokens, which the
 attention blocks attend to. Attention runs at ``attention_resolutions`` (default: the lowest one): on the
 2-core CPU a self- and cross-attention block at 16 px costs more than all the convolutions of a 32 px UNet
 (the step is 2.3x faster with attention at 8 px only, measured in bench/RESULTS.md). Classifier-free
@@ -14,7 +16,6 @@ embeddings while training.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -25,6 +26,13 @@ from torch import Tensor, nn
 from .clip import CLIP
 from .diffusion import Diffusion
 from .prior import clip_sizes
+
+
+def default_norm_groups(dim: int) -> int:
+    """GroupNorm groups of at least 4 channels at the full resolution (32 at most): with 1 channel a group
+    (32 groups of a 32-wide UNet) each channel loses its mean, the very thing flat-coloured pictures are
+    made of."""
+    return max(g for g in range(1, 33) if dim % g == 0 and dim // g >= min(4, dim))
 
 
 class Decoder(nn.Module):
@@ -42,6 +50,7 @@ class Decoder(nn.Module):
         cond_dim: int = 128,
         attention_head_dim: int = 32,
         attention_resolutions: tuple[int, ...] | None = None,
+        norm_groups: int | None = None,
         num_image_tokens: int = 4,
         timesteps: int = 1000,
         image_cond_drop_prob: float = 0.1,
@@ -60,6 +69,9 @@ class Decoder(nn.Module):
                 f"attention_resolutions {attention} must be among the UNet's resolutions "
                 f"{', '.join(map(str, resolutions))}"
             )
+        norm_groups = norm_groups or default_norm_groups(dim)
+        if dim % norm_groups:
+            raise ValueError(f"norm_groups {norm_groups} must divide dim {dim}")
         self._config = dict(
             image_size=image_size,
             channels=channels,
@@ -69,6 +81,7 @@ class Decoder(nn.Module):
             cond_dim=cond_dim,
             attention_head_dim=attention_head_dim,
             attention_resolutions=attention,
+            norm_groups=norm_groups,
             num_image_tokens=num_image_tokens,
             timesteps=timesteps,
             image_cond_drop_prob=image_cond_drop_prob,
@@ -97,7 +110,8 @@ class Decoder(nn.Module):
             mid_block_type="UNetMidBlock2DCrossAttn",
             cross_attention_dim=cond_dim,
             attention_head_dim=attention_head_dim,
-            norm_num_groups=math.gcd(32, dim),  # divides every width (all are multiples of dim)
+            norm_num_groups=norm_groups,  # divides every width (all are multiples of dim)
+            resnet_time_scale_shift="scale_shift",  # AdaGN: the conditioning scales and shifts each block
             class_embed_type="projection",  # the image embedding, added to the timestep embedding
             projection_class_embeddings_input_dim=self.embed_dim,
         )

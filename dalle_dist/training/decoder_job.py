@@ -34,6 +34,9 @@ def build_parser():
         default=None,
         help="resolutions (px) with self- and cross-attention, e.g. 16,8 (default: the lowest)",
     )
+    m.add_argument(
+        "--norm_groups", type=positive_int, default=None, help="GroupNorm groups (default: 4 channels each)"
+    )
     m.add_argument("--num_image_tokens", type=positive_int, default=4, help="context tokens of the embedding")
     m.add_argument("--timesteps", type=positive_int, default=1000, help="diffusion steps in training")
     m.add_argument("--image_cond_drop_prob", type=unit_interval, default=0.1)
@@ -51,6 +54,7 @@ def build(clip: nn.Module, args: Flags, image_size: int) -> Decoder:
         cond_dim=args.cond_dim,
         attention_head_dim=args.attention_head_dim,
         attention_resolutions=tuple(args.attention_resolutions or ()),
+        norm_groups=args.norm_groups,
         num_image_tokens=args.num_image_tokens,
         timesteps=args.timesteps,
         image_cond_drop_prob=args.image_cond_drop_prob,
