@@ -344,9 +344,12 @@ def _described(what: str, where: Path | None = None) -> Iterator[None]:
         ) from None
 
 
-def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
+def load_weights(
+    module: nn.Module, weights: dict[str, torch.Tensor], where: Path, cause: str | None = None
+) -> None:
     """Load ``weights`` into the model ``where``'s meta.json described; any disagreement (names or shapes)
-    is one line: the description and the weights were not written together."""
+    is one line: the description and the weights were not written together (or ``cause``, where the
+    caller knows better)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -360,8 +363,8 @@ def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: Pat
         found += [f"unexpected {unexpected[:3]}"] if unexpected else []
         found += [f"shapes {', '.join(wrong[:2])} (stored vs described)"] if wrong else []
         raise UserError(
-            f"{where}: weights do not fit the model its meta.json describes ({'; '.join(found)}): the "
-            "checkpoint is damaged or was edited; use another one"
+            f"{where}: weights do not fit the model its meta.json describes ({'; '.join(found)}): "
+            + (cause or "the checkpoint is damaged or was edited; use another one")
         )
     module.load_state_dict(weights, strict=True)
 
@@ -422,7 +425,16 @@ def _load_on_clip(
     weights = ckpt.weights()
     if ema and (ckpt.path / "ema.safetensors").is_file():
         weights.update(ckpt.weights("ema.safetensors"))
-    load_weights(model, weights, ckpt.path)
+    # arguments the part has gained since the checkpoint was written, which may have changed its layout
+    # (the decoder's norm_groups came with AdaGN): then the weights are old, not damaged
+    newer = sorted(set(model.config()) - set(ckpt.meta["model"]))
+    cause = (
+        f"it was saved by an earlier dalle_dist, whose {kind} had no {', '.join(newer)} and another layout; "
+        f"train it again with train_{kind}.py"
+        if newer
+        else None
+    )
+    load_weights(model, weights, ckpt.path, cause)
     model.clip.tokenizer = model.tokenizer = _tokenizer_of(ckpt)
     return model, model.tokenizer, ckpt
 

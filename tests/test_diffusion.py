@@ -224,6 +224,24 @@ def test_decoder_conditions_by_adagn_on_groups_of_four_channels():
         Decoder(clip, image_size=32, dim=16, dim_mults=(1, 2), norm_groups=3)
 
 
+def test_a_decoder_from_before_adagn_is_told_apart_from_a_damaged_one(tmp_path):
+    """A decoder saved before AdaGN (its UNet added the conditioning, no scale): with its meta.json, which
+    lacks the norm_groups that came with AdaGN, the error says the checkpoint is old and how to replace it;
+    the same weights under a complete meta.json are damaged."""
+    from diffusers import UNet2DConditionModel
+
+    clip = tiny_clip()
+    old = tiny_decoder(clip)
+    old.unet = UNet2DConditionModel.from_config({**old.unet.config, "resnet_time_scale_shift": "default"})
+    complete = {"model": old.config(), "clip": clip.config()}
+    before = {"model": {k: v for k, v in old.config().items() if k != "norm_groups"}, "clip": clip.config()}
+    old_error = "earlier dalle_dist, whose decoder had no norm_groups.*train it again with train_decoder.py"
+    for name, meta, error in (("damaged", complete, "damaged or was edited"), ("old", before, old_error)):
+        folder = save_checkpoint(tmp_path / name, kind="decoder", meta=meta, module=old, tokenizer=TOKENIZER)
+        with pytest.raises(UserError, match=error):
+            load_decoder(folder)
+
+
 @pytest.mark.parametrize("part", ["prior", "decoder"])
 def test_checkpoints_round_trip_and_refuse_the_other_kind(tmp_path, part):
     clip = tiny_clip()
