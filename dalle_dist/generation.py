@@ -50,6 +50,13 @@ def build_parser() -> Parser:
     two.add_argument(
         "--sampler", choices=("ddim", "dpm", "ddpm"), default="ddim", help="ddim, DPM-Solver++, ddpm"
     )
+    two.add_argument(
+        "--prior_cond_scale",
+        type=nonneg_float,
+        default=None,
+        help="the prior's own classifier-free guidance scale (default --cf_guidance_scale): the decoder "
+        "often wants more guidance than the prior",
+    )
     parser.add_argument("--text", type=str, default=None, help="prompt; '|' separates several prompts")
     refuse(parser, "--taming", "a DALL-E checkpoint here carries its own VAE: --dalle_path is enough")
     for flag in ("--vqgan_model_path", "--vqgan_config_path"):
@@ -85,7 +92,8 @@ def build_parser() -> Parser:
         "--cf_guidance_scale",
         type=nonneg_float,
         default=1.0,
-        help="classifier-free guidance scale; 1 = off (DALL-E 2: the prior's and the decoder's)",
+        help="classifier-free guidance scale; 1 = off (DALL-E 2: the decoder's, and the prior's unless "
+        "--prior_cond_scale)",
     )
     parser.add_argument("--img", type=Path, default=None, help="image whose top rows prime the samples")
     parser.add_argument("--num_init_img_tokens", type=positive_int, default=None)
@@ -133,6 +141,8 @@ DALLE1_ONLY = (
     "compile",
     "bf16",
 )
+# DALL-E 2's sampling flags, refused with --dalle_path for the same reason
+DALLE2_ONLY = ("steps", "prior_steps", "sampler", "prior_cond_scale")
 
 
 @dataclass
@@ -148,6 +158,10 @@ class Model:
 
 
 def _dalle1(args: Any, device: torch.device) -> Model:
+    given = [f"--{name}" for name in DALLE2_ONLY if args.given(name)]
+    if given:
+        raise UserError(f"{', '.join(given)}: DALL-E 2 sampling flags; a DALL-E (--dalle_path) takes "
+                        "--top_k, --top_p, --temperature and --cond_scale")  # fmt: skip
     if args.compile and args.no_cache:
         raise UserError("--compile compiles the cached decode step: drop --no_cache (or --compile)")
     dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
@@ -209,6 +223,7 @@ def _dalle2(args: Any, device: torch.device) -> Model:
         out = dalle2(
             text=text.expand(n, -1),
             cf_guidance_scale=args.cond_scale,
+            prior_cond_scale=args.prior_cond_scale,
             steps=args.steps,
             prior_steps=args.prior_steps,
             sampler=args.sampler,

@@ -8,9 +8,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, launch_2_ranks, run_cmd
+from PIL import Image
 from safetensors.torch import load_file
 
 pytest.importorskip("diffusers", reason="diffusers is a dependency of dalle_dist: pip install -e .")
@@ -202,12 +204,30 @@ def test_generate_with_a_prior_and_decoder_writes_the_dalle_layout_and_ranks(tmp
     scores = json.loads((ranked / "a_red_circle" / "scores.json").read_text())
     assert scores["candidates"] == 4 and len(scores["images"]) == 2
     assert scores["images"][0]["clip_score"] >= scores["images"][1]["clip_score"]
+    # the prior's own guidance: equal to the shared scale it defaults to, another scale another picture
+    seeded = [*base, "--text", "a red circle", "--num_images", "1", "--seed", "3"]
+    for name, extra in (
+        ("same", []),
+        ("explicit", ["--prior_cond_scale", "2"]),
+        ("one", ["--prior_cond_scale", "1"]),
+    ):
+        run_cmd([*seeded, *extra, "--outputs_dir", tmp_path / name])
+    pixels = {
+        name: np.asarray(Image.open(tmp_path / name / "a_red_circle" / "0.png"))
+        for name in ("same", "explicit", "one")
+    }
+    assert np.array_equal(pixels["same"], pixels["explicit"])
+    assert not np.array_equal(pixels["same"], pixels["one"])
     for extra, words in (
         (["--top_k", "0.5"], "--top_k: DALL-E 1 sampling flags"),
         (["--dalle_path", parts["prior"]], "keep one"),
     ):
         proc = run_cmd([*base, "--text", "a red circle", *extra, "--outputs_dir", tmp_path / "bad"], expect=2)
         assert words in one_line(proc)
+    proc = run_cmd([sys.executable, ROOT / "generate.py", "--dalle_path", parts["decoder"], "--text", "a",
+                    "--prior_cond_scale", "2", "--steps", "3", "--outputs_dir", tmp_path / "bad"],
+                   expect=2)  # fmt: skip
+    assert "--steps, --prior_cond_scale: DALL-E 2 sampling flags" in one_line(proc)
     proc = run_cmd([sys.executable, ROOT / "generate.py", "--prior_path", parts["prior"], "--text", "a",
                     "--outputs_dir", tmp_path / "bad"], expect=2)  # fmt: skip
     assert "needs both --prior_path and --decoder_path" in one_line(proc)
