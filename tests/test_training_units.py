@@ -236,3 +236,19 @@ def test_every_config_works_with_the_data_flags_it_is_documented_with(config, tm
             continue  # train_vae.py reads no shards yet ([5/6])
         args = build().parse(["--config", str(config), *extra])
         assert data_config(args, location).location == (None if location is None else str(location))
+
+
+def test_decoder_attention_resolutions_are_a_set_so_a_resume_may_list_them_in_any_order():
+    """The decoder keeps its attention resolutions largest first; the flag reads them the same way, so a
+    resume given ``8,16`` matches a run made with ``16,8``, and another set is still refused."""
+    pytest.importorskip("diffusers", reason="diffusers is a dependency of dalle_dist: pip install -e .")
+    from dalle_dist.training.decoder_job import build_parser
+    from dalle_dist.training.flags import refuse_changed_flags
+
+    parse = build_parser().parse
+    args = parse(["--clip_path", "clip", "--attention_resolutions", "8,16,8"])
+    assert args.attention_resolutions == [16, 8]
+    refuse_changed_flags(args, {"attention_resolutions": [16, 8]}, "the run fixes its model")
+    other = parse(["--clip_path", "clip", "--attention_resolutions", "4,16"])
+    with pytest.raises(UserError, match=r"--attention_resolutions 16,4 \(it has 16,8\)"):
+        refuse_changed_flags(other, {"attention_resolutions": [16, 8]}, "the run fixes its model")

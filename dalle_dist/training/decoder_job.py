@@ -20,6 +20,12 @@ from .diffusion_job import main as train_part
 KIND = "decoder"
 
 
+def resolution_list(text: str) -> list[int]:
+    """Resolutions as a set, largest first (the order the decoder keeps them in): ``4,8`` on a resume of a
+    run given ``8,4`` is the same model."""
+    return sorted(set(int_list(text)), reverse=True)
+
+
 def build_parser():
     parser = common_parser(KIND, "Train DALL-E 2's diffusion decoder on a trained CLIP.")
     m = parser.add_argument_group("model")
@@ -30,7 +36,7 @@ def build_parser():
     m.add_argument("--attention_head_dim", type=positive_int, default=32)
     m.add_argument(
         "--attention_resolutions",
-        type=int_list,
+        type=resolution_list,
         default=None,
         help="resolutions (px) with self- and cross-attention, e.g. 16,8 (default: the lowest)",
     )
