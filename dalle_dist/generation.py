@@ -54,8 +54,8 @@ def build_parser() -> Parser:
         "--prior_cond_scale",
         type=nonneg_float,
         default=None,
-        help="the prior's own classifier-free guidance scale (default --cf_guidance_scale): the decoder "
-        "often wants more guidance than the prior",
+        help="the prior's own classifier-free guidance scale (default --cf_guidance_scale), to guide the "
+        "two parts differently",
     )
     parser.add_argument("--text", type=str, default=None, help="prompt; '|' separates several prompts")
     refuse(parser, "--taming", "a DALL-E checkpoint here carries its own VAE: --dalle_path is enough")
