@@ -145,6 +145,13 @@ DALLE1_ONLY = (
 DALLE2_ONLY = ("steps", "prior_steps", "sampler", "prior_cond_scale")
 
 
+def refuse_given(args: Any, names: tuple[str, ...], why: str) -> None:
+    """One ``UserError`` line naming every flag of ``names`` the user gave, and ``why`` it does not apply."""
+    given = [f"--{name}" for name in names if args.given(name)]
+    if given:
+        raise UserError(f"{', '.join(given)}: {why}")
+
+
 @dataclass
 class Model:
     """What the prompt loop needs of either generation: the tokenizer, the caption length, a line to
@@ -158,10 +165,8 @@ class Model:
 
 
 def _dalle1(args: Any, device: torch.device) -> Model:
-    given = [f"--{name}" for name in DALLE2_ONLY if args.given(name)]
-    if given:
-        raise UserError(f"{', '.join(given)}: DALL-E 2 sampling flags; a DALL-E (--dalle_path) takes "
-                        "--top_k, --top_p, --temperature and --cond_scale")  # fmt: skip
+    refuse_given(args, DALLE2_ONLY, "DALL-E 2 sampling flags; a DALL-E (--dalle_path) takes --top_k, "
+                 "--top_p, --temperature and --cond_scale")  # fmt: skip
     if args.compile and args.no_cache:
         raise UserError("--compile compiles the cached decode step: drop --no_cache (or --compile)")
     dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
@@ -203,10 +208,8 @@ def _dalle2(args: Any, device: torch.device) -> Model:
         raise UserError(
             "DALL-E 2 needs both --prior_path and --decoder_path (train_prior.py, train_decoder.py)"
         )
-    given = [f"--{name}" for name in DALLE1_ONLY if args.given(name)]
-    if given:
-        raise UserError(f"{', '.join(given)}: DALL-E 1 sampling flags; a prior and decoder take --steps, "
-                        "--prior_steps, --sampler and --cf_guidance_scale")  # fmt: skip
+    refuse_given(args, DALLE1_ONLY, "DALL-E 1 sampling flags; a prior and decoder take --steps, "
+                 "--prior_steps, --sampler and --cf_guidance_scale")  # fmt: skip
     prior, tokenizer, prior_ckpt = load_prior(args.prior_path)
     decoder, _, decoder_ckpt = load_decoder(args.decoder_path)
     if prior_ckpt.meta.get("clip_source") != decoder_ckpt.meta.get("clip_source"):
