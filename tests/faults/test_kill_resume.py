@@ -32,8 +32,10 @@ FLAGS = [
     "--sample_every",
     "100",
     "--max_steps",
-    "8",
+    "30",
 ]
+# A tiny step takes ~20 ms: killed after step 2-6, a run has 24+ steps (~0.5 s) left, far more than the
+# killer's reaction time (with 8 steps it once finished first).
 
 
 def command(vae: Path, out: Path, *extra) -> list[str]:
@@ -96,12 +98,13 @@ def kill_at(cmd: list, out: Path, step: int, **env: str) -> None:
             lines = metrics.read_text().splitlines() if metrics.is_file() else []
             if any(json.loads(line).get("step", 0) >= step for line in lines):
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         assert proc.poll() is None, f"the run ended before step {step}"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    assert not (out / "final").exists()
+    # the run must still have had steps to go when it was killed, or this tests nothing
+    assert not (out / "final").exists(), f"the run finished before the kill after step {step}: lengthen it"
 
 
 def test_killed_at_a_random_step(tmp_path, vae, straight):
@@ -116,13 +119,14 @@ def test_killed_at_a_random_step(tmp_path, vae, straight):
 
 def test_vae_killed_at_a_random_step_resumes_its_temperature(tmp_path):
     """train_vae.py with a fast temperature annealing: killed and resumed, the weights and the temperature
-    of the last step equal an uninterrupted run's."""
+    of the last step equal an uninterrupted run's. A tiny VAE step takes ~10 ms, so the run is 40 steps
+    long: killed after step 2-6 it has ~0.3 s left, far more than the killer's reaction time."""
     cmd = [
         sys.executable,
         ROOT / "train_vae.py",
         *TINY_VAE.split(),
         "--max_steps",
-        "8",
+        "40",
         "--log_every",
         "1",
         "--sample_every",
@@ -130,7 +134,7 @@ def test_vae_killed_at_a_random_step_resumes_its_temperature(tmp_path):
         "--save_every_n_steps",
         "1",
         "--anneal_rate",
-        "0.2",
+        "0.05",
         "--temp_min",
         "0.1",
     ]
@@ -143,7 +147,7 @@ def test_vae_killed_at_a_random_step_resumes_its_temperature(tmp_path):
         [json.loads(x)["temperature"] for x in (d / "metrics.jsonl").open() if "temperature" in x]
         for d in (straight, out)
     ]
-    assert temps[0][-1] == temps[1][-1] == pytest.approx(max(math.exp(-0.2 * 7), 0.1))
+    assert temps[0][-1] == temps[1][-1] == pytest.approx(max(math.exp(-0.05 * 39), 0.1))
 
 
 @pytest.fixture(scope="module")
