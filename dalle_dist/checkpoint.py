@@ -420,14 +420,15 @@ def _load_on_clip(
     """A DALL-E 2 part: its CLIP from ``meta["clip"]``, itself from ``meta["model"]``, then the weights (the
     averaged ones over the raw where asked and present)."""
     ckpt = load_checkpoint(path, kind=kind)
+    legacy = getattr(cls, "LEGACY_DEFAULTS", {})  # arguments newer than the checkpoint, as it was trained
     with _described(_NAME[kind], ckpt.path):
-        model = cls(CLIP(**ckpt.meta["clip"]), **ckpt.meta["model"])
+        model = cls(CLIP(**ckpt.meta["clip"]), **{**legacy, **ckpt.meta["model"]})
     weights = ckpt.weights()
     if ema and (ckpt.path / "ema.safetensors").is_file():
         weights.update(ckpt.weights("ema.safetensors"))
     # arguments the part has gained since the checkpoint was written, which may have changed its layout
     # (the decoder's norm_groups came with AdaGN): then the weights are old, not damaged
-    newer = sorted(set(model.config()) - set(ckpt.meta["model"]))
+    newer = sorted(set(model.config()) - set(ckpt.meta["model"]) - set(legacy))
     cause = (
         f"it was saved by an earlier dalle_dist, whose {kind} had no {', '.join(newer)} and another layout; "
         f"train it again with train_{kind}.py"

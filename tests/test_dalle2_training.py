@@ -180,8 +180,10 @@ def test_bad_input_is_one_line(tmp_path, clip_run, parts):
     copy = tmp_path / "copy"
     shutil.copytree(parts["decoder"], copy)
     proc = run_cmd([sys.executable, ROOT / "train_decoder.py", "--output", copy, "--resume",
-                    "--max_steps", "6", "--dim", "32"], expect=2)  # fmt: skip
-    assert "--dim 32 (it has 16)" in one_line(proc)
+                    "--max_steps", "6", "--dim", "32", "--min_snr_gamma", "0"], expect=2)  # fmt: skip
+    assert "--dim 32 (it has 16), --min_snr_gamma 0.0 (it has 5.0); drop them" in one_line(proc)
+    proc = train("decoder", clip_run, out, "--min_snr_gamma", "-1", expect=2)
+    assert "--min_snr_gamma: must be >= 0, got -1" in one_line(proc)
     assert not (out / "latest").exists()
 
 

@@ -70,6 +70,33 @@ def test_the_cosine_schedule_and_q_sample_in_closed_form():
         diffusion.sampler("euler")
 
 
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon", "sample"])
+def test_min_snr_weights_each_sample_as_its_x0_error_times_min_snr_gamma(prediction):
+    """Hang et al. 2023 in the x_0 form, computed here from the closed forms, whatever the network predicts;
+    per sample (a batch's loss is its halves' mean, so 2 ranks x b train as 1 x 2b); 0 is the plain MSE."""
+    diffusion = Diffusion(1000, prediction)
+    torch.manual_seed(0)
+    x0, noise, guess = (torch.randn(6, 3, 4, 4, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([0, 3, 100, 500, 900, 999])
+    a = diffusion.alphas_cumprod.double()[t][:, None, None, None]
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    x0_guess = {
+        "v_prediction": a.sqrt() * x_t - (1 - a).sqrt() * guess,
+        "epsilon": (x_t - (1 - a).sqrt() * guess) / a.sqrt(),
+        "sample": guess,
+    }[prediction]
+    snr = (a / (1 - a)).flatten()
+    x0_error = (x0_guess - x0).pow(2).flatten(1).mean(1)
+    for gamma in (1.0, 5.0):
+        expected = (snr.clamp(max=gamma) * x0_error).mean().item()
+        loss = diffusion.loss(guess, x0, noise, t, gamma)
+        assert loss.dtype == torch.float32 and loss.item() == pytest.approx(expected, rel=1e-4)
+        halves = [diffusion.loss(guess[s], x0[s], noise[s], t[s], gamma) for s in (slice(0, 3), slice(3, 6))]
+        assert loss.item() == pytest.approx(sum(halves).item() / 2, rel=1e-6)
+    plain = torch.nn.functional.mse_loss(guess.float(), diffusion.target(x0, noise, t).float())
+    assert diffusion.loss(guess, x0, noise, t, 0.0).item() == pytest.approx(plain.item(), rel=1e-6)
+
+
 def gaussian_denoiser(diffusion: Diffusion, mean: float, std: float):
     """The exact E[x_0 | x_t] when x_0 ~ N(mean, std²) per dimension (a "sample" prediction)."""
 
@@ -240,6 +267,35 @@ def test_a_decoder_from_before_adagn_is_told_apart_from_a_damaged_one(tmp_path):
         folder = save_checkpoint(tmp_path / name, kind="decoder", meta=meta, module=old, tokenizer=TOKENIZER)
         with pytest.raises(UserError, match=error):
             load_decoder(folder)
+
+
+def test_the_decoder_trains_with_its_min_snr_gamma_and_old_checkpoints_keep_the_plain_loss(tmp_path):
+    """The decoder's loss is ``Diffusion.loss`` at its ``min_snr_gamma`` (5 by default); a checkpoint from
+    before the argument existed was trained on the plain loss, and loads (and resumes) with 0."""
+    clip = tiny_clip()
+    text, images = tiny_set()
+    seeds = torch.tensor([11, 12, 13, 14])
+    decoder = tiny_decoder(clip).eval()  # no condition dropout: every sample keeps both conditions
+    assert decoder.config()["min_snr_gamma"] == 5.0
+    x0 = images * 2 - 1
+    noise, t, _ = decoder.diffusion.training_draws(x0, 2, seeds)
+    keep = torch.ones(4, dtype=torch.bool)
+    with torch.no_grad():
+        embed = decoder.image_embeddings(images)
+        pred = decoder.predict(decoder.diffusion.add_noise(x0, noise, t), t, embed, text, keep, keep)
+        for gamma in (5.0, 0.0):
+            decoder.min_snr_gamma = gamma
+            expected = decoder.diffusion.loss(pred, x0, noise, t, gamma)
+            assert decoder(images, text, seeds=seeds).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="min_snr_gamma must be >= 0"):
+        Decoder(clip, image_size=16, dim=16, dim_mults=(1, 2), min_snr_gamma=-1.0)
+    old = {k: v for k, v in tiny_decoder(clip).config().items() if k != "min_snr_gamma"}
+    folder = save_checkpoint(
+        tmp_path / "old", kind="decoder", meta={"model": old, "clip": clip.config()}, module=decoder,
+        tokenizer=TOKENIZER,
+    )  # fmt: skip
+    loaded, _, _ = load_decoder(folder)
+    assert loaded.min_snr_gamma == 0.0 and loaded.config()["min_snr_gamma"] == 0.0
 
 
 @pytest.mark.parametrize("part", ["prior", "decoder"])

@@ -10,16 +10,17 @@ attention blocks attend to. Attention runs at ``attention_resolutions`` (default
 2-core CPU a self- and cross-attention block at 16 px costs more than all the convolutions of a 32 px UNet
 (the step is 2.3x faster with attention at 8 px only, measured in bench/RESULTS.md). Classifier-free
 guidance: the image embedding is dropped with ``image_cond_drop_prob`` (10 %) and the caption with
-``text_cond_drop_prob`` (50 %) during training, as in the paper. The frozen CLIP inside gives the image
-embeddings while training.
+``text_cond_drop_prob`` (50 %) during training, as in the paper. The loss is Min-SNR-5 weighted
+(``min_snr_gamma``, ``Diffusion.loss``): measured on the shapes data it doubled the share of decoded
+pictures the judge calls right (bench/RESULTS.md). The frozen CLIP inside gives the image embeddings while
+training.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
@@ -38,6 +39,9 @@ def default_norm_groups(dim: int) -> int:
 class Decoder(nn.Module):
     """Images ``[B, C, S, S]`` in [0, 1] from unit-norm CLIP image embeddings ``[B, D]`` (and captions)."""
 
+    # what arguments added since the first checkpoints meant when they were absent: how those were trained
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"min_snr_gamma": 0.0}
+
     def __init__(
         self,
         clip: CLIP,
@@ -55,8 +59,11 @@ class Decoder(nn.Module):
         timesteps: int = 1000,
         image_cond_drop_prob: float = 0.1,
         text_cond_drop_prob: float = 0.5,
+        min_snr_gamma: float = 5.0,
     ) -> None:
         super().__init__()
+        if not min_snr_gamma >= 0:
+            raise ValueError(f"min_snr_gamma must be >= 0 (0: the plain loss), got {min_snr_gamma}")
         if image_size < 8 or image_size & (image_size - 1):
             raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
         if image_size % 2 ** (len(dim_mults) - 1):
@@ -86,12 +93,14 @@ class Decoder(nn.Module):
             timesteps=timesteps,
             image_cond_drop_prob=image_cond_drop_prob,
             text_cond_drop_prob=text_cond_drop_prob,
+            min_snr_gamma=min_snr_gamma,
         )
         sizes = clip_sizes(clip)
         self.image_size, self.channels = image_size, channels
         self.embed_dim, self.text_seq_len = sizes["image_embed_dim"], sizes["text_seq_len"]
         self.embed_scale = self.embed_dim**0.5
         self.image_cond_drop_prob, self.text_cond_drop_prob = image_cond_drop_prob, text_cond_drop_prob
+        self.min_snr_gamma = min_snr_gamma
         self.num_image_tokens, self.cond_dim = num_image_tokens, cond_dim
         self.clip = clip.requires_grad_(False)
         self.diffusion = Diffusion(timesteps, prediction="v_prediction")
@@ -185,7 +194,7 @@ class Decoder(nn.Module):
         pred = self.predict(
             self.diffusion.add_noise(x0, noise, t), t, image_embed, text, keep_image, keep_text
         )
-        return F.mse_loss(pred.float(), self.diffusion.target(x0, noise, t).float())
+        return self.diffusion.loss(pred, x0, noise, t, self.min_snr_gamma)
 
     # ------------------------------------------------------------------------------------------- sample
     @torch.no_grad()

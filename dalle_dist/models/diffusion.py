@@ -7,6 +7,11 @@ Prediction targets (``prediction``): the decoder predicts ``v = sqrt(ᾱ) ε - s
 Ho 2022): under the cosine schedule ᾱ reaches ~0 at the last steps, where an ε-prediction says almost
 nothing about x_0 and a x_0-prediction nothing about ε; v stays informative at both ends. The prior
 predicts the clean embedding itself (``"sample"``), as the DALL-E 2 paper does.
+
+Loss weighting (``Diffusion.loss``, ``min_snr_gamma``): Min-SNR-γ (Hang et al. 2023) weights each sample's
+error as an x_0 error times min(SNR_t, γ), so the nearly clean steps, where the task is easy and the
+plain loss is large, stop dominating the gradient. For the decoder it was the one change of several that
+lifted the judged accuracy of its pictures (bench/RESULTS.md, "Three training changes for the decoder").
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.training_utils import compute_snr
 from torch import Tensor
 
 SAMPLERS = ("ddpm", "ddim", "dpm")  # ancestral, deterministic (η = 0 by default), DPM-Solver++ (2nd order)
@@ -78,6 +84,25 @@ class Diffusion:
         if self.prediction == "v_prediction":
             return self.scheduler.get_velocity(x0, noise, t)
         return noise if self.prediction == "epsilon" else x0
+
+    def loss(
+        self, prediction: Tensor, x0: Tensor, noise: Tensor, t: Tensor, min_snr_gamma: float = 0.0
+    ) -> Tensor:
+        """Mean squared error of the network's ``prediction`` for ``add_noise(x0, noise, t)`` against its
+        target, in fp32. With ``min_snr_gamma`` γ > 0 each sample's mean error is weighted so that it
+        equals min(SNR_t, γ) times its x_0 error (SNR = ᾱ / (1 - ᾱ)): by min(SNR, γ) / (SNR + 1) for v,
+        min(1, γ / SNR) for ε, min(SNR, γ) for x_0. Per sample, so 2 ranks x b train as 1 x 2b."""
+        error = (prediction.float() - self.target(x0, noise, t).float()).pow(2)
+        if min_snr_gamma <= 0:
+            return error.mean()
+        snr = compute_snr(self.scheduler, t)
+        if self.prediction == "v_prediction":
+            weight = snr.clamp(max=min_snr_gamma) / (snr + 1)
+        elif self.prediction == "epsilon":
+            weight = (min_snr_gamma / snr).clamp(max=1.0)
+        else:
+            weight = snr.clamp(max=min_snr_gamma)
+        return (error.flatten(1).mean(1) * weight).mean()
 
     def sampler(self, name: str = "ddim", steps: int | None = None):
         """A fresh scheduler of kind ``name`` set to ``steps`` steps (default: every training step)."""

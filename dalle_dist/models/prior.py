@@ -131,7 +131,7 @@ class DiffusionPrior(nn.Module):
         noise, t, uniforms = self.diffusion.training_draws(x0, 1, seeds)
         keep = uniforms[:, 0] >= (self.cond_drop_prob if self.training else 0.0)
         pred = self.predict(self.diffusion.add_noise(x0, noise, t), t, text, text_embed, keep)
-        loss = F.mse_loss(pred.float(), self.diffusion.target(x0, noise, t).float())
+        loss = self.diffusion.loss(pred, x0, noise, t)
         if not return_parts:
             return loss
         with torch.no_grad():

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cli import Flags, cli, int_list, positive_int, unit_interval
+from ..cli import Flags, cli, int_list, nonneg_float, positive_int, unit_interval
 from ..data import image_grid
 from ..models.decoder import Decoder
 from .diffusion_job import DiffusionTask
@@ -47,6 +47,12 @@ def build_parser():
     m.add_argument("--timesteps", type=positive_int, default=1000, help="diffusion steps in training")
     m.add_argument("--image_cond_drop_prob", type=unit_interval, default=0.1)
     m.add_argument("--text_cond_drop_prob", type=unit_interval, default=0.5)
+    m.add_argument(
+        "--min_snr_gamma",
+        type=nonneg_float,
+        default=5.0,
+        help="Min-SNR loss weighting: each sample's x0 error times min(SNR, gamma); 0 = the plain loss",
+    )
     return parser
 
 
@@ -65,6 +71,7 @@ def build(clip: nn.Module, args: Flags, image_size: int) -> Decoder:
         timesteps=args.timesteps,
         image_cond_drop_prob=args.image_cond_drop_prob,
         text_cond_drop_prob=args.text_cond_drop_prob,
+        min_snr_gamma=args.min_snr_gamma,
     )
 
 

@@ -121,9 +121,8 @@ def main(
     if start is not None:  # the part, its CLIP and tokenizer come from the checkpoint
         model, tokenizer, ckpt = LOADERS[kind](start, ema=False)  # the raw weights training continues
         clip_source = ckpt.meta.get("clip_source")
-        fixed = {
-            flag: ckpt.meta["model"][flag] for flag in _model_flags(parser) if flag in ckpt.meta["model"]
-        }
+        built = model.config()  # what the checkpoint says, and what it meant by what it does not say
+        fixed = {flag: built[flag] for flag in _model_flags(parser) if flag in built}
         why = (
             f"--resume continues {args.output} with the {kind} it built"
             if resume is not None
