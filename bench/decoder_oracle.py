@@ -5,10 +5,11 @@ predicting the clean picture from one noised at several diffusion steps, which t
 has not learned yet (its blurred predictions at low noise, for instance).
 
 Pictures come from a seed the decoder did not train on (--seed), of pairs it trained on (the held-out pair
-is left out). Accuracy is judged colour and shape; colour alone beside it.
+is left out); with --held_out, pictures of the held-out pair only (can the decoder draw what it never
+saw, given its CLIP embedding?). Accuracy is judged colour and shape; colour alone beside it.
 
     .venv/bin/python bench/decoder_oracle.py --decoder runs/demo-dalle2/decoder [--images 128]
-        [--guidance 1,3] [--steps 50] [--grid oracle.png]
+        [--guidance 1,3] [--steps 50] [--grid oracle.png] [--held_out]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from dalle_dist.checkpoint import load_decoder
 from dalle_dist.data import image_grid
-from dalle_dist.data.synthetic import ShapesDataset
+from dalle_dist.data.synthetic import ShapesDataset, parse_holdout
 from dalle_dist.evaluation.shapes_judge import judge_shape, matches
 
 NOISE_STEPS = (300, 500, 700, 800, 900, 950)  # of 1000: SNR 3.7, 0.97, 0.25, 0.10, 0.024, 0.006 (cosine)
@@ -37,13 +38,22 @@ def main() -> None:
     parser.add_argument("--holdout", default="red triangle")
     parser.add_argument("--seed", type=int, default=1, help="the pictures' seed (training used 0)")
     parser.add_argument("--grid", type=Path, default=None, help="write 16 originals over their decodings")
+    parser.add_argument("--held_out", action="store_true", help="pictures of the held-out pair only")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     decoder, tokenizer, _ = load_decoder(args.decoder)
     decoder.eval()
-    data = ShapesDataset(decoder.image_size, args.images, args.seed, args.holdout)
-    images = torch.stack([data[i][0] for i in range(args.images)])
-    attributes = [data.attributes(i) for i in range(args.images)]
+    if args.held_out:
+        data = ShapesDataset(decoder.image_size, 100 * args.images, args.seed, ())
+        held = set(parse_holdout(args.holdout))
+        pair = [f"{a.color} {a.shape}" for a in map(data.attributes, range(len(data)))]
+        chosen = [i for i, p in enumerate(pair) if p in held][: args.images]
+        args.images = len(chosen)
+    else:
+        data = ShapesDataset(decoder.image_size, args.images, args.seed, args.holdout)
+        chosen = list(range(args.images))
+    images = torch.stack([data[i][0] for i in chosen])
+    attributes = [data.attributes(i) for i in chosen]
     captions = [f"a {a.color} {a.shape}" for a in attributes]
     text = tokenizer.tokenize(captions, decoder.text_seq_len, truncate_text=True)
     embeds = decoder.image_embeddings(images)
