@@ -18,6 +18,7 @@ __all__ = [
     "CLIP",
     "DALLE",
     "DALLE2",
+    "Autoencoder",
     "ByteTokenizer",
     "DALLEConfig",
     "Decoder",

@@ -1,5 +1,6 @@
 """Models: DiscreteVAE, the pretrained VAE adapters, DALLE, CLIP and their building blocks; DALL-E 2's
-DiffusionPrior, Decoder and DALLE2. No training or distributed code here."""
+DiffusionPrior, Decoder, DALLE2 and the Autoencoder a latent decoder diffuses in. No training or
+distributed code here."""
 
 from .clip import CLIP
 from .dalle import DALLE
@@ -8,7 +9,7 @@ from .pretrained import OpenAIDiscreteVAE, VQGanVAE
 from .vae import DiscreteVAE
 
 # DALL-E 2's modules import diffusers (~3 s): loaded on first use, so DALL-E 1's scripts never pay for it
-LAZY = {"DiffusionPrior": ".prior", "Decoder": ".decoder", "DALLE2": ".dalle2"}
+LAZY = {"Autoencoder": ".autoencoder", "DiffusionPrior": ".prior", "Decoder": ".decoder", "DALLE2": ".dalle2"}
 
 
 def __getattr__(name: str):
@@ -23,6 +24,7 @@ __all__ = [
     "CLIP",
     "DALLE",
     "DALLE2",
+    "Autoencoder",
     "DALLEConfig",
     "Decoder",
     "DiffusionPrior",
