@@ -10,8 +10,8 @@ predicts the clean embedding itself (``"sample"``), as the DALL-E 2 paper does.
 
 Loss weighting (``Diffusion.loss``, ``min_snr_gamma``): Min-SNR-γ (Hang et al. 2023) weights each sample's
 error as an x_0 error times min(SNR_t, γ), so the nearly clean steps, where the task is easy and the
-plain loss is large, stop dominating the gradient. For the decoder it was the one change of several that
-lifted the judged accuracy of its pictures (bench/RESULTS.md, "Three training changes for the decoder").
+plain loss is large, stop dominating the gradient. For the decoder it was ahead of the plain loss on
+average over three runs, with a wide spread (bench/RESULTS.md, "`make demo-dalle2` with min-SNR-5").
 """
 
 from __future__ import annotations
