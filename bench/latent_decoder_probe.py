@@ -70,19 +70,12 @@ def train_autoencoder(data: ShapesDataset, channels: int, seconds: float) -> Aut
     return ae
 
 
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def judged(images: Tensor, captions: list[str]) -> float:
     return sum(matches(judge_shape(i), c) for i, c in zip(images, captions, strict=True)) / len(captions)
-
-
-def sample(decoder: Decoder, embeds: Tensor, text: Tensor, scale: float, seed: int) -> Tensor:
-    b = len(embeds)
-    yes, no = torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)
-    cond = {"image_embed": embeds, "text": text, "keep_image": yes, "keep_text": yes}
-    uncond = {**cond, "keep_image": no, "keep_text": no}
-    shape = (b, decoder.channels, decoder.image_size, decoder.image_size)
-    return decoder.diffusion.sample_guided(decoder.predict, shape, cond, uncond, cond_scale=scale,
-                                           device=torch.device("cpu"), steps=50, sampler="ddim",
-                                           generator=torch.Generator().manual_seed(seed))  # fmt: skip
 
 
 def main() -> None:
@@ -148,7 +141,7 @@ def main() -> None:
     print(f"autoencoder round trip judged right {judged(decode(encode(images)), captions):.1%}")
     text = tokenizer.tokenize(captions, clip.text_seq_len, truncate_text=True)
     for scale in (1.0, 3.0):
-        decoded = decode(sample(ema, clip.embed_image(images), text, scale, 0))
+        decoded = decode(ema.denoise(clip.embed_image(images), text, cond_scale=scale, generator=seeded(0)))
         print(f"oracle, guidance {scale:g}: judged right {judged(decoded, captions):.1%}")
         if args.grid:
             image_grid(torch.cat([images[:16], decoded[:16]]), nrow=16).save(
@@ -161,8 +154,10 @@ def main() -> None:
     right = {}
     for k, prompt in enumerate(PROMPTS):
         text = tokenizer.tokenize([prompt] * 16, clip.text_seq_len, truncate_text=True)
-        embeds = prior.sample(text, cond_scale=3.0, steps=64, generator=torch.Generator().manual_seed(k))
-        right[prompt] = judged(decode(sample(ema, embeds, text, 3.0, 100 + k)), [prompt] * 16)
+        embeds = prior.sample(text, cond_scale=3.0, steps=64, generator=seeded(k))
+        right[prompt] = judged(
+            decode(ema.denoise(embeds, text, cond_scale=3.0, generator=seeded(100 + k))), [prompt] * 16
+        )
         print(f"  {prompt!r}: {right[prompt]:.0%}")
     seen = [v for p, v in right.items() if not p.endswith(HOLDOUT)]
     print(f"end to end: trained pairs {sum(seen) / len(seen):.1%}, held out {right['a ' + HOLDOUT]:.1%}")

@@ -211,6 +211,24 @@ class Decoder(nn.Module):
     ) -> Tensor:
         """Images ``[B, C, S, S]`` in [0, 1] for CLIP image embeddings (and captions); ``cond_scale`` is
         the classifier-free guidance scale (the unconditional model sees neither)."""
+        x0 = self.denoise(
+            image_embed, text, cond_scale=cond_scale, steps=steps, sampler=sampler, generator=generator
+        )
+        return ((x0.clamp(-1, 1) + 1) / 2).to(image_embed.dtype)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        image_embed: Tensor,
+        text: Tensor | None = None,
+        *,
+        cond_scale: float = 1.0,
+        steps: int | None = 50,
+        sampler: str = "ddim",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``sample``'s x_0 in the space the UNet diffuses, before any conversion to pixels: [-1, 1]
+        pixels (unclamped) here, an autoencoder's latents for a latent decoder."""
         b, device = image_embed.shape[0], image_embed.device
         text = self._text(text, b, device)
         yes, no = (
@@ -220,8 +238,7 @@ class Decoder(nn.Module):
         cond = {"image_embed": image_embed, "text": text, "keep_image": yes, "keep_text": yes}
         uncond = {**cond, "keep_image": no, "keep_text": no}
         shape = (b, self.channels, self.image_size, self.image_size)
-        x0 = self.diffusion.sample_guided(
+        return self.diffusion.sample_guided(
             self.predict, shape, cond, uncond, cond_scale=cond_scale, device=device, steps=steps,
             sampler=sampler, generator=generator,
         )  # fmt: skip
-        return ((x0.clamp(-1, 1) + 1) / 2).to(image_embed.dtype)
