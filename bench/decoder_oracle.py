@@ -58,6 +58,10 @@ def main() -> None:
     text = tokenizer.tokenize(captions, decoder.text_seq_len, truncate_text=True)
     embeds = decoder.image_embeddings(images)
 
+    if decoder.autoencoder is not None:  # a latent decoder: its autoencoder's round trip is its ceiling
+        results = [judge_shape(image) for image in decoder.autoencoder.decode(decoder.to_unet_space(images))]
+        right = sum(matches(r, c) for r, c in zip(results, captions, strict=True)) / args.images
+        print(f"autoencoder round trip (the ceiling): judged right {right:.1%}")
     for scale in (float(s) for s in args.guidance.split(",")):
         decoded = torch.cat([
             decoder.sample(embeds[i : i + 64], text[i : i + 64], cond_scale=scale, steps=args.steps,
@@ -74,7 +78,7 @@ def main() -> None:
             grid = image_grid(torch.cat([images[:16], decoded[:16]]), nrow=16)
             grid.save(args.grid.with_name(f"{args.grid.stem}-guidance{scale:g}{args.grid.suffix}"))
 
-    x0 = images * 2 - 1
+    x0 = decoder.to_unet_space(images)  # pixels in [-1, 1], or a latent decoder's latents
     keep = torch.ones(args.images, dtype=torch.bool)
     generator = torch.Generator().manual_seed(0)
     abar = decoder.diffusion.alphas_cumprod
@@ -86,7 +90,7 @@ def main() -> None:
         predicted = abar[step].sqrt() * x_t - (1 - abar[step]).sqrt() * v  # x_0 from the v-prediction
         snr = abar[step] / (1 - abar[step])
         errors.append(f"t={step} (SNR {snr:.3g}) {((predicted - x0) ** 2).mean():.4f}")
-    print("x0 error (MSE in [-1, 1]) by diffusion step: " + ", ".join(errors))
+    print("x0 error (MSE in the space the UNet diffuses) by diffusion step: " + ", ".join(errors))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Self-describing, atomically written checkpoints, the run directory that holds them, and the loaders
 that rebuild a trained model from one (``load_vae``, ``load_dalle``, ``load_clip``, and DALL-E 2's
-``load_prior``, ``load_decoder``).
+``load_prior``, ``load_decoder``, and the latent decoder's ``load_autoencoder``).
 
 Everything that reads or writes a checkpoint (the trainers, generation, evaluation, conversion, the token
 cache) goes through this module. A checkpoint is a folder:
 
-    meta.json              format + version, kind ("vae" | "dalle" | "clip" | "prior" | "decoder"),
-                           model config (a prior's or decoder's CLIP config under "clip"), VAE
+    meta.json              format + version, kind ("vae" | "dalle" | "clip" | "prior" | "decoder" |
+                           "autoencoder"), model config (a prior's or decoder's CLIP config under
+                           "clip", a latent decoder's autoencoder config under "autoencoder"), VAE
                            description, data description, step, a SHA-256 of every other file, and
                            one of its own content (``meta_sha256``): an edited description is caught
                            as surely as damaged weights
@@ -260,13 +261,21 @@ class Checkpoint:
             raise UserError(f"{file} is damaged ({e}): resume from another checkpoint") from None
 
 
-_NAME = {"vae": "VAE", "dalle": "DALL-E", "clip": "CLIP", "prior": "prior", "decoder": "decoder"}
+_NAME = {
+    "vae": "VAE",
+    "dalle": "DALL-E",
+    "clip": "CLIP",
+    "prior": "prior",
+    "decoder": "decoder",
+    "autoencoder": "autoencoder",
+}
 _WRITER = {
     "vae": "train_vae.py",
     "dalle": "train_dalle.py",
     "clip": "train_clip.py",
     "prior": "train_prior.py",
     "decoder": "train_decoder.py",
+    "autoencoder": "train_autoencoder.py",
 }
 _FLAG_OF = {
     "vae": "--vae_path",
@@ -274,7 +283,12 @@ _FLAG_OF = {
     "clip": "--clip_path",
     "prior": "--prior_path",
     "decoder": "--decoder_path",
+    "autoencoder": "--autoencoder_path",
 }
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = True) -> Checkpoint:
@@ -299,7 +313,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = Tr
         if found in _FLAG_OF:
             hint += f" (this one goes to {_FLAG_OF[found]})"
         have, need = _NAME.get(found, found), _NAME.get(kind, kind)
-        raise UserError(f"{folder} is a {have} checkpoint, but {flag} needs a {need} one{hint}")
+        raise UserError(f"{folder} is {_a(have)} checkpoint, but {flag} needs {_a(need)} one{hint}")
     if verify:
         # checkpoints written before the description had its digest have no meta_sha256
         if "meta_sha256" in meta and meta_digest(meta) != meta["meta_sha256"]:
@@ -398,6 +412,17 @@ def load_clip(path: str | Path) -> tuple[CLIP, Tokenizer, Checkpoint]:
     return clip, clip.tokenizer, ckpt
 
 
+def load_autoencoder(path: str | Path) -> tuple[nn.Module, Checkpoint]:
+    """The trained Autoencoder (latent normalisation included) of a ``train_autoencoder.py`` checkpoint."""
+    from .models.autoencoder import Autoencoder  # diffusers: only when one is loaded
+
+    ckpt = load_checkpoint(path, kind="autoencoder")
+    with _described("autoencoder", ckpt.path):
+        model = Autoencoder(**ckpt.meta["model"])
+    load_weights(model, ckpt.weights(), ckpt.path)
+    return model, ckpt
+
+
 def load_prior(path: str | Path, ema: bool = True) -> tuple[nn.Module, Tokenizer, Checkpoint]:
     """The trained DiffusionPrior (with the frozen CLIP it carries) and tokenizer of a prior checkpoint;
     with ``ema`` its averaged weights (``ema.safetensors``) where the run kept them: what samples best."""
@@ -409,20 +434,29 @@ def load_prior(path: str | Path, ema: bool = True) -> tuple[nn.Module, Tokenizer
 def load_decoder(path: str | Path, ema: bool = True) -> tuple[nn.Module, Tokenizer, Checkpoint]:
     """The trained Decoder (with the frozen CLIP it carries) and tokenizer of a decoder checkpoint; with
     ``ema`` its averaged weights where the run kept them."""
+    from .models.autoencoder import Autoencoder
     from .models.decoder import Decoder
 
-    return _load_on_clip(path, "decoder", Decoder, ema)
+    def carried(meta: dict[str, Any]) -> dict[str, Any]:  # a latent decoder carries its autoencoder
+        return {"autoencoder": Autoencoder(**meta["autoencoder"])} if "autoencoder" in meta else {}
+
+    return _load_on_clip(path, "decoder", Decoder, ema, carried)
 
 
 def _load_on_clip(
-    path: str | Path, kind: str, cls: type[nn.Module], ema: bool
+    path: str | Path,
+    kind: str,
+    cls: type[nn.Module],
+    ema: bool,
+    carried: Callable[[dict[str, Any]], dict[str, Any]] = lambda meta: {},
 ) -> tuple[nn.Module, Tokenizer, Checkpoint]:
-    """A DALL-E 2 part: its CLIP from ``meta["clip"]``, itself from ``meta["model"]``, then the weights (the
-    averaged ones over the raw where asked and present)."""
+    """A DALL-E 2 part: its CLIP from ``meta["clip"]`` (and the other models it ``carried``, built from
+    the meta), itself from ``meta["model"]``, then the weights (the averaged ones over the raw where asked
+    and present)."""
     ckpt = load_checkpoint(path, kind=kind)
     legacy = getattr(cls, "LEGACY_DEFAULTS", {})  # arguments newer than the checkpoint, as it was trained
     with _described(_NAME[kind], ckpt.path):
-        model = cls(CLIP(**ckpt.meta["clip"]), **{**legacy, **ckpt.meta["model"]})
+        model = cls(CLIP(**ckpt.meta["clip"]), **carried(ckpt.meta), **{**legacy, **ckpt.meta["model"]})
     weights = ckpt.weights()
     if ema and (ckpt.path / "ema.safetensors").is_file():
         weights.update(ckpt.weights("ema.safetensors"))

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# DALL-E 2 on the built-in dataset: CLIP, prior, decoder, generate, score (`make demo-dalle2`). The same
+# DALL-E 2 on the built-in dataset: CLIP, prior, autoencoder, latent decoder, generate, score
+# (`make demo-dalle2`). The same
 # prompts and held-out pair as scripts/demo.sh, judged by the same shapes judge.
 # Usage: [SHAPES=two] scripts/demo_dalle2.sh [PYTHON] [RUN_DIR]
 # SHAPES=two trains on the two-shape captions ("a small red circle and a large blue square ...") instead.
@@ -12,15 +13,18 @@ main() {
   source "$(dirname "$0")/demo_prompts.sh"  # HOLDOUT, PROMPTS and DATA for $SHAPES
   start=$(date +%s)
   rm -rf "$RUN"  # the demo always starts afresh; real runs keep their directories and use --resume
-  echo "== 1/4 train_clip.py (built-in shapes, held out: $HOLDOUT)"
+  echo "== 1/5 train_clip.py (built-in shapes, held out: $HOLDOUT)"
   "$PY" train_clip.py --config configs/demo_clip.yaml --holdout "$HOLDOUT" "${DATA[@]}" --output "$RUN/clip"
-  echo "== 2/4 train_prior.py"
+  echo "== 2/5 train_prior.py"
   "$PY" train_prior.py --config configs/demo_prior.yaml --holdout "$HOLDOUT" "${DATA[@]}" --clip_path "$RUN/clip" \
     --output "$RUN/prior"
-  echo "== 3/4 train_decoder.py"
+  echo "== 3/5 train_autoencoder.py"
+  "$PY" train_autoencoder.py --config configs/demo_autoencoder.yaml --holdout "$HOLDOUT" "${DATA[@]}" \
+    --output "$RUN/autoencoder"
+  echo "== 4/5 train_decoder.py (in the autoencoder's latents)"
   "$PY" train_decoder.py --config configs/demo_decoder.yaml --holdout "$HOLDOUT" "${DATA[@]}" --clip_path "$RUN/clip" \
-    --output "$RUN/decoder"
-  echo "== 4/4 generate.py"
+    --autoencoder_path "$RUN/autoencoder" --output "$RUN/decoder"
+  echo "== 5/5 generate.py"
   "$PY" generate.py --prior_path "$RUN/prior" --decoder_path "$RUN/decoder" --text "$PROMPTS" --num_images 16 \
     --batch_size 16 --cf_guidance_scale 3 --steps 50 --prior_steps 64 --seed 0 --outputs_dir "$RUN/outputs"
   echo "== scoring the images with the shapes judge"

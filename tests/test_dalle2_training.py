@@ -149,8 +149,14 @@ def test_two_ranks_equal_one_process(tmp_path, clip_run, parts, part, engine):
     from dalle_dist.checkpoint import load_decoder
 
     (one, *_), (two, *_) = load_decoder(parts[part], ema=False), load_decoder(tmp_path / "two", ema=False)
+    assert_decoders_compute_alike(one, two)
+
+
+def assert_decoders_compute_alike(one: torch.nn.Module, two: torch.nn.Module) -> None:
+    """The two decoders' predictions for the same noised inputs, conditions and steps agree."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 3, 16, 16, generator=generator)
+    side, channels = one.unet.config.sample_size, one.unet.config.in_channels
+    x = torch.randn(3, channels, side, side, generator=generator)
     embed = torch.nn.functional.normalize(torch.randn(3, 16, generator=generator), dim=-1)
     text, t, yes = (
         torch.randint(1, 300, (3, 24), generator=generator),

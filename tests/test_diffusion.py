@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("diffusers", reason="diffusers is a dependency of dalle_dist: pip install -e .")
 
-from dalle_dist import CLIP, DALLE2, ByteTokenizer, Decoder, DiffusionPrior
+from dalle_dist import CLIP, DALLE2, Autoencoder, ByteTokenizer, Decoder, DiffusionPrior
 from dalle_dist.checkpoint import load_decoder, load_prior, save_checkpoint
 from dalle_dist.errors import UserError
 from dalle_dist.models.diffusion import Diffusion, guided
@@ -296,6 +296,59 @@ def test_the_decoder_trains_with_its_min_snr_gamma_and_old_checkpoints_keep_the_
     )  # fmt: skip
     loaded, _, _ = load_decoder(folder)
     assert loaded.min_snr_gamma == 0.0 and loaded.config()["min_snr_gamma"] == 0.0
+
+
+def test_a_latent_decoder_diffuses_its_autoencoders_latents_and_carries_it(tmp_path):
+    """Decoder(clip, autoencoder=ae): the UNet works on the autoencoder's normalised latents (the loss is the
+    diffusion loss of ae.encode(images)), samples are ae.decode of what it denoises, the autoencoder stays
+    frozen (outside the average of the weights) and its checkpoint rebuilds it, normalisation included."""
+    from dalle_dist.training.ema import EMA
+
+    clip = tiny_clip()
+    text, images = tiny_set()
+    torch.manual_seed(1)
+    ae = Autoencoder(image_size=16, widths=(8, 16), latent_channels=4, norm_groups=4).eval()
+    with torch.no_grad():
+        ae.fit_latent_stats(images)
+    decoder = Decoder(clip, autoencoder=ae, dim=16, dim_mults=(1, 2), cond_dim=32, attention_head_dim=16,
+                      num_image_tokens=2, timesteps=100).eval()  # fmt: skip
+    assert (decoder.image_size, decoder.channels) == (16, 3)
+    assert (decoder.unet.config.sample_size, decoder.unet.config.in_channels) == (8, 4)
+    seeds = torch.tensor([21, 22, 23, 24])
+    with torch.no_grad():
+        x0 = ae.encode(images)
+        noise, t, _ = decoder.diffusion.training_draws(x0, 2, seeds)
+        keep = torch.ones(4, dtype=torch.bool)
+        embed = decoder.image_embeddings(images)
+        pred = decoder.predict(decoder.diffusion.add_noise(x0, noise, t), t, embed, text, keep, keep)
+        expected = decoder.diffusion.loss(pred, x0, noise, t, decoder.min_snr_gamma)
+        assert decoder(images, text, seeds=seeds).item() == pytest.approx(expected.item(), rel=1e-5)
+        sampled = decoder.sample(embed, text, steps=2, generator=torch.Generator().manual_seed(5))
+        latents = decoder.denoise(embed, text, steps=2, generator=torch.Generator().manual_seed(5))
+    assert latents.shape == (4, 4, 8, 8) and sampled.shape == (4, 3, 16, 16)
+    torch.testing.assert_close(sampled, ae.decode(latents))
+    assert not any(p.requires_grad for p in decoder.autoencoder.parameters())
+    assert not any(name.startswith("autoencoder.") for name in EMA(decoder, 0.9).names)
+
+    meta = {"model": decoder.config(), "clip": clip.config(), "autoencoder": ae.config()}
+    folder = save_checkpoint(
+        tmp_path / "latent", kind="decoder", meta=meta, module=decoder, tokenizer=TOKENIZER
+    )
+    loaded, _, _ = load_decoder(folder)
+    assert loaded.autoencoder is not None
+    for key, value in decoder.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert torch.equal(loaded.autoencoder.latent_mean, ae.latent_mean)
+
+    kwargs = {"dim": 16, "cond_dim": 32, "attention_head_dim": 16}
+    with pytest.raises(ValueError, match="image_size 32 does not match the autoencoder's 16"):
+        Decoder(clip, autoencoder=ae, image_size=32, **kwargs)
+    with pytest.raises(ValueError, match="latent side 8 is too small for 4 resolutions"):
+        Decoder(clip, autoencoder=ae, dim_mults=(1, 2, 2, 2), **kwargs)
+    with pytest.raises(
+        ValueError, match=r"attention_resolutions \[16\] must be among the UNet's resolutions 8, 4"
+    ):
+        Decoder(clip, autoencoder=ae, dim_mults=(1, 2), attention_resolutions=(16,), **kwargs)
 
 
 @pytest.mark.parametrize("part", ["prior", "decoder"])

@@ -18,7 +18,14 @@ import dalle_dist
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SCRIPTS = ("train_vae.py", "train_dalle.py", "generate.py")
-CHECKED = (*SCRIPTS, "train_clip.py", "train_prior.py", "train_decoder.py", "evaluate.py")  # flags checked
+CHECKED = (
+    *SCRIPTS,
+    "train_clip.py",
+    "train_prior.py",
+    "train_autoencoder.py",
+    "train_decoder.py",
+    "evaluate.py",
+)  # flags checked
 
 
 def blocks(language: str) -> list[str]:

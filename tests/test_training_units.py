@@ -220,10 +220,11 @@ def test_the_dataset_registry_picks_the_kind(tmp_path):
 def test_every_config_works_with_the_data_flags_it_is_documented_with(config, tmp_path):
     """configs/ hold model and training settings: the built-in data, a folder and (train_dalle) shards
     all take them (a data-specific setting such as --holdout belongs on the demo's command line)."""
-    from dalle_dist.training import clip_job, dalle_job, decoder_job, prior_job, vae_job
+    from dalle_dist.training import autoencoder_job, clip_job, dalle_job, decoder_job, prior_job, vae_job
     from dalle_dist.training.flags import data_config
 
     parsers = {
+        "autoencoder": autoencoder_job,
         "vae": vae_job,
         "dalle": dalle_job,
         "clip": clip_job,
@@ -232,8 +233,8 @@ def test_every_config_works_with_the_data_flags_it_is_documented_with(config, tm
     }
     build = parsers[config.stem.split("_")[-1]].build_parser
     for extra, location in (([], None), ([], tmp_path), (["--wds", "jpg,txt"], tmp_path)):
-        if extra and build is vae_job.build_parser:
-            continue  # train_vae.py reads no shards yet ([5/6])
+        if extra and build in (vae_job.build_parser, autoencoder_job.build_parser):
+            continue  # train_vae.py and train_autoencoder.py read no shards yet ([5/6])
         args = build().parse(["--config", str(config), *extra])
         assert data_config(args, location).location == (None if location is None else str(location))
 

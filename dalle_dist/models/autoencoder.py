@@ -23,6 +23,17 @@ from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
 
+def seeded_noise(like: Tensor, seeds: Tensor | None) -> Tensor:
+    """Standard normal noise shaped like ``like``: sample i's from generator ``seeds[i]`` where given,
+    from the global generator otherwise."""
+    if seeds is None:
+        return torch.randn_like(like)
+    noise = [
+        torch.randn(like.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()
+    ]
+    return torch.stack(noise).to(like)
+
+
 class Autoencoder(nn.Module):
     """Pictures in [0, 1] <-> normalised latents; ``widths`` gives the channels of each level (one
     halving of the side between levels)."""
@@ -88,18 +99,33 @@ class Autoencoder(nn.Module):
             shown = ", ".join(map(str, expected))
             raise ValueError(f"the autoencoder takes images [B, {shown}], got {tuple(images.shape)}")
 
-    def forward(self, images: Tensor, return_loss: bool = True) -> Tensor:
+    def forward(
+        self,
+        images: Tensor,
+        return_loss: bool = True,
+        *,
+        seeds: Tensor | None = None,
+        return_parts: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The training loss of pictures in [0, 1]: MSE of the reconstruction from a posterior sample (in
-        [-1, 1]) plus ``kl_weight`` times the KL divergence to N(0, I), summed over latent elements and
-        averaged over the batch."""
+        [-1, 1]) plus ``kl_weight`` times the KL divergence of the posterior to N(0, I) (summed over latent
+        elements, averaged over the batch). With ``seeds`` ``[B]`` each sample's posterior draw comes from
+        its own seed, so that 2 ranks x b train as 1 x 2b; ``return_parts`` adds the figures (mse, kl,
+        psnr of the reconstruction in dB)."""
         if not return_loss:
             raise ValueError("Autoencoder(images) returns the loss; use encode() and decode()")
         self._check(images)
         x = images * 2 - 1
         posterior = self.vae.encode(x).latent_dist
-        reconstruction = self.vae.decode(posterior.sample()).sample
-        loss = F.mse_loss(reconstruction.float(), x.float())
-        return loss + self.kl_weight * posterior.kl().float().mean() if self.kl_weight else loss
+        z = posterior.mean + posterior.std * seeded_noise(posterior.mean, seeds)
+        mse = F.mse_loss(self.vae.decode(z).sample.float(), x.float())
+        kl = posterior.kl().float().mean()
+        loss = mse + self.kl_weight * kl if self.kl_weight else mse
+        if not return_parts:
+            return loss
+        # [-1, 1] spans 2: PSNR = 10 log10(2^2 / MSE), the pictures' own in [0, 1]
+        parts = {"mse": mse.detach(), "kl": kl.detach(), "psnr": 10 * torch.log10(4 / mse.detach())}
+        return loss, parts
 
     def raw_latents(self, images: Tensor) -> Tensor:
         """The posterior means of pictures in [0, 1], before normalisation."""

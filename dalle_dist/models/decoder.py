@@ -1,5 +1,6 @@
 """DALL-E 2's decoder (Ramesh et al. 2022, section 2.1): a CLIP image embedding (and the caption) -> an
-image, by diffusion in pixel space.
+image, by diffusion in pixel space, or in the latent space of a frozen ``Autoencoder`` (latent diffusion,
+Rombach et al. 2022: ``Decoder(clip, autoencoder=ae)``).
 
 The network is diffusers' ``UNet2DConditionModel`` built from this module's arguments (so a checkpoint is
 our JSON + safetensors, nothing pickled): the CLIP image embedding is projected and added to the timestep
@@ -15,6 +16,12 @@ guidance: the image embedding is dropped with ``image_cond_drop_prob`` (10 %) an
 on average (guided, about 2x the share of decoded pictures judged right) with a spread wider than that
 (bench/RESULTS.md). The frozen CLIP inside gives the image embeddings while
 training.
+
+A latent decoder diffuses the autoencoder's normalised latents (8 x 8 for 32 px pictures) with the same
+UNet and conditioning, and decodes its samples with the autoencoder. On the built-in shapes it draws the
+shapes, corners included, where the pixel decoder at the demo's budget draws ragged blobs
+(bench/RESULTS.md, "A latent decoder, measured"). The autoencoder travels inside the decoder's checkpoint,
+like the CLIP.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
+from .autoencoder import Autoencoder
 from .clip import CLIP
 from .diffusion import Diffusion
 from .prior import clip_sizes
@@ -38,7 +46,9 @@ def default_norm_groups(dim: int) -> int:
 
 
 class Decoder(nn.Module):
-    """Images ``[B, C, S, S]`` in [0, 1] from unit-norm CLIP image embeddings ``[B, D]`` (and captions)."""
+    """Images ``[B, C, S, S]`` in [0, 1] from unit-norm CLIP image embeddings ``[B, D]`` (and captions);
+    with an ``autoencoder`` the UNet works on its latents, and ``dim_mults`` / ``attention_resolutions``
+    count in latent pixels."""
 
     # what arguments added since the first checkpoints meant when they were absent: how those were trained
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"min_snr_gamma": 0.0}
@@ -47,8 +57,9 @@ class Decoder(nn.Module):
         self,
         clip: CLIP,
         *,
-        image_size: int = 32,
-        channels: int = 3,
+        autoencoder: Autoencoder | None = None,
+        image_size: int | None = None,
+        channels: int | None = None,
         dim: int = 64,
         dim_mults: tuple[int, ...] = (1, 2, 2),
         layers_per_block: int = 1,
@@ -65,12 +76,25 @@ class Decoder(nn.Module):
         super().__init__()
         if not min_snr_gamma >= 0:
             raise ValueError(f"min_snr_gamma must be >= 0 (0: the plain loss), got {min_snr_gamma}")
-        if image_size < 8 or image_size & (image_size - 1):
-            raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
-        if image_size % 2 ** (len(dim_mults) - 1):
-            raise ValueError(f"image_size {image_size} is too small for {len(dim_mults)} resolutions")
+        if autoencoder is not None:
+            for name, given, its in (
+                ("image_size", image_size, autoencoder.image_size),
+                ("channels", channels, autoencoder.channels),
+            ):
+                if given is not None and given != its:
+                    raise ValueError(f"{name} {given} does not match the autoencoder's {its}")
+            image_size, channels = autoencoder.image_size, autoencoder.channels
+            side, unet_channels = autoencoder.latent_size, autoencoder.latent_channels
+        else:
+            image_size, channels = image_size or 32, channels or 3
+            if image_size < 8 or image_size & (image_size - 1):
+                raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+            side, unet_channels = image_size, channels
+        what = "latent side" if autoencoder is not None else "image_size"
+        if side % 2 ** (len(dim_mults) - 1) or side >> (len(dim_mults) - 1) < 2:
+            raise ValueError(f"{what} {side} is too small for {len(dim_mults)} resolutions")
         dim_mults = tuple(dim_mults)
-        resolutions = [image_size >> level for level in range(len(dim_mults))]
+        resolutions = [side >> level for level in range(len(dim_mults))]
         attention = sorted(set(attention_resolutions or resolutions[-1:]), reverse=True)
         if not set(attention) <= set(resolutions):
             raise ValueError(
@@ -98,21 +122,23 @@ class Decoder(nn.Module):
         )
         sizes = clip_sizes(clip)
         self.image_size, self.channels = image_size, channels
+        self.unet_size, self.unet_channels = side, unet_channels  # what the UNet diffuses
         self.embed_dim, self.text_seq_len = sizes["image_embed_dim"], sizes["text_seq_len"]
         self.embed_scale = self.embed_dim**0.5
         self.image_cond_drop_prob, self.text_cond_drop_prob = image_cond_drop_prob, text_cond_drop_prob
         self.min_snr_gamma = min_snr_gamma
         self.num_image_tokens, self.cond_dim = num_image_tokens, cond_dim
         self.clip = clip.requires_grad_(False)
+        self.autoencoder = None if autoencoder is None else autoencoder.requires_grad_(False)
         self.diffusion = Diffusion(timesteps, prediction="v_prediction")
 
         widths = tuple(dim * m for m in dim_mults)
         down = tuple("CrossAttnDownBlock2D" if r in attention else "DownBlock2D" for r in resolutions)
         up = tuple("CrossAttnUpBlock2D" if r in attention else "UpBlock2D" for r in reversed(resolutions))
         self.unet = UNet2DConditionModel(
-            sample_size=image_size,
-            in_channels=channels,
-            out_channels=channels,
+            sample_size=side,
+            in_channels=unet_channels,
+            out_channels=unet_channels,
             block_out_channels=widths,
             layers_per_block=layers_per_block,
             down_block_types=down,
@@ -131,14 +157,15 @@ class Decoder(nn.Module):
         self.null_image_embed = nn.Parameter(torch.zeros(self.embed_dim))
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments besides the CLIP (which checkpoints describe on their own)."""
+        """Constructor arguments besides the CLIP and the autoencoder (which checkpoints describe on their
+        own)."""
         return dict(self._config)
 
     # ------------------------------------------------------------------------------------------- network
     def predict(
         self, x_t: Tensor, t: Tensor, image_embed: Tensor, text: Tensor, keep_image: Tensor, keep_text: Tensor
     ) -> Tensor:
-        """The network's v-prediction for noised images ``x_t`` in [-1, 1] at steps ``t``."""
+        """The network's v-prediction for noised ``x_t`` (images in [-1, 1], or latents) at steps ``t``."""
         b = x_t.shape[0]
         embed = torch.where(keep_image[:, None], image_embed * self.embed_scale, self.null_image_embed)
         image_tokens = self.to_image_tokens(embed).view(b, self.num_image_tokens, self.cond_dim)
@@ -160,6 +187,11 @@ class Decoder(nn.Module):
     def image_embeddings(self, images: Tensor) -> Tensor:
         """The frozen CLIP's unit-norm embeddings of ``images`` in [0, 1]."""
         return self.clip.embed_image(images)
+
+    @torch.no_grad()
+    def to_unet_space(self, images: Tensor) -> Tensor:
+        """What the UNet diffuses for ``images`` in [0, 1]: [-1, 1] pixels, or the autoencoder's latents."""
+        return images * 2 - 1 if self.autoencoder is None else self.autoencoder.encode(images)
 
     def _text(self, text: Tensor | None, b: int, device: torch.device) -> Tensor:
         return torch.zeros(b, 1, dtype=torch.long, device=device) if text is None else text
@@ -188,7 +220,7 @@ class Decoder(nn.Module):
         b, device = images.shape[0], images.device
         image_embed = self.image_embeddings(images) if image_embed is None else image_embed
         text = self._text(text, b, device)
-        x0 = images * 2 - 1
+        x0 = self.to_unet_space(images)
         noise, t, uniforms = self.diffusion.training_draws(x0, 2, seeds)
         keep_image = uniforms[:, 0] >= (self.image_cond_drop_prob if self.training else 0.0)
         keep_text = uniforms[:, 1] >= (self.text_cond_drop_prob if self.training else 0.0)
@@ -214,6 +246,8 @@ class Decoder(nn.Module):
         x0 = self.denoise(
             image_embed, text, cond_scale=cond_scale, steps=steps, sampler=sampler, generator=generator
         )
+        if self.autoencoder is not None:
+            return self.autoencoder.decode(x0.to(self.autoencoder.latent_mean.dtype)).to(image_embed.dtype)
         return ((x0.clamp(-1, 1) + 1) / 2).to(image_embed.dtype)
 
     @torch.no_grad()
@@ -237,7 +271,7 @@ class Decoder(nn.Module):
         )
         cond = {"image_embed": image_embed, "text": text, "keep_image": yes, "keep_text": yes}
         uncond = {**cond, "keep_image": no, "keep_text": no}
-        shape = (b, self.channels, self.image_size, self.image_size)
+        shape = (b, self.unet_channels, self.unet_size, self.unet_size)
         return self.diffusion.sample_guided(
             self.predict, shape, cond, uncond, cond_scale=cond_scale, device=device, steps=steps,
             sampler=sampler, generator=generator,

@@ -1,6 +1,6 @@
 """``train_decoder.py``: DALL-E 2's diffusion decoder (CLIP image embedding + caption -> image) on a frozen
-CLIP from ``--clip_path``. Its progress samples decode the CLIP embeddings of real images: the originals
-above, the decoded below."""
+CLIP from ``--clip_path``, in pixels or, with ``--autoencoder_path``, in a frozen autoencoder's latents.
+Its progress samples decode the CLIP embeddings of real images: the originals above, the decoded below."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def build_parser():
         "--attention_resolutions",
         type=resolution_list,
         default=None,
-        help="resolutions (px) with self- and cross-attention, e.g. 16,8 (default: the lowest)",
+        help="resolutions (px; latent px with --autoencoder_path) with self- and cross-attention, e.g. 16,8 "
+        "(default: the lowest)",
     )
     m.add_argument(
         "--norm_groups", type=positive_int, default=None, help="GroupNorm groups (default: 4 channels each)"
@@ -56,9 +57,10 @@ def build_parser():
     return parser
 
 
-def build(clip: nn.Module, args: Flags, image_size: int) -> Decoder:
+def build(clip: nn.Module, args: Flags, image_size: int, autoencoder: nn.Module | None = None) -> Decoder:
     return Decoder(
         clip,
+        autoencoder=autoencoder,
         image_size=image_size,
         dim=args.dim,
         dim_mults=tuple(args.dim_mults),

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import RunDirectory, load_checkpoint, load_clip, load_decoder, load_prior
+from ..checkpoint import (
+    RunDirectory,
+    load_autoencoder,
+    load_checkpoint,
+    load_clip,
+    load_decoder,
+    load_prior,
+)
 from ..cli import Flags, Parser, check_tokenizer_flags, fraction, positive_float, positive_int
 from ..errors import UserError
 from .captions import CaptionTask, check_captions
@@ -35,6 +42,9 @@ from .job import (
 )
 
 LOADERS = {"prior": load_prior, "decoder": load_decoder}
+CARRIED = {"prior": (), "decoder": ("autoencoder",)}  # models a part may carry besides its CLIP
+CARRIED_LOADERS = {"autoencoder": load_autoencoder}
+SHOWN = {"clip": "CLIP", "autoencoder": "autoencoder"}
 SCRIPTS = {"prior": "train_prior.py", "decoder": "train_decoder.py"}
 
 
@@ -50,6 +60,13 @@ def build_parser(kind: str, description: str) -> Parser:
         help="train_clip.py run or checkpoint: frozen, and its tokenizer",
     )
     src.add_argument(f"--{kind}_path", type=Path, default=None, help=f"start from this {kind} (fine-tuning)")
+    if "autoencoder" in CARRIED[kind]:
+        src.add_argument(
+            "--autoencoder_path",
+            type=Path,
+            default=None,
+            help="train_autoencoder.py run or checkpoint: diffuse in its latents (frozen), not in pixels",
+        )
     add_caption_data_flags(src)
     g = parser.add_argument_group("training")
     g.add_argument("--batch_size", type=positive_int, default=16)
@@ -96,6 +113,9 @@ class DiffusionTask(CaptionTask):
 
     def checkpoint_args(self) -> dict[str, Any]:
         meta = {"model": self.model.config(), "clip": self.model.clip.config(), **self.meta}
+        autoencoder = getattr(self.model, "autoencoder", None)  # a latent decoder's, which it carries
+        if autoencoder is not None:
+            meta["autoencoder"] = autoencoder.config()
         extra = {} if self.ema is None else {"extra_weights": {EMA_FILE: self.ema.weights()}}
         return {"kind": self.kind, "meta": meta, "tokenizer": self.tokenizer, **extra}
 
@@ -107,20 +127,22 @@ def _model_flags(parser: Parser) -> list[str]:
 def main(
     kind: str,
     parser: Parser,
-    build: Callable[[nn.Module, Flags, int], nn.Module],
+    build: Callable[..., nn.Module],
     task_class: type[DiffusionTask],
     argv: list[str] | None,
 ) -> None:
-    """Train a DALL-E 2 part: ``build(clip, args, image_size)`` makes a new one from the model flags."""
+    """Train a DALL-E 2 part: ``build(clip, args, image_size, **carried)`` makes a new one from the model
+    flags (``carried``: the models of its ``--<name>_path`` inputs besides the CLIP, e.g. an autoencoder)."""
     args = parse_flags(parser, argv)
     backend = start_backend(backend_config(args))
     seed_everything(args.seed)
     resume = resume_point(args, backend)
     start = resume or getattr(args, f"{kind}_path")
     model = ckpt = None
-    if start is not None:  # the part, its CLIP and tokenizer come from the checkpoint
+    if (
+        start is not None
+    ):  # the part, its CLIP (and what else it carries) and tokenizer come from the checkpoint
         model, tokenizer, ckpt = LOADERS[kind](start, ema=False)  # the raw weights training continues
-        clip_source = ckpt.meta.get("clip_source")
         built = model.config()  # what the checkpoint says, and what it meant by what it does not say
         fixed = {flag: built[flag] for flag in _model_flags(parser) if flag in built}
         why = (
@@ -129,14 +151,13 @@ def main(
             else f"--{kind}_path {start} fixes the {kind} (fine-tuning keeps its shape)"
         )
         refuse_changed_flags(args, fixed, why)
-        # (a resume inherits the run's --clip_path: only one the user gives now is compared)
-        given = load_checkpoint(args.clip_path, kind="clip").path if args.given("clip_path") else None
-        if given is not None and given.resolve() != Path(clip_source or "").resolve():
-            raise UserError(
-                f"--clip_path {args.clip_path}: the {kind} carries the CLIP it was trained on "
-                f"({clip_source}); drop --clip_path"
-            )
+        sources = {name: ckpt.meta.get(f"{name}_source") for name in ("clip", *CARRIED[kind])}
+        # (a resume inherits the run's input flags: only those the user gives now are compared)
+        for name, source in sources.items():
+            if args.given(f"{name}_path"):
+                refuse_another_input(args, kind, name, source)
         clip = model.clip
+        carried = {}
     else:
         if args.clip_path is None:
             raise UserError(
@@ -144,16 +165,23 @@ def main(
                 "embeddings and tokenizer"
             )
         clip, tokenizer, clip_ckpt = load_clip(args.clip_path)
-        clip_source = str(clip_ckpt.path)
+        sources, carried = {"clip": str(clip_ckpt.path)}, {}
+        for name in CARRIED[kind]:
+            if getattr(args, f"{name}_path") is not None:
+                carried[name], input_ckpt = CARRIED_LOADERS[name](getattr(args, f"{name}_path"))
+                sources[name] = str(input_ckpt.path)
     check_tokenizer_flags(tokenizer, args, SCRIPTS[kind])  # the flags may only confirm CLIP's
-    image_size = model.image_size if kind == "decoder" and model is not None else None
+    # the decoder's pictures are the size it (or its autoencoder) was built for
+    sized = model if model is not None else carried.get("autoencoder")
+    image_size = getattr(sized, "image_size", None)
     if image_size is not None and args.image_size is not None and args.image_size != image_size:
-        raise UserError(f"--image_size {args.image_size} does not match the decoder's {image_size}: drop it")
+        owner = "decoder" if model is not None else "autoencoder"
+        raise UserError(f"--image_size {args.image_size} does not match the {owner}'s {image_size}: drop it")
     data = data_config(args, args.image_text_folder, image_size or args.image_size or clip.visual_image_size)
     dataset = load_data(data, backend)
     if model is None:
         try:
-            model = build(clip, args, data.image_size)
+            model = build(clip, args, data.image_size, **carried)
         except ValueError as e:
             raise UserError(f"model flags: {e}") from None
     check_captions(dataset, tokenizer, model.text_seq_len, args.truncate_captions)
@@ -163,7 +191,8 @@ def main(
             f"{args.output} (--{kind}_path starts a new run from those weights)"
         )
     run, flags = prepare_run(args, f"train_{kind}", backend, data, text_seq_len=model.text_seq_len)
-    meta = {"clip_source": clip_source, "data": dataset.describe()}
+    meta = {f"{name}_source": src for name, src in sources.items() if src is not None}
+    meta["data"] = dataset.describe()
     task = task_class(model.to(backend.device), tokenizer, meta, truncate_captions=args.truncate_captions)
     task.sample_steps = args.sample_steps
     if args.ema_decay > 0:
@@ -175,6 +204,22 @@ def main(
     if backend.is_root and final is not None:
         print(f"{kind} trained: {final}")
     backend.shutdown()
+
+
+def refuse_another_input(args: Flags, kind: str, name: str, source: str | None) -> None:
+    """``--<name>_path`` given on a resume or a fine-tune: the part already carries its own (or none)."""
+    flag, shown = f"--{name}_path", SHOWN[name]
+    given_path = getattr(args, f"{name}_path")
+    given = load_checkpoint(given_path, kind=name).path
+    if source is None:
+        raise UserError(
+            f"{flag} {given_path}: the {kind} was built without an {shown} (it diffuses pixels); drop "
+            f"{flag}, or train a new {kind} with it"
+        )
+    if given.resolve() != Path(source).resolve():
+        raise UserError(
+            f"{flag} {given_path}: the {kind} carries the {shown} it was trained on ({source}); drop {flag}"
+        )
 
 
 def fine_tuning_into_a_run(args: argparse.Namespace, kind: str, resume: Path | None) -> bool:

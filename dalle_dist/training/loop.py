@@ -200,7 +200,7 @@ class TrainingLoop:
         self.backend.barrier()
         self.engine.save_engine(staging_folder(folder) / ENGINE_FOLDER)
         if weights is None:
-            weights = self.engine.full_state_dict()
+            weights = self._gathered_weights()
         self.backend.barrier()
         path = None
         if self.backend.is_root:
@@ -227,6 +227,11 @@ class TrainingLoop:
                 )
         self.backend.barrier()
         return path
+
+    def _gathered_weights(self) -> dict[str, Tensor]:
+        """The weights a checkpoint saves (a collective call), after the task has refreshed them."""
+        self.task.before_save(self.engine.module)
+        return self.engine.full_state_dict()
 
     def samples_trained(self) -> int:
         """Samples that went into optimizer steps over the whole run, all ranks (a collective call)."""
@@ -443,7 +448,7 @@ class TrainingLoop:
         if val is not None and self.backend.is_root:
             self._record({"step": self.step, "val_loss": val})
             self.log(f"final validation loss {val:.4f}")
-        weights = self.engine.full_state_dict()
+        weights = self._gathered_weights()
         if self.world > 1:
             same = self.backend.same_on_all_ranks(weights)
             if self.backend.is_root:

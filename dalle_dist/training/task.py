@@ -63,6 +63,10 @@ class Task(ABC):
     def after_step(self, step: int) -> None:
         """Called on every rank after each optimizer step (e.g. to update an average of the weights)."""
 
+    def before_save(self, module: nn.Module) -> None:
+        """Called on every rank before a checkpoint's weights are gathered: to refresh what is saved but not
+        trained (e.g. a normalisation measured on pictures every rank holds alike)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
