@@ -80,7 +80,7 @@ def test_rebuilt_from_its_config_and_weights(tmp_path):
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="image_size 18 must be a multiple of 4"):
-        Autoencoder(image_size=18)
+        Autoencoder(image_size=18, widths=(32, 64, 64))
     with pytest.raises(ValueError, match="norm_groups 8 must divide every width 8, 12"):
         Autoencoder(image_size=16, widths=(8, 12))
     with pytest.raises(ValueError, match="kl_weight must be >= 0"):

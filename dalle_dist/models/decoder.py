@@ -17,7 +17,7 @@ on average (guided, about 2x the share of decoded pictures judged right) with a 
 (bench/RESULTS.md). The frozen CLIP inside gives the image embeddings while
 training.
 
-A latent decoder diffuses the autoencoder's normalised latents (8 x 8 for 32 px pictures) with the same
+A latent decoder diffuses the autoencoder's normalised latents (16 x 16 for 32 px pictures) with the same
 UNet and conditioning, and decodes its samples with the autoencoder. On the built-in shapes it draws the
 shapes, corners included, where the pixel decoder at the demo's budget draws ragged blobs
 (bench/RESULTS.md, "A latent decoder, measured"). The autoencoder travels inside the decoder's checkpoint,

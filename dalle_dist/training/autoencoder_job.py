@@ -73,10 +73,10 @@ def build_parser() -> Parser:
     m.add_argument(
         "--widths",
         type=int_list,
-        default=[32, 64, 64],
+        default=[32, 64],
         help="channels per level; the latent side is the image's / 2^(levels - 1)",
     )
-    m.add_argument("--latent_channels", type=positive_int, default=8)
+    m.add_argument("--latent_channels", type=positive_int, default=4)
     m.add_argument("--layers_per_block", type=positive_int, default=1)
     m.add_argument(
         "--norm_groups", type=positive_int, default=8, help="GroupNorm groups (divide every width)"
