@@ -20,7 +20,8 @@ training.
 A latent decoder diffuses the autoencoder's normalised latents (16 x 16 for 32 px pictures) with the same
 UNet and conditioning, and decodes its samples with the autoencoder. On the built-in shapes it draws the
 shapes, corners included, where the pixel decoder at the demo's budget draws ragged blobs
-(bench/RESULTS.md, "A latent decoder, measured"). The autoencoder travels inside the decoder's checkpoint,
+(bench/RESULTS.md, "make demo-dalle2 with the latent decoder"). The autoencoder travels inside the
+decoder's checkpoint,
 like the CLIP.
 """
 
