@@ -21,8 +21,7 @@ A latent decoder diffuses the autoencoder's normalised latents (16 x 16 for 32 p
 UNet and conditioning, and decodes its samples with the autoencoder. On the built-in shapes it draws the
 shapes, corners included, where the pixel decoder at the demo's budget draws ragged blobs
 (bench/RESULTS.md, "make demo-dalle2 with the latent decoder"). The autoencoder travels inside the
-decoder's checkpoint,
-like the CLIP.
+decoder's checkpoint, like the CLIP.
 """
 
 from __future__ import annotations
