@@ -261,7 +261,7 @@ class Checkpoint:
             raise UserError(f"{file} is damaged ({e}): resume from another checkpoint") from None
 
 
-_NAME = {
+KIND_NAMES = {  # each kind as messages name it
     "vae": "VAE",
     "dalle": "DALL-E",
     "clip": "CLIP",
@@ -287,7 +287,8 @@ _FLAG_OF = {
 }
 
 
-def _a(name: str) -> str:
+def with_article(name: str) -> str:
+    """``a CLIP``, ``an autoencoder``: a kind's name in a sentence."""
     return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
@@ -312,8 +313,10 @@ def load_checkpoint(path: str | Path, kind: str | None = None, verify: bool = Tr
         hint = f": point {flag} at a {_WRITER.get(kind, kind)} run"
         if found in _FLAG_OF:
             hint += f" (this one goes to {_FLAG_OF[found]})"
-        have, need = _NAME.get(found, found), _NAME.get(kind, kind)
-        raise UserError(f"{folder} is {_a(have)} checkpoint, but {flag} needs {_a(need)} one{hint}")
+        have, need = KIND_NAMES.get(found, found), KIND_NAMES.get(kind, kind)
+        raise UserError(
+            f"{folder} is {with_article(have)} checkpoint, but {flag} needs {with_article(need)} one{hint}"
+        )
     if verify:
         # checkpoints written before the description had its digest have no meta_sha256
         if "meta_sha256" in meta and meta_digest(meta) != meta["meta_sha256"]:
@@ -455,7 +458,7 @@ def _load_on_clip(
     and present)."""
     ckpt = load_checkpoint(path, kind=kind)
     legacy = getattr(cls, "LEGACY_DEFAULTS", {})  # arguments newer than the checkpoint, as it was trained
-    with _described(_NAME[kind], ckpt.path):
+    with _described(KIND_NAMES[kind], ckpt.path):
         model = cls(CLIP(**ckpt.meta["clip"]), **carried(ckpt.meta), **{**legacy, **ckpt.meta["model"]})
     weights = ckpt.weights()
     if ema and (ckpt.path / "ema.safetensors").is_file():

@@ -53,7 +53,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"clip": base / "clip", "ae": base / "ae", "decoder": base / "decoder"}
 
 
-def stats_pictures() -> torch.Tensor:
+def the_runs_stats_pictures() -> torch.Tensor:
     """The pictures the tiny run's normalisation is measured on: the first 48 of its data, centre-cropped."""
     from dalle_dist.distributed import BackendConfig, backend_from_config
     from dalle_dist.training.autoencoder_job import build_parser, stats_pictures
@@ -73,7 +73,7 @@ def test_the_autoencoder_logs_psnr_and_saves_latents_of_unit_scale(runs):
     assert (runs["ae"] / "samples" / "autoencoder-step-00000004.png").is_file()
     ae, ckpt = load_autoencoder(runs["ae"])
     assert ckpt.meta["model"]["latent_channels"] == 4 and ae.latent_size == 8
-    pictures = stats_pictures()
+    pictures = the_runs_stats_pictures()
     assert pictures.shape == (48, 3, 16, 16)
     with torch.no_grad():
         z = ae.eval().encode(pictures)
@@ -119,7 +119,7 @@ def test_autoencoder_two_ranks_equal_one_process(tmp_path, runs, engine):
     (one, _), (other, _) = load_autoencoder(runs["ae"]), load_autoencoder(two)
     torch.testing.assert_close(other.latent_mean, one.latent_mean, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(other.latent_std, one.latent_std, atol=1e-4, rtol=1e-4)
-    pictures = stats_pictures()[:8]
+    pictures = the_runs_stats_pictures()[:8]
     with torch.no_grad():
         z_one, z_two = one.eval().encode(pictures), other.eval().encode(pictures)
         torch.testing.assert_close(z_two, z_one, atol=1e-4, rtol=1e-4)

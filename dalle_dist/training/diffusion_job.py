@@ -18,12 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import (
+    KIND_NAMES,
     RunDirectory,
     load_autoencoder,
     load_checkpoint,
     load_clip,
     load_decoder,
     load_prior,
+    with_article,
 )
 from ..cli import Flags, Parser, check_tokenizer_flags, fraction, positive_float, positive_int
 from ..errors import UserError
@@ -44,7 +46,6 @@ from .job import (
 LOADERS = {"prior": load_prior, "decoder": load_decoder}
 CARRIED = {"prior": (), "decoder": ("autoencoder",)}  # models a part may carry besides its CLIP
 CARRIED_LOADERS = {"autoencoder": load_autoencoder}
-SHOWN = {"clip": "CLIP", "autoencoder": "autoencoder"}
 SCRIPTS = {"prior": "train_prior.py", "decoder": "train_decoder.py"}
 
 
@@ -139,9 +140,8 @@ def main(
     resume = resume_point(args, backend)
     start = resume or getattr(args, f"{kind}_path")
     model = ckpt = None
-    if (
-        start is not None
-    ):  # the part, its CLIP (and what else it carries) and tokenizer come from the checkpoint
+    # the part, its CLIP (and what else it carries) and tokenizer come from the checkpoint
+    if start is not None:
         model, tokenizer, ckpt = LOADERS[kind](start, ema=False)  # the raw weights training continues
         built = model.config()  # what the checkpoint says, and what it meant by what it does not say
         fixed = {flag: built[flag] for flag in _model_flags(parser) if flag in built}
@@ -208,13 +208,13 @@ def main(
 
 def refuse_another_input(args: Flags, kind: str, name: str, source: str | None) -> None:
     """``--<name>_path`` given on a resume or a fine-tune: the part already carries its own (or none)."""
-    flag, shown = f"--{name}_path", SHOWN[name]
+    flag, shown = f"--{name}_path", KIND_NAMES[name]
     given_path = getattr(args, f"{name}_path")
     given = load_checkpoint(given_path, kind=name).path
     if source is None:
         raise UserError(
-            f"{flag} {given_path}: the {kind} was built without an {shown} (it diffuses pixels); drop "
-            f"{flag}, or train a new {kind} with it"
+            f"{flag} {given_path}: the {kind} was built without {with_article(shown)} (it diffuses "
+            f"pixels); drop {flag}, or train a new {kind} with it"
         )
     if given.resolve() != Path(source).resolve():
         raise UserError(
