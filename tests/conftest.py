@@ -122,3 +122,16 @@ def train_tiny_vae(out: Path) -> Path:
     ]
     run_cmd(cmd)
     return out
+
+
+def noise_folder(folder: Path, count: int, side: int = 16) -> Path:
+    """``count`` random-noise PNGs of ``side`` px, each with a .txt of two captions: a captioned folder."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"picture number {i}\nanother caption {i % 3}\n")
+    return folder

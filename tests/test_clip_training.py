@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cmd, small_vae
-from PIL import Image
+from conftest import ROOT, noise_folder, run_cmd, small_vae
 from safetensors.torch import load_file
 
 from dalle_dist import CLIP
@@ -87,12 +86,7 @@ def test_resume_continues_exactly(tmp_path, straight):
 
 
 def test_trains_on_a_folder_and_on_shards(tmp_path):
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(f"picture number {i}\nanother caption {i % 3}\n")
+    folder = noise_folder(tmp_path / "folder", 8)
     make_shards(folder, tmp_path / "shards", maxcount=4)
     common = [*FLAGS, "--max_steps", "2", "--batch_size", "4", "--random_resize_crop_lower_ratio", "1"]
     sources = {

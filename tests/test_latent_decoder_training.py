@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, launch_2_ranks, run_cmd
+from conftest import ROOT, launch_2_ranks, noise_folder, run_cmd
 from PIL import Image
 from safetensors.torch import load_file
 from test_dalle2_training import CLIP_FLAGS, COMMON, PART_FLAGS, assert_decoders_compute_alike, one_line
@@ -82,6 +82,31 @@ def test_the_autoencoder_logs_psnr_and_saves_latents_of_unit_scale(runs):
     # every checkpoint measures its own encoder: the step-2 one differs
     step2 = load_file(runs["ae"] / "checkpoints" / "step-00000002" / "model.safetensors")
     assert not torch.equal(step2["latent_std"], ae.latent_std)
+
+
+def test_the_autoencoder_trains_on_shards_and_measures_their_first_pictures(tmp_path):
+    """--wds reads the shards train_dalle.py reads (--wds_val validates on others); the latent
+    normalisation is measured on the first pictures of the first shards, centre-cropped."""
+    from dalle_dist.checkpoint import load_autoencoder
+    from dalle_dist.data.make_shards import make_shards
+    from dalle_dist.data.shards import Keys, ShardDataset
+    from dalle_dist.training.autoencoder_job import stats_pictures
+
+    make_shards(noise_folder(tmp_path / "folder", 12, side=20), tmp_path / "shards", maxcount=5)
+    shutil.copytree(tmp_path / "shards", tmp_path / "val")
+    out = tmp_path / "ae"
+    flags = ["--wds", "png,txt", "--image_folder", tmp_path / "shards", "--wds_val", tmp_path / "val"]
+    train_ae(out, *flags, "--batch_size", "4", "--max_steps", "2", "--stats_images", "7", "--eval_every", "2")
+    ae, ckpt = load_autoencoder(out)
+    assert ckpt.meta["data"]["kind"] == "shards" and ckpt.meta["data"]["count"] == 12
+    assert any("val_loss" in line for line in (out / "metrics.jsonl").read_text().splitlines())
+    shards = ShardDataset(tmp_path / "shards", Keys.parse("png,txt"), 16, resize_ratio=1.0)
+    first = stats_pictures(shards, 7)
+    assert first.shape == (7, 3, 16, 16)
+    with torch.no_grad():
+        z = ae.eval().encode(first)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
+    assert z.std().item() == pytest.approx(1.0, rel=1e-3)
 
 
 def test_autoencoder_resume_is_exact(tmp_path, runs):
@@ -195,8 +220,8 @@ def test_bad_input_is_one_line(tmp_path, runs):
     assert "the decoder was built without an autoencoder (it diffuses pixels)" in one_line(proc)
     proc = train_ae(out, "--widths", "8,10", expect=2)
     assert "model flags: norm_groups 4 must divide every width 8, 10" in one_line(proc)
-    proc = train_ae(out, "--wds", "shards/{0..1}.tar", expect=2)
-    assert "not shards yet" in one_line(proc)
+    proc = train_ae(out, "--wds", "png,txt", "--image_folder", tmp_path / "no_shards", expect=2)
+    assert "no_shards" in one_line(proc)
     copy_ae = tmp_path / "copy_ae"
     shutil.copytree(runs["ae"], copy_ae)
     proc = run_cmd([sys.executable, ROOT / "train_autoencoder.py", "--output", copy_ae, "--resume",

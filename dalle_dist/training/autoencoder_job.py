@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import load_autoencoder
-from ..cli import Parser, cli, int_list, nonneg_float, positive_float, positive_int, refuse
+from ..cli import Parser, cli, int_list, nonneg_float, positive_float, positive_int
 from ..data import DataError, image_grid
 from ..errors import UserError
-from .flags import add_common_flags, backend_config, data_config, refuse_changed_flags
+from .flags import add_common_flags, add_shard_flags, backend_config, data_config, refuse_changed_flags
 from .job import (
     load_data,
+    load_validation,
     parse_flags,
     prepare_run,
     resume_point,
@@ -41,21 +43,17 @@ def build_parser() -> Parser:
         description="Train the autoencoder a latent DALL-E 2 decoder diffuses in (pictures only).",
     )
     add_common_flags(parser, "train_autoencoder")
-    refuse(
-        parser,
-        "--wds",
-        "train_autoencoder.py reads image folders and the built-in data, not shards yet: point "
-        "--image_folder at a folder of the pictures",
-        takes_value=True,
-    )
-    parser.add_argument(
+    d = parser.add_argument_group("data")
+    d.add_argument(
         "--image_folder",
         "--image_text_folder",
         dest="image_folder",
-        type=Path,
+        type=str,
         default=None,
-        help="folder of images (captions are not needed; default: built-in)",
+        help="folder of images (captions are not needed), or with --wds the shards train_dalle.py reads "
+        "(default: built-in)",
     )
+    add_shard_flags(d, tokenizer=False)
     g = parser.add_argument_group("training")
     g.add_argument("--batch_size", type=positive_int, default=32)
     g.add_argument("--learning_rate", type=positive_float, default=5e-4)
@@ -92,18 +90,30 @@ def build_parser() -> Parser:
 
 
 def stats_pictures(dataset: Any, count: int) -> Tensor:
-    """The first ``count`` readable pictures of ``dataset``, centre-cropped: alike on every rank."""
+    """The first ``count`` readable pictures of ``dataset`` (of its first shards, in order, for a stream),
+    centre-cropped: alike on every rank."""
     pictures = []
-    for index in range(len(dataset)):
+    for picture in _readable_pictures(dataset):
         if len(pictures) == count:
             break
-        try:
-            pictures.append(dataset.get(index, None)[0])
-        except DataError:  # skipped in training too
-            continue
+        pictures.append(picture)
     if not pictures:
         raise UserError("no readable picture to measure the latent normalisation on: check the data")
     return torch.stack(pictures)
+
+
+def _readable_pictures(dataset: Any) -> Iterator[Tensor]:
+    """Every readable picture in order, centre-cropped; unreadable ones are skipped, as in training."""
+    if getattr(dataset, "streamed", False):
+        for url in dataset.urls:
+            # (sample key, picture), or a Skipped slot
+            yield from (item[1] for item in dataset.centre_crops(url) if isinstance(item, tuple))
+        return
+    for index in range(len(dataset)):
+        try:
+            yield dataset.get(index, None)[0]
+        except DataError:
+            continue
 
 
 class AutoencoderTask(Task):
@@ -117,7 +127,10 @@ class AutoencoderTask(Task):
 
     def make_item(self, dataset: Any, index: int, rng: random.Random) -> tuple[Tensor, Tensor]:
         # the seed makes the sample's posterior draw, whichever rank trains it
-        return dataset.get(index, rng)[0], torch.tensor(rng.randrange(2**62), dtype=torch.long)
+        return self.make_sample(dataset.get(index, rng)[0], [], rng)
+
+    def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> tuple[Tensor, Tensor]:
+        return image, torch.tensor(rng.randrange(2**62), dtype=torch.long)
 
     def collate(self, items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         images, seeds = zip(*items, strict=True)
@@ -174,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     run, flags = prepare_run(args, "train_autoencoder", backend, data)
     stats = stats_pictures(dataset, args.stats_images)
     task = AutoencoderTask(model.to(backend.device), dataset.describe(), stats, args.num_images_save)
-    final = run_training(task, args, backend, run, flags, dataset, resume)
+    validation = load_validation(args, data, backend)
+    final = run_training(task, args, backend, run, flags, dataset, resume, validation=validation)
     if backend.is_root and final is not None:
         print(f"autoencoder trained: {final}")
     backend.shutdown()

@@ -313,8 +313,8 @@ def add_caption_data_flags(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def add_shard_flags(group: argparse._ArgumentGroup) -> None:
-    """WebDataset streaming (DALLE-pytorch's ``--wds``)."""
+def add_shard_flags(group: argparse._ArgumentGroup, tokenizer: bool = True) -> None:
+    """WebDataset streaming (DALLE-pytorch's ``--wds``); ``tokenizer``: the run trains a BPE on captions."""
     group.add_argument(
         "--wds",
         type=str,
@@ -340,6 +340,8 @@ def add_shard_flags(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--shuffle_buffer", type=positive_int, default=1000, help="--wds: samples each worker shuffles among"
     )
+    if not tokenizer:
+        return
     group.add_argument(
         "--bpe_train_captions",
         type=positive_int,

@@ -11,7 +11,7 @@
 #   VAE_STEPS (2000)  DALLE_STEPS (3500)  CLIP_STEPS (1500)  IMAGES (50 kept per prompt)  CANDIDATES (200)
 #   GEN_FLAGS ("--cond_scale 2.5 --top_k 0.9 --temperature 0.7", make demo's)  FASHION_MNIST_DIR
 #   MODEL (dalle: VAE -> DALL-E; dalle2: CLIP -> diffusion prior and decoder, the same judge and evaluation)
-#   with MODEL=dalle2: PRIOR_STEPS (2000)  DECODER_STEPS (1500)  CANDIDATES (100)
+#   with MODEL=dalle2: PRIOR_STEPS (2000)  AE_STEPS (800)  DECODER_STEPS (1500)  CANDIDATES (100)
 #   GEN_FLAGS ("--cf_guidance_scale 3 --steps 50 --prior_steps 64", make demo-dalle2's)
 #
 # Two chains run side by side, one thread each: VAE -> DALL-E, and classifier -> CLIP (CLIP and the
@@ -34,6 +34,7 @@ THREADS=${THREADS:-1}
 if [[ ${QUICK:-0} == 1 ]]; then
   : "${TRAIN_LIMIT:=3000}" "${TEST_LIMIT:=1000}" "${CLS_EPOCHS:=1}" "${VAE_STEPS:=150}" "${DALLE_STEPS:=150}"
   : "${CLIP_STEPS:=60}" "${IMAGES:=16}" "${CANDIDATES:=32}" "${PRIOR_STEPS:=60}" "${DECODER_STEPS:=60}"
+  : "${AE_STEPS:=60}"
 fi
 TRAIN_LIMIT=${TRAIN_LIMIT:-}
 TEST_LIMIT=${TEST_LIMIT:-}
@@ -45,6 +46,7 @@ IMAGES=${IMAGES:-50}
 MODEL=${MODEL:-dalle}
 PRIOR_STEPS=${PRIOR_STEPS:-2000}
 DECODER_STEPS=${DECODER_STEPS:-1500}
+AE_STEPS=${AE_STEPS:-800}
 case $MODEL in
   dalle)
     CANDIDATES=${CANDIDATES:-200}
@@ -125,6 +127,11 @@ train_clip() {  # CHAIN: a small CLIP, 8 x 8 patches of 4 px, 2 + 2 layers of wi
     --learning_rate 1e-3 --warmup_steps 50 --lr_schedule cosine --max_steps "$CLIP_STEPS" --log_every 100 \
     --sample_every 100000 --save_every_n_steps 500 --keep_n_checkpoints 1
 }
+train_autoencoder() {  # CHAIN: make demo-dalle2's autoencoder (32 px -> 16 x 16 x 4 latents), pictures only
+  stage train_autoencoder "$1" "$PY" train_autoencoder.py --config configs/demo_autoencoder.yaml \
+    --output "$RUN/autoencoder" --wds "png,txt" --image_folder "$DATA/shards" "${COMMON[@]}" \
+    --max_steps "$AE_STEPS" --sample_every 100000 --save_every_n_steps 1000 --keep_n_checkpoints 1
+}
 classifier() {
   stage classifier side "$PY" "$HERE/classifier.py" train --data_dir "$DATA_DIR" --out "$RUN/classifier" \
     --epochs "$CLS_EPOCHS" "${LIMITS[@]}"
@@ -148,19 +155,20 @@ if [[ $MODEL == dalle ]]; then
   trap - EXIT
   MODEL_FLAGS=(--dalle_path "$RUN/dalle")
 else
-  echo "== classifier runs alongside train_clip, then the prior alongside the decoder (logs: $RUN/logs/)"
-  classifier &
+  echo "== classifier, then the autoencoder, alongside train_clip; then the prior alongside the decoder" \
+    "(logs: $RUN/logs/)"
+  { classifier && train_autoencoder side; } &
   side=$!
   trap 'kill -- -$side 2>/dev/null || true' EXIT
   train_clip main
   wait "$side"
-  # make demo-dalle2's prior and decoder (configs/demo_{prior,decoder}.yaml) on this CLIP
+  # make demo-dalle2's prior and latent decoder (configs/demo_{prior,decoder}.yaml) on this CLIP
   stage train_prior side "$PY" train_prior.py --config configs/demo_prior.yaml --clip_path "$RUN/clip" \
     --output "$RUN/prior" "${WDS[@]}" "${COMMON[@]}" --max_steps "$PRIOR_STEPS" --sample_every 100000 \
     --save_every_n_steps 1000 --keep_n_checkpoints 1 &
   side=$!
   stage train_decoder main "$PY" train_decoder.py --config configs/demo_decoder.yaml --clip_path "$RUN/clip" \
-    --output "$RUN/decoder" "${WDS[@]}" "${COMMON[@]}" --max_steps "$DECODER_STEPS" --sample_every 100000 \
+    --autoencoder_path "$RUN/autoencoder" --output "$RUN/decoder" "${WDS[@]}" "${COMMON[@]}" --max_steps "$DECODER_STEPS" --sample_every 100000 \
     --save_every_n_steps 1000 --keep_n_checkpoints 1
   wait "$side"
   trap - EXIT
