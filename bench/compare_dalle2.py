@@ -79,9 +79,14 @@ def main() -> None:
     stages = {
         "DALL-E 1": [("VAE", args.dalle1 / "vae"), ("DALL-E", args.dalle1 / "dalle")],
         "DALL-E 2": [
-            ("CLIP", args.dalle2 / "clip"),
-            ("prior", args.dalle2 / "prior"),
-            ("decoder", args.dalle2 / "decoder"),
+            (stage, args.dalle2 / folder)
+            for stage, folder in (
+                ("CLIP", "clip"),
+                ("prior", "prior"),
+                ("autoencoder", "autoencoder"),
+                ("decoder", "decoder"),
+            )
+            if (args.dalle2 / folder).is_dir()  # a pixel decoder's run has no autoencoder
         ],
     }
     print(
