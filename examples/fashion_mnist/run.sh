@@ -168,8 +168,8 @@ else
     --save_every_n_steps 1000 --keep_n_checkpoints 1 &
   side=$!
   stage train_decoder main "$PY" train_decoder.py --config configs/demo_decoder.yaml --clip_path "$RUN/clip" \
-    --autoencoder_path "$RUN/autoencoder" --output "$RUN/decoder" "${WDS[@]}" "${COMMON[@]}" --max_steps "$DECODER_STEPS" --sample_every 100000 \
-    --save_every_n_steps 1000 --keep_n_checkpoints 1
+    --autoencoder_path "$RUN/autoencoder" --output "$RUN/decoder" "${WDS[@]}" "${COMMON[@]}" \
+    --max_steps "$DECODER_STEPS" --sample_every 100000 --save_every_n_steps 1000 --keep_n_checkpoints 1
   wait "$side"
   trap - EXIT
   MODEL_FLAGS=(--prior_path "$RUN/prior" --decoder_path "$RUN/decoder")
