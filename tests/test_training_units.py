@@ -239,6 +239,32 @@ def test_every_config_works_with_the_data_flags_it_is_documented_with(config, tm
         assert data_config(args, location).location == (None if location is None else str(location))
 
 
+def test_the_demo_decoder_config_builds_on_the_demo_autoencoder_and_only_there():
+    """configs/demo_decoder.yaml counts its resolutions in the latent pixels of configs/demo_autoencoder.yaml
+    (16, 8, 4): built together they make a latent decoder; without the autoencoder (a 32 px pixel UNet)
+    the config does not fit, so every user of it (make demo-dalle2, the Fashion-MNIST example) must pass
+    --autoencoder_path."""
+    pytest.importorskip("diffusers", reason="diffusers is a dependency of dalle_dist: pip install -e .")
+    from dalle_dist import CLIP
+    from dalle_dist.models.autoencoder import Autoencoder
+    from dalle_dist.training import autoencoder_job, decoder_job
+
+    ae_args = autoencoder_job.build_parser().parse(["--config", str(ROOT / "configs/demo_autoencoder.yaml")])
+    ae = Autoencoder(image_size=32, **{flag: getattr(ae_args, flag) for flag in autoencoder_job.MODEL_FLAGS})
+    clip = CLIP(dim_text=32, dim_image=32, dim_latent=16, num_text_tokens=64, text_enc_depth=1,
+                text_seq_len=16, text_heads=2, visual_enc_depth=1, visual_heads=2, visual_image_size=32,
+                visual_patch_size=4, dim_head=16)  # fmt: skip
+    args = decoder_job.build_parser().parse(
+        ["--config", str(ROOT / "configs/demo_decoder.yaml"), "--clip_path", "c"]
+    )
+    decoder = decoder_job.build(clip, args, 32, ae)
+    assert (decoder.unet_size, decoder.unet_channels) == (ae.latent_size, ae.latent_channels) == (16, 4)
+    with pytest.raises(
+        ValueError, match=r"attention_resolutions \[8, 4\] must be among the UNet's resolutions"
+    ):
+        decoder_job.build(clip, args, 32)
+
+
 def test_decoder_attention_resolutions_are_a_set_so_a_resume_may_list_them_in_any_order():
     """The decoder keeps its attention resolutions largest first; the flag reads them the same way, so a
     resume given ``8,16`` matches a run made with ``16,8``, and another set is still refused."""
