@@ -221,7 +221,7 @@ def test_bad_input_is_one_line(tmp_path, runs):
     proc = train_ae(out, "--widths", "8,10", expect=2)
     assert "model flags: norm_groups 4 must divide every width 8, 10" in one_line(proc)
     proc = train_ae(out, "--wds", "png,txt", "--image_folder", tmp_path / "no_shards", expect=2)
-    assert "no_shards" in one_line(proc)
+    assert f"{tmp_path / 'no_shards'} does not exist: give a .tar file, a folder of shards" in one_line(proc)
     copy_ae = tmp_path / "copy_ae"
     shutil.copytree(runs["ae"], copy_ae)
     proc = run_cmd([sys.executable, ROOT / "train_autoencoder.py", "--output", copy_ae, "--resume",
