@@ -104,7 +104,7 @@ def stats_pictures(dataset: Any, count: int) -> Tensor:
 
 def _readable_pictures(dataset: Any) -> Iterator[Tensor]:
     """Every readable picture in order, centre-cropped; unreadable ones are skipped, as in training."""
-    if getattr(dataset, "streamed", False):
+    if dataset.streamed:  # shards: no index, read in order
         for url in dataset.urls:
             # (sample key, picture), or a Skipped slot
             yield from (item[1] for item in dataset.centre_crops(url) if isinstance(item, tuple))
