@@ -59,6 +59,8 @@ RUN_DEFINING = (
     "vqgan_config_path",
     "openai_enc_path",
     "openai_dec_path",
+    # a resumed optimizer keeps the betas it was saved with
+    "adam_beta2",
 )
 
 
@@ -290,6 +292,13 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         help="default constant (plateau with --lr_decay)",
     )
     t.add_argument("--ga_steps", type=positive_int, default=1, help="gradient accumulation steps")
+    t.add_argument(
+        "--adam_beta2",
+        type=fraction,
+        default=0.999,
+        help="Adam's second-moment decay (0.999: PyTorch's and DALLE-pytorch's; 0.99 adapts faster in "
+        "short runs, bench/RESULTS.md)",
+    )
     t.add_argument("--sample_every", type=positive_int, default=1000, help="steps between sample images")
     add_tracking_flags(parser, script)
 

@@ -228,7 +228,7 @@ def run_training(
     params = [p for p in task.model.parameters() if p.requires_grad]
     # the default update, not fused=True: which is faster on a CPU depends on the host (bench/RESULTS.md,
     # "Executor choices on the CPU"), and changing it changes the arithmetic that resumes reproduce
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate)
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, betas=(0.9, args.adam_beta2))
     precision = Precision.from_flags(backend.device, fp16=config.fp16, bf16=config.bf16, amp=config.amp)
     engine = backend.distribute(
         task.model,

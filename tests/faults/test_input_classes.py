@@ -9,6 +9,7 @@ import argparse
 import sys
 
 import pytest
+import torch
 from conftest import ROOT, run_cmd
 
 from dalle_dist import convert, encode_tokens, generation, plot
@@ -307,7 +308,8 @@ def dalle_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("resume_flags")
     vae = train_tiny_vae(base / "vae")
     cmd = [sys.executable, ROOT / "train_dalle.py", *TINY_DALLE.split(), "--vae_path", vae,
-           "--batch_size", "8", "--sample_every", "100", "--learning_rate", "0.002"]  # fmt: skip
+           "--batch_size", "8", "--sample_every", "100", "--learning_rate", "0.002",
+           "--adam_beta2", "0.99"]  # fmt: skip
     run_cmd([*cmd, "--output", base / "dalle", "--max_steps", "2"])
     return base / "dalle"
 
@@ -329,8 +331,10 @@ def one_line(proc) -> str:
             "as it was started",
         ),
         (["--image_size", "32"], ["--image_size 32"], "as it was started"),
+        # the optimizer state it resumes keeps the betas it was saved with
+        (["--adam_beta2", "0.999"], ["--adam_beta2 0.999 (it has 0.99)"], "as it was started"),
     ],
-    ids=["shape", "attention", "data", "image_size"],
+    ids=["shape", "attention", "data", "image_size", "adam_beta2"],
 )
 def test_resume_refuses_flags_that_differ_from_the_run(tmp_path, dalle_run, flags, named, why):
     before = sorted(p.name for p in dalle_run.rglob("*"))
@@ -364,6 +368,9 @@ def test_resume_takes_the_runs_flags_and_lets_the_changeable_ones_change(tmp_pat
     recorded = yaml.safe_load(records[-1].read_text())
     assert recorded["learning_rate"] == 0.001 and recorded["dataset_size"] == 64
     assert recorded["attn_types"] == ["full", "axial_row"]
+    latest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    state = torch.load(latest / "training_state.pt", weights_only=True)
+    assert [tuple(g["betas"]) for g in state["engine"]["optimizer"]["param_groups"]] == [(0.9, 0.99)]
     assert "took over" not in proc.stdout  # the refused and finished runs all released the lock
 
 
