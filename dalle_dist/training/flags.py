@@ -39,8 +39,9 @@ SHARD_FLAGS = {
 
 
 # flags that make a run what it is beside its model (whose flags the checkpoint fixes): its data and their
-# order (seed), its VAE and where it started. The batch shape may change with the world size (2 ranks x 4
-# resume as 1 x 8: the same global batches), so it is not among them
+# order (seed), its VAE and where it started, and the optimizer settings its saved state carries. The
+# batch shape may change with the world size (2 ranks x 4 resume as 1 x 8: the same global batches), so it
+# is not among them
 RUN_DEFINING = (
     "image_text_folder",
     "image_folder",
@@ -59,8 +60,7 @@ RUN_DEFINING = (
     "vqgan_config_path",
     "openai_enc_path",
     "openai_dec_path",
-    # a resumed optimizer keeps the betas it was saved with
-    "adam_beta2",
+    "adam_beta2",  # torch's Optimizer.load_state_dict restores the saved betas over the given ones
 )
 
 
