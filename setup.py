@@ -9,6 +9,7 @@ EXTRAS = {
     "horovod": ["horovod>=0.28"],
     "yttm": ["youtokentome>=1.0.6"],
     "chinese": ["transformers>=5"],  # v5's BertTokenizer is built on tokenizers and takes a vocab dict
+    "pretrained": ["transformers>=5"],  # --clip_path hf:openai/clip-vit-base-patch32 (CLIPModel)
     "tracking": ["wandb>=0.17", "tensorboard>=2.16", "matplotlib>=3.8"],
     # transformers so that the tests run every tokenizer family (youtokentome comes from install_yttm.sh);
     # the trackers so that wandb (offline) and TensorBoard runs are tested; hadolint lints docker/Dockerfile

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_clip, load_dalle, load_decoder, load_prior
+from .checkpoint import load_dalle, load_decoder, load_prior
 from .cli import (
     Parser,
     add_device_flag,
@@ -28,12 +28,13 @@ from .cli import (
     positive_float,
     positive_int,
     refuse,
+    top_k,
     unit_interval,
 )
 from .data import image_grid, label_image, load_image
 from .devices import pick_device
 from .errors import UserError
-from .evaluation.clip_score import clip_scores
+from .evaluation.clip_score import clip_scores, load_scoring_clip
 from .text import CaptionTooLongError
 
 
@@ -76,14 +77,16 @@ def build_parser() -> Parser:
         "--clip_path",
         type=Path,
         default=None,
-        help="train_clip.py run or checkpoint that ranks the candidates",
+        help="the CLIP that ranks the candidates: a train_clip.py run or checkpoint, or a Hugging Face CLIP "
+        "(hf:openai/clip-vit-base-patch32, or hf:DIR for a save_pretrained folder)",
     )
     parser.add_argument("--batch_size", type=positive_int, default=4)
     parser.add_argument(
         "--top_k",
-        type=unit_interval,
+        type=top_k,
         default=0.9,
-        help="filter threshold: keep the top (1 - top_k) share of tokens (DALLE-pytorch's meaning)",
+        help="below 1, a filter threshold: keep the top (1 - top_k) share of tokens (DALLE-pytorch's "
+        "meaning); a whole number from 1 up keeps that many tokens (minDALL-E's, e.g. 256)",
     )
     parser.add_argument("--top_p", type=unit_interval, default=1.0, help="nucleus sampling; 1 = off")
     parser.add_argument("--temperature", type=positive_float, default=1.0)
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     candidates, keep = args.num_candidates or args.num_images, args.keep or args.num_images
     ranker = None
     if args.clip_path is not None:
-        ranker = load_clip(args.clip_path)[:2]
+        ranker = load_scoring_clip(args.clip_path)[:2]
         ranker[0].to(device).eval()
         keep = min(keep, candidates)
     elif args.num_candidates is not None or args.keep is not None:

@@ -201,7 +201,8 @@ def test_dalle_pt_converts_exactly_and_generates(tmp_path, tokenizer_file):
     same_outputs(dalle, converted)
     run_cmd(
         [sys.executable, "generate.py", "--dalle_path", out, "--text", "w3 w7 w9", "--num_images", "2",
-         "--batch_size", "2", "--outputs_dir", tmp_path / "samples", "--seed", "0", "--device", "cpu"],
+         "--batch_size", "2", "--outputs_dir", tmp_path / "samples", "--seed", "0", "--device", "cpu",
+         "--top_k", "4"],
         timeout=120,
     )  # fmt: skip
     pngs = sorted(p.name for p in (tmp_path / "samples" / "w3_w7_w9").glob("*.png"))

@@ -17,6 +17,7 @@ from .parser import (
     positive_int,
     refuse,
     str_list,
+    top_k,
     unit_interval,
 )
 from .runner import cli, exit_with, launched_rank
@@ -42,5 +43,6 @@ __all__ = [
     "refuse",
     "str_list",
     "tokenizer_from_flags",
+    "top_k",
     "unit_interval",
 ]

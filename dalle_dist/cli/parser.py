@@ -54,6 +54,13 @@ positive_float = _bounded("positive_float", finite_float, lambda v: v > 0, "> 0"
 nonneg_float = _bounded("nonneg_float", finite_float, lambda v: v >= 0, ">= 0")
 fraction = _bounded("fraction", finite_float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 unit_interval = _bounded("unit_interval", finite_float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+top_k = _bounded(
+    "top_k",
+    finite_float,
+    lambda v: 0.0 <= v < 1.0 or (v >= 1.0 and v == int(v)),
+    "a share of the vocabulary in [0, 1) (DALLE-pytorch's meaning, e.g. 0.9) or a whole count >= 1 "
+    "(e.g. 256)",
+)
 
 
 def output_folder(text: str) -> Path:

@@ -1,12 +1,14 @@
-"""CLIP-score and image features for the Fréchet distance, from our CLIP or a TorchScript image encoder.
+"""CLIP-score and image features for the Fréchet distance, from a CLIP or a TorchScript image encoder.
 
 CLIP-score here is the plain mean cosine similarity, in [-1, 1], between each image's embedding and its
-prompt's, both from one of our CLIPs (``train_clip.py``). It is not Hessel et al.'s ``2.5 * max(cos, 0)``
-nor torchmetrics' ``100 * max(cos, 0)``, and it comes from a different model than OpenAI's CLIP: compare
-figures only between runs scored by the same CLIP checkpoint.
+prompt's, both from one CLIP: one of ours (``train_clip.py``), or a Hugging Face one such as OpenAI's
+ViT-B/32 (``hf:openai/clip-vit-base-patch32``, ``models/hf_clip.py``), the CLIP papers report with. It is
+not Hessel et al.'s ``2.5 * max(cos, 0)`` nor torchmetrics' ``100 * max(cos, 0)``: compare figures only
+between runs scored by the same CLIP, which every record names.
 
 Images are given as a tensor ``[N, 3, H, W]`` in [0, 1] or as files, read a batch at a time with the
-largest centred square resized to the encoder's side (no random crop), and encoded without gradients.
+largest centred square resized (bicubic) to the encoder's side (no random crop), and encoded without
+gradients.
 """
 
 from __future__ import annotations
@@ -14,18 +16,38 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checkpoint import load_clip
 from ..data import load_image
 from ..errors import UserError
 from ..models import CLIP
+from ..models.hf_clip import HFCLIP, HFTokenizer, is_hf_clip, load_hf_clip
 from ..text import Tokenizer
 
 Images = Tensor | Sequence[Path]
+AnyCLIP = CLIP | HFCLIP
+
+
+def load_scoring_clip(spec: str | Path) -> tuple[AnyCLIP, Tokenizer | HFTokenizer, dict[str, Any]]:
+    """The CLIP a ``--clip_path`` names, its tokenizer and a record of what it is: a ``train_clip.py`` run
+    or checkpoint, or ``hf:NAME`` / ``hf:DIR`` (a Hugging Face CLIP)."""
+    if is_hf_clip(spec):
+        clip, tokenizer = load_hf_clip(spec)
+        return clip, tokenizer, {"path": str(spec), "step": None, "data": None, "source": "Hugging Face"}
+    clip, tokenizer, ckpt = load_clip(spec)
+    record = {
+        "path": str(ckpt.path),
+        "step": ckpt.step,
+        "data": ckpt.meta.get("data"),
+        "source": "train_clip.py",
+    }
+    return clip, tokenizer, record
 
 
 def image_batches(images: Images, image_size: int, batch_size: int) -> Iterator[Tensor]:
@@ -34,9 +56,10 @@ def image_batches(images: Images, image_size: int, batch_size: int) -> Iterator[
         chunk = images[start : start + batch_size]
         if isinstance(chunk, Tensor):
             if chunk.shape[-2:] != (image_size, image_size):
+                # bicubic, as files are read (and as CLIP's own processor resizes); it overshoots: clamped
                 chunk = F.interpolate(
-                    chunk, size=(image_size, image_size), mode="bilinear", align_corners=False
-                )
+                    chunk, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=True
+                ).clamp(0, 1)
             yield chunk
             continue
         loaded = []
@@ -52,7 +75,7 @@ def image_batches(images: Images, image_size: int, batch_size: int) -> Iterator[
 
 @torch.no_grad()
 def text_embeddings(
-    clip: CLIP,
+    clip: AnyCLIP,
     tokenizer: Tokenizer,
     prompts: Sequence[str],
     batch_size: int = 64,
@@ -68,14 +91,14 @@ def text_embeddings(
     return torch.cat(out) if out else torch.empty(0, clip.to_text_latent.out_features)
 
 
-def truncated_prompts(clip: CLIP, tokenizer: Tokenizer, prompts: Sequence[str]) -> int:
+def truncated_prompts(clip: AnyCLIP, tokenizer: Tokenizer, prompts: Sequence[str]) -> int:
     """How many of ``prompts`` have more tokens than ``clip`` reads (they are scored on their start)."""
     return sum(len(tokenizer.encode(p)) > clip.text_seq_len for p in prompts)
 
 
 @torch.no_grad()
 def image_embeddings(
-    clip: CLIP, images: Images, batch_size: int = 64, device: str | torch.device = "cpu"
+    clip: AnyCLIP, images: Images, batch_size: int = 64, device: str | torch.device = "cpu"
 ) -> Tensor:
     """Unit-norm CLIP image-tower embeddings ``[N, dim_latent]`` (CPU)."""
     clip.eval()
@@ -87,7 +110,7 @@ def image_embeddings(
 
 
 def clip_scores(
-    clip: CLIP,
+    clip: AnyCLIP,
     tokenizer: Tokenizer,
     images: Images,
     prompts: Sequence[str],
@@ -125,7 +148,7 @@ def mismatched_score(image_latents: Tensor, text_latents: Tensor, own: Tensor) -
 
 
 def clip_score(
-    clip: CLIP,
+    clip: AnyCLIP,
     tokenizer: Tokenizer,
     images: Images,
     prompts: Sequence[str],

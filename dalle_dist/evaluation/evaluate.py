@@ -1,6 +1,7 @@
-"""``evaluate.py``: score generate.py's images with a trained CLIP, against their prompts and real images.
+"""``evaluate.py``: score generate.py's images with a CLIP, against their prompts and real images.
 
     python evaluate.py --clip_path RUN --generated OUTPUTS_DIR --real IMAGE_DIR
+    python evaluate.py --clip_path hf:openai/clip-vit-base-patch32 ...  # OpenAI's CLIP, the papers' scorer
                        [--feature_model encoder.pt] [--json scores.json]
 
 * CLIP-score of the generated images with their prompts (mean cosine similarity, see ``clip_score``),
@@ -26,17 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import load_clip
 from ..cli import Parser, add_device_flag, cli, output_file, positive_int
 from ..data.folder import IMAGE_SUFFIXES, scan_folder
 from ..devices import pick_device
 from ..errors import UserError
-from ..models import CLIP
 from ..text import Tokenizer
 from .clip_score import (
+    AnyCLIP,
     image_embeddings,
     image_features,
     load_feature_model,
+    load_scoring_clip,
     mismatched_score,
     pair_scores,
     text_embeddings,
@@ -61,7 +62,11 @@ def build_parser() -> Parser:
         prog="evaluate.py", description="Score generated images: CLIP-score and Fréchet distance."
     )
     parser.add_argument(
-        "--clip_path", type=Path, required=True, help="train_clip.py run directory or checkpoint"
+        "--clip_path",
+        type=Path,
+        required=True,
+        help="train_clip.py run directory or checkpoint, or a Hugging Face CLIP "
+        "(hf:openai/clip-vit-base-patch32, hf:DIR)",
     )
     parser.add_argument(
         "--generated",
@@ -163,7 +168,7 @@ def _check_counts(generated: ImageSet, real: ImageSet) -> None:
 
 
 def _score(
-    clip: CLIP, tokenizer: Tokenizer, latents: torch.Tensor, images: ImageSet, batch_size: int, device
+    clip: AnyCLIP, tokenizer: Tokenizer, latents: torch.Tensor, images: ImageSet, batch_size: int, device
 ) -> dict[str, Any] | None:
     """CLIP-score of the images that have captions (each (image, caption line) pair counts once), with
     its chance level and per-caption means."""
@@ -225,12 +230,12 @@ def evaluate(
     """Every figure of ``evaluate.py`` as a JSON-serialisable dict (inputs are checked before any work)."""
     generated, real = read_generated(generated_dir), read_real(real_dir)
     _check_counts(generated, real)
-    clip, tokenizer, ckpt = load_clip(clip_path)
+    clip, tokenizer, record = load_scoring_clip(clip_path)
     clip.to(device).eval()
     encoder = load_feature_model(feature_model, device) if feature_model is not None else None
     gen_latents = image_embeddings(clip, generated.images, batch_size, device)
     real_latents = image_embeddings(clip, real.images, batch_size, device)
-    tower = f"CLIP image-tower latents ({ckpt.path}, unit-norm)"
+    tower = f"CLIP image-tower latents ({record['path']}, unit-norm)"
     frechet = [_frechet(tower, gen_latents.double().numpy(), real_latents.double().numpy())]
     if encoder is not None:
         name = f"feature model {feature_model} ({feature_image_size} px input)"
@@ -240,7 +245,7 @@ def evaluate(
         ]
         frechet.append(_frechet(name, *features))
     return {
-        "clip": {"path": str(ckpt.path), "step": ckpt.step, "data": ckpt.meta.get("data")},
+        "clip": record,
         "generated": {"dir": str(generated.root), "images": len(generated.images)},
         "real": {
             "dir": str(real.root),
@@ -256,7 +261,7 @@ def evaluate(
 def report_lines(results: dict[str, Any]) -> list[str]:
     """The figures of ``results`` as the lines ``evaluate.py`` prints, each naming features and counts."""
     clip = results["clip"]
-    lines = [f"CLIP: {clip['path']} (step {clip['step']})"]
+    lines = [f"CLIP: {clip['path']}" + (f" (step {clip['step']})" if clip.get("step") is not None else "")]
     score = results["clip_score"]
     prompts = f"{score['prompts']} prompt" + ("s" if score["prompts"] != 1 else "")
     lines.append(

@@ -277,6 +277,8 @@ class DALLE(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Images ``[B, C, H, W]`` for captions ``text [B, <=S]``; with ``clip`` also its scores ``[B]``.
 
+        ``filter_thres`` below 1 keeps the top ``1 - filter_thres`` share of the image tokens (DALLE-pytorch's
+        meaning); a whole number from 1 up keeps that many (minDALL-E's ``top_k``, e.g. 256).
         ``img`` primes the first ``num_init_img_tokens`` image tokens (default 43.75 % of the image);
         ``cond_scale != 1`` applies classifier-free guidance against an empty caption. ``compile`` runs the
         decode step through ``torch.compile`` (the first call compiles: worth it for many images). ``mask``

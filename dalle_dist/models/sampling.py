@@ -18,11 +18,26 @@ from torch import Tensor, nn
 from .kv_cache import KVCache
 
 
+def top_k_count(thres: float, vocab: int) -> int:
+    """How many tokens ``top_k_filter`` keeps: below 1, ``thres`` is DALLE-pytorch's ``filter_thres`` (keep
+    the ``max(1, (1 - thres) * vocab)`` largest); from 1 up, a whole number is a count (minDALL-E's
+    ``top_k``). The two meanings agree at 1: one token."""
+    if thres >= 1.0:
+        if thres != int(thres):
+            raise ValueError(
+                f"top_k {thres} is neither a share below 1 (DALLE-pytorch's) nor a whole count of tokens: "
+                "write e.g. 0.9 or 256"
+            )
+        return min(int(thres), vocab)
+    if not thres >= 0.0:
+        raise ValueError(f"top_k must be a share in [0, 1) or a whole count >= 1, got {thres}")
+    return max(int((1 - thres) * vocab), 1)
+
+
 def top_k_filter(logits: Tensor, thres: float = 0.5) -> Tensor:
-    """Keep the ``max(1, (1 - thres) * vocab)`` largest logits (DALLE-pytorch's ``filter_thres``)."""
-    if not 0.0 <= thres <= 1.0:
-        raise ValueError(f"filter_thres must be in [0, 1], got {thres}")
-    k = max(int((1 - thres) * logits.shape[-1]), 1)
+    """Keep the ``top_k_count(thres, vocab)`` largest logits: a share below 1 (DALLE-pytorch's
+    ``filter_thres``), or a count from 1 up (minDALL-E's ``top_k``)."""
+    k = top_k_count(thres, logits.shape[-1])
     if k >= logits.shape[-1]:
         return logits
     kth = logits.topk(k, dim=-1).values[..., -1:]

@@ -172,9 +172,9 @@ CASES: list[Case] = [
         ["--num_images"],
     ),
     (
-        "generate_top_k_out_of_range",
+        "generate_top_k_neither_share_nor_count",
         lambda t, v, d: ["generate.py", "--dalle_path", d, "--text", "a", "--top_k", "1.5"],
-        ["--top_k"],
+        ["--top_k", "whole count", "1.5"],
     ),
     (
         "generate_compile_without_cache",
