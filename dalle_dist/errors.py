@@ -14,5 +14,9 @@ def load_failure(error: Exception) -> str:
     found = re.search(r"(Unsupported global: GLOBAL \S+|Unsupported operand \S+)", text)
     if found:
         return found.group(1)
+    # torch words a global of a module it blocks outright (os, posix, subprocess, ...) differently
+    blocked = re.search(r"unsupported GLOBAL (\S+) whose module", text)
+    if blocked:
+        return f"Unsupported global: GLOBAL {blocked.group(1)}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__

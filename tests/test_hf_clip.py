@@ -1,7 +1,8 @@
 """--clip_path hf:NAME / hf:DIR: a Hugging Face CLIP (OpenAI's ViT-B/32 in real use) ranks generate.py's
 candidates and scores evaluate.py's images. No weights can be downloaded here: the tests write a tiny
 ``CLIPModel`` and ``CLIPProcessor`` with ``save_pretrained`` (the layout a downloaded model has) and check
-every score against transformers' own forward (``CLIPProcessor`` then ``CLIPModel(...)``) on the same files."""
+every score against transformers' own forward (``CLIPProcessor``, then ``CLIPModel(...)``) on the same
+files."""
 
 from __future__ import annotations
 

@@ -9,19 +9,10 @@ convolution's parameters are ``w`` and ``b``), so its weights load one-to-one. U
 convolutions run in the weights' dtype (OpenAI's cast the inner ones to float16 on a GPU).
 
 Weights. OpenAI publishes https://cdn.openai.com/dall-e/encoder.pkl and .../decoder.pkl: whole pickled
-modules, which only OpenAI's ``dall_e`` classes can rebuild and whose unpickling runs code from the file.
-dalle_dist never unpickles them; convert each once into a plain state dict, in an environment of your own
-that has their package (``pip install DALL-E``) and that you trust with the files::
-
-    import torch
-    for name in ("encoder", "decoder"):
-        module = torch.load(f"{name}.pkl", map_location="cpu", weights_only=False)  # runs the pickle
-        torch.save(module.state_dict(), f"{name}.pt")
-        # or: safetensors.torch.save_file({k: v.contiguous() for k, v in module.state_dict().items()},
-        #                                 f"{name}.safetensors")
-
-and pass ``encoder.pt`` / ``decoder.pt`` to ``pretrained.OpenAIDiscreteVAE`` (which reads them with
-``torch.load(weights_only=True)``: tensors only).
+modules of its ``dall_e`` classes, whose plain unpickling would run code from the files. ``pretrained``
+reads them with torch's restricted (``weights_only``) unpickler, which resolves OpenAI's class names to this
+module's classes (the same tree and parameter names) and refuses every other global; the weights are then
+read off the rebuilt tree. State dicts (``.pt``, ``.safetensors``) of the same modules load as well.
 """
 
 from __future__ import annotations
@@ -232,4 +223,13 @@ def decoder_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
     )
 
 
-__all__ = ["Decoder", "Encoder", "decoder_config", "encoder_config", "map_pixels", "unmap_pixels"]
+__all__ = [
+    "Conv2d",
+    "Decoder",
+    "Encoder",
+    "ResBlock",
+    "decoder_config",
+    "encoder_config",
+    "map_pixels",
+    "unmap_pixels",
+]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,16 @@ from torch import Tensor, nn
 from ..errors import UserError, load_failure
 from ..files import sha256
 from ..safe_load import NotTorchFileError, UnsafeFileError, load_plain
-from .openai_dvae import Decoder, Encoder, decoder_config, encoder_config, map_pixels, unmap_pixels
+from .openai_dvae import (
+    Conv2d,
+    Decoder,
+    Encoder,
+    ResBlock,
+    decoder_config,
+    encoder_config,
+    map_pixels,
+    unmap_pixels,
+)
 from .vqgan import VQModel, build_vqgan, check_ddconfig
 
 TAMING_FILES = (
@@ -40,8 +49,7 @@ TAMING_FILES = (
 )
 OPENAI_FILES = (
     "OpenAI's dVAE weights are https://cdn.openai.com/dall-e/encoder.pkl and "
-    "https://cdn.openai.com/dall-e/decoder.pkl, converted once to state dicts (encoder.pt / decoder.pt) "
-    "as the docstring of dalle_dist/models/openai_dvae.py shows"
+    "https://cdn.openai.com/dall-e/decoder.pkl, read as they are (or state dicts of them: .pt, .safetensors)"
 )
 # taming's model classes with VQModel's network (the others differ: EMA codebooks, remapped indices, ...)
 _PLAIN_TARGETS = ("VQModel", "VQNoDiscModel")
@@ -77,10 +85,10 @@ class _LightningCallbackKey:
 _LIGHTNING_GLOBALS = [(_LightningCallbackKey, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")]
 
 
-def _torch_load(path: Path, what: str, expected: str, allow_lightning: bool = False) -> Any:
-    """The tensors and plain data in ``path``; anything else is refused in words."""
+def _torch_load(path: Path, what: str, expected: str, allowed: Sequence[Any] = ()) -> Any:
+    """The tensors and plain data in ``path`` (and ``allowed`` classes); anything else is refused in words."""
     try:
-        return load_plain(path, _LIGHTNING_GLOBALS if allow_lightning else ())
+        return load_plain(path, allowed)
     except NotTorchFileError as e:
         raise UserError(f"{what} {path} is not a PyTorch file ({e}): expected {expected}") from None
     except UnsafeFileError as e:
@@ -101,7 +109,7 @@ def _tensors(value: Any, where: str, expected: str) -> dict[str, Tensor]:
 def read_vqgan_weights(path: Path) -> dict[str, Tensor]:
     """The network weights of a taming-transformers Lightning ``.ckpt`` (its ``loss.*`` entries dropped)."""
     expected = "a taming-transformers checkpoint (last.ckpt: a dict with a 'state_dict')"
-    data = _torch_load(path, "VQGAN checkpoint", expected, allow_lightning=True)
+    data = _torch_load(path, "VQGAN checkpoint", expected, allowed=_LIGHTNING_GLOBALS)
     if not isinstance(data, dict) or "state_dict" not in data:
         found = sorted(map(str, data))[:6] if isinstance(data, dict) else type(data).__name__
         raise UserError(f"VQGAN checkpoint {path} has no 'state_dict' (found {found}): expected {expected}")
@@ -110,15 +118,62 @@ def read_vqgan_weights(path: Path) -> dict[str, Tensor]:
     return {k: v for k, v in weights.items() if not k.startswith("loss.")}
 
 
+# The classes OpenAI's pickles name (its ``dall_e`` package), each rebuilt as ours: the same module tree and
+# parameter names, so a pickled module's saved state fits our class. torch's modules in between are its own.
+# No other global resolves, and nothing of theirs is imported: unpickling runs no code from the file.
+_OPENAI_GLOBALS = [
+    (Encoder, "dall_e.encoder.Encoder"),
+    (ResBlock, "dall_e.encoder.EncoderBlock"),
+    (Decoder, "dall_e.decoder.Decoder"),
+    (ResBlock, "dall_e.decoder.DecoderBlock"),
+    (Conv2d, "dall_e.utils.Conv2d"),
+    nn.Sequential,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.Upsample,
+    nn.Identity,
+]
+_OPENAI_MODULES = tuple({entry[0] if isinstance(entry, tuple) else entry for entry in _OPENAI_GLOBALS})
+
+
+def _module_tensors(module: Any, prefix: str, out: dict[str, Tensor], where: str) -> dict[str, Tensor]:
+    """The parameters and buffers of an unpickled module tree by name, read from the saved state itself
+    (no method of the rebuilt modules runs, so no hook a file could list is called)."""
+    state = vars(module)
+    for kind in ("_parameters", "_buffers"):
+        for name, tensor in (state.get(kind) or {}).items():
+            if tensor is not None:
+                if not isinstance(tensor, Tensor):
+                    raise UserError(f"{where}: {prefix}{name} is a {type(tensor).__name__}, not a tensor")
+                out[prefix + name] = tensor.detach()
+    for name, child in (state.get("_modules") or {}).items():
+        if not isinstance(child, _OPENAI_MODULES):
+            raise UserError(
+                f"{where}: {prefix}{name} is a {type(child).__name__}, not one of OpenAI's modules"
+            )
+        _module_tensors(child, f"{prefix}{name}.", out, where)
+    return out
+
+
+def _read_openai_pickle(path: Path, part: str, what: str) -> dict[str, Tensor]:
+    """The weights of OpenAI's pickled ``part`` module (``encoder.pkl`` / ``decoder.pkl`` as published)."""
+    expected = f"OpenAI's {part}.pkl ({OPENAI_FILES})"
+    module = _torch_load(path, what, expected, allowed=_OPENAI_GLOBALS)
+    wanted, other = (Encoder, "decoder") if part == "encoder" else (Decoder, "encoder")
+    if not isinstance(module, wanted):
+        if isinstance(module, Encoder | Decoder):
+            raise UserError(f"{what} {path} holds OpenAI's {other}: is this the {other}? Swap the two files")
+        raise UserError(f"{what} {path} holds a {type(module).__name__}, not a module: expected {expected}")
+    return _module_tensors(module, "", {}, f"{what} {path}")
+
+
 def read_openai_weights(path: Path, part: str) -> dict[str, Tensor]:
-    """The state dict of OpenAI's dVAE ``part`` ("encoder" / "decoder") in a ``.pt`` / ``.safetensors``."""
+    """The weights of OpenAI's dVAE ``part`` ("encoder" / "decoder"): its published pickled module
+    (``.pkl``, read by the restricted unpickler above), or a state dict in a ``.pt`` / ``.safetensors``."""
     expected = f"the {part}'s state dict saved with torch.save or safetensors ({OPENAI_FILES})"
     what = f"OpenAI dVAE {part}"
     if path.suffix == ".pkl":
-        raise UserError(
-            f"{what} {path} is OpenAI's pickled module: dalle_dist does not unpickle objects (that runs code "
-            f"from the file); convert it once to a state dict ({OPENAI_FILES}) and pass the .pt file"
-        )
+        return _read_openai_pickle(path, part, what)
     if path.suffix == ".safetensors":
         try:
             return load_file(path)
@@ -357,9 +412,10 @@ class VQGanVAE(_PretrainedVAE):
 class OpenAIDiscreteVAE(_PretrainedVAE):
     """OpenAI's DALL-E dVAE as DALLE's frozen image tokenizer.
 
-    ``enc_path`` / ``dec_path``: state dicts of its encoder and decoder (``.pt`` / ``.pth`` from
-    ``torch.save(module.state_dict())``, or ``.safetensors``), converted once from OpenAI's ``.pkl`` files as
-    ``dalle_dist/models/openai_dvae.py`` shows. The architecture (widths, blocks, vocabulary) is read from
+    ``enc_path`` / ``dec_path``: OpenAI's published ``encoder.pkl`` / ``decoder.pkl`` as they are (read by a
+    restricted unpickler that rebuilds only our own module classes: nothing from the file runs), or state
+    dicts of them (``.pt`` / ``.pth`` from ``torch.save(module.state_dict())``, or ``.safetensors``). The
+    architecture (widths, blocks, vocabulary) is read from
     the weights' shapes. The network is fully convolutional: ``image_size`` (256, OpenAI's) only fixes the
     token grid DALLE models.
     """
