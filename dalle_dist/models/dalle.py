@@ -69,7 +69,12 @@ class DALLE(nn.Module):
 
         dim = config.dim
         self.to_logits_norm = nn.LayerNorm(dim)
-        self.to_logits = nn.Linear(dim, self.total_tokens)
+        self.separate_heads = config.separate_heads
+        if config.separate_heads:  # a plain GPT's: one head per part, no biases
+            self.text_head = nn.Linear(dim, self.num_text_tokens, bias=False)
+            self.image_head = nn.Linear(dim, self.num_image_tokens, bias=False)
+        else:
+            self.to_logits = nn.Linear(dim, self.total_tokens)
         if not config.share_input_output_emb:
             self.text_emb = nn.Embedding(self.num_text_tokens, dim)
             self.image_emb = nn.Embedding(self.num_image_tokens, dim)
@@ -78,8 +83,12 @@ class DALLE(nn.Module):
             self.rotary = Rotary(config.dim_head, self.layout.coordinates())
         else:
             self.text_pos_emb = nn.Embedding(self.layout.text_len, dim)
-            self.image_row_emb = nn.Embedding(fmap_size, dim)
-            self.image_col_emb = nn.Embedding(fmap_size, dim)
+            self.axial_image_pos = config.image_pos_emb == "axial"
+            if self.axial_image_pos:
+                self.image_row_emb = nn.Embedding(fmap_size, dim)
+                self.image_col_emb = nn.Embedding(fmap_size, dim)
+            else:
+                self.image_abs_pos_emb = nn.Embedding(self.image_seq_len, dim)
 
         self.transformer = Transformer(
             dim=dim,
@@ -95,6 +104,8 @@ class DALLE(nn.Module):
             shared_attn_ids=config.shared_attn_ids,
             shared_ff_ids=config.shared_ff_ids,
             activation_checkpointing=config.activation_checkpointing,
+            qkv_bias=config.qkv_bias,
+            ff_activation=config.ff_activation,
         )
 
     def config(self) -> dict[str, Any]:
@@ -144,7 +155,10 @@ class DALLE(nn.Module):
         return self.text_emb.weight, self.image_emb.weight
 
     def _image_position_emb(self, image_index: Tensor) -> Tensor:
-        """Learned row + column embeddings of image positions (without rotary embedding)."""
+        """Learned embeddings of image positions (without rotary embedding): a row's plus a column's, or
+        one per position."""
+        if not self.axial_image_pos:
+            return self.image_abs_pos_emb(image_index)
         f = self.image_fmap_size
         return self.image_row_emb(image_index // f) + self.image_col_emb(image_index % f)
 
@@ -198,11 +212,13 @@ class DALLE(nn.Module):
         h = self.transformer(x, plans, self.rotary, cache, positions)
         return self._output_norm(h[:, -1])
 
-    def _logit_weights(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    def _logit_weights(self) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]:
         """``(weight, bias)`` of the text logits and of the image logits.
 
         One split for both, not two slices: backward then concatenates the parts' gradients instead of
         zero-filling a whole ``[total_tokens, dim]`` gradient per part."""
+        if self.separate_heads:
+            return (self.text_head.weight, None), (self.image_head.weight, None)
         sizes = [self.num_text_tokens, self.num_image_tokens]
         w_text, w_image = self.to_logits.weight.split(sizes)
         b_text, b_image = self.to_logits.bias.split(sizes)

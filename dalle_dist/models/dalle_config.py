@@ -16,6 +16,9 @@ from itertools import cycle, islice
 from typing import Any
 
 from ..attention import PATTERNS, check_attn_impl, pattern_options
+from .transformer import FF_ACTIVATIONS
+
+IMAGE_POS_EMBS = ("axial", "absolute")  # without rotary embedding: row + column, or one per position
 
 # the flat keywords of the pattern options: keyword -> (pattern, option)
 FLAT_PATTERN_OPTIONS = {
@@ -59,6 +62,13 @@ class DALLEConfig:
     optimize_for_inference: bool = False  # DALLE-pytorch's flag; generation here is always cached
     attn_impl: str = "auto"
     activation_checkpointing: bool = False
+    # a plain GPT's layout (minDALL-E's), each an option of this model: biases on the q, k, v projections,
+    # a GELU feed-forward, one learned embedding per image position (when rotary_emb is off; "axial": a
+    # row's plus a column's, DALLE-pytorch's), and separate text and image output heads without biases
+    qkv_bias: bool = False
+    ff_activation: str = "geglu"
+    image_pos_emb: str = "axial"
+    separate_heads: bool = False
 
     def __post_init__(self) -> None:
         if self.depth < 1:
@@ -81,6 +91,19 @@ class DALLEConfig:
         }
         options = {name: opts for name, opts in checked.items() if opts}
         check_attn_impl(self.attn_impl)
+        if self.ff_activation not in FF_ACTIVATIONS:
+            raise ValueError(
+                f"ff_activation must be one of {', '.join(FF_ACTIVATIONS)}, got {self.ff_activation!r}"
+            )
+        if self.image_pos_emb not in IMAGE_POS_EMBS:
+            raise ValueError(
+                f"image_pos_emb must be one of {', '.join(IMAGE_POS_EMBS)}, got {self.image_pos_emb!r}"
+            )
+        if self.separate_heads and self.share_input_output_emb:
+            raise ValueError(
+                "separate_heads and share_input_output_emb exclude each other: shared embeddings are the "
+                "rows of the one output layer"
+            )
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "attn_types", types)
         set_(self, "attn_options", options)

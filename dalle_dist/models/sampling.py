@@ -216,7 +216,7 @@ def generate_texts(
     compile: bool = False,
 ) -> tuple[Tensor, list[str]]:
     """``DALLE.generate_texts`` (see there)."""
-    device = model.to_logits.weight.device
+    device = model.to_logits_norm.weight.device
     prompt = list(tokenizer.encode(text))[: model.text_seq_len] if text else []
     ids = model.text_ids(torch.tensor([prompt], dtype=torch.long, device=device))[:, : len(prompt) + 1]
     seq = sample_sequence(

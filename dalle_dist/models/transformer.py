@@ -143,12 +143,15 @@ class TokenShift(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention under an ``AttentionPlan``; writes to a layer cache when given."""
+    """Multi-head attention under an ``AttentionPlan``; writes to a layer cache when given. ``qkv_bias``
+    gives the query, key and value projections biases (a plain GPT's, minDALL-E's; DALLE-pytorch has none)."""
 
-    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0, qkv_bias: bool = False
+    ) -> None:
         super().__init__()
         self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
-        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=qkv_bias)
         self.to_out = nn.Linear(heads * dim_head, dim)
 
     def forward(
@@ -174,16 +177,25 @@ class Attention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
-class FeedForward(nn.Module):
-    """GEGLU feed-forward (Shazeer 2020)."""
+FF_ACTIVATIONS = ("geglu", "gelu")
 
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0) -> None:
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward (Shazeer 2020; DALLE-pytorch's), or with ``activation="gelu"`` a plain GPT's
+    (exact GELU between the two projections: minDALL-E's, GPT-2's with the erf form)."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0, activation: str = "geglu") -> None:
         super().__init__()
-        self.proj_in = nn.Linear(dim, dim * mult * 2)
+        if activation not in FF_ACTIVATIONS:
+            raise ValueError(f"ff_activation must be one of {', '.join(FF_ACTIVATIONS)}, got {activation!r}")
+        self.glu = activation == "geglu"
+        self.proj_in = nn.Linear(dim, dim * mult * (2 if self.glu else 1))
         self.dropout = nn.Dropout(dropout)
         self.proj_out = nn.Linear(dim * mult, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.glu:
+            return self.proj_out(self.dropout(F.gelu(self.proj_in(x))))
         value, gate = self.proj_in(x).chunk(2, dim=-1)
         return self.proj_out(self.dropout(value * F.gelu(gate)))
 
@@ -217,6 +229,8 @@ class Transformer(nn.Module):
         shared_attn_ids: int | Sequence[int] | None = None,
         shared_ff_ids: int | Sequence[int] | None = None,
         activation_checkpointing: bool = False,
+        qkv_bias: bool = False,
+        ff_activation: str = "geglu",
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -227,13 +241,13 @@ class Transformer(nn.Module):
         self.attn_ids, self.ff_ids = layer_ids(shared_attn_ids, depth), layer_ids(shared_ff_ids, depth)
         self.attns = nn.ModuleDict(
             {
-                str(i): Branch(dim, Attention(dim, heads, dim_head, attn_dropout), sandwich_norm)
+                str(i): Branch(dim, Attention(dim, heads, dim_head, attn_dropout, qkv_bias), sandwich_norm)
                 for i in dict.fromkeys(self.attn_ids)
             }
         )
         self.ffs = nn.ModuleDict(
             {
-                str(i): Branch(dim, FeedForward(dim, ff_mult, ff_dropout), sandwich_norm)
+                str(i): Branch(dim, FeedForward(dim, ff_mult, ff_dropout, ff_activation), sandwich_norm)
                 for i in dict.fromkeys(self.ff_ids)
             }
         )

@@ -31,7 +31,9 @@ from ..data.token_cache import TokenCache, item_entry, stream_key, vae_hash
 from ..download import VQGAN_CONFIG, VQGAN_MODEL, fetch
 from ..errors import UserError
 from ..models import DALLE, DALLEConfig
+from ..models.dalle_config import IMAGE_POS_EMBS
 from ..models.pretrained import OpenAIDiscreteVAE, VQGanVAE
+from ..models.transformer import FF_ACTIVATIONS
 from ..text import Tokenizer
 from .captions import CaptionTask, caption_tokenizer, check_captions
 from .flags import add_caption_data_flags, add_common_flags, backend_config, data_config, refuse_changed_flags
@@ -112,6 +114,18 @@ def build_parser() -> Parser:
     m.add_argument("--shared_attn_ids", type=int_list, default=None)
     m.add_argument("--shared_ff_ids", type=int_list, default=None)
     m.add_argument("--share_input_output_emb", action="store_true")
+    # a plain GPT's layout (minDALL-E's): with --no_rotary_emb --no_shift_tokens
+    m.add_argument("--qkv_bias", action="store_true", help="biases on the attention's q, k, v projections")
+    m.add_argument("--ff_activation", choices=FF_ACTIVATIONS, default="geglu", help="GEGLU, or a GPT's GELU")
+    m.add_argument(
+        "--image_pos_emb",
+        choices=IMAGE_POS_EMBS,
+        default="axial",
+        help="without rotary embedding: a row's plus a column's embedding, or one per image position",
+    )
+    m.add_argument(
+        "--separate_heads", action="store_true", help="text and image output heads of their own, no biases"
+    )
     m.add_argument("--stable_softmax", action="store_true")
     m.add_argument(
         "--activation_checkpointing",

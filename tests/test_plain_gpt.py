@@ -1,0 +1,122 @@
+"""DALLE with a plain GPT's layout, the options minDALL-E's weights need (issue [4/6]): no rotary embedding
+or token shift, learned absolute text and image position embeddings, biases on q / k / v, a GELU
+feed-forward and separate text and image heads without biases. Its logits are checked against a plain GPT
+written here from those words alone (pre-norm blocks, one causal mask, softmax attention), reading the
+model's weights by name."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import small_dalle
+
+from dalle_dist.models.sampling import sample_sequence
+
+PLAIN = dict(
+    rotary_emb=False,
+    shift_tokens=False,
+    qkv_bias=True,
+    ff_activation="gelu",
+    image_pos_emb="absolute",
+    separate_heads=True,
+)
+
+
+def _plain(vae, **overrides):
+    return small_dalle(vae, **{**PLAIN, **overrides})
+
+
+def reference_logits(dalle, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text and image logits of internal ids ``[B, n]`` by a plain GPT over the model's named weights."""
+    w = dict(dalle.state_dict())
+    t, heads, dim_head = dalle.layout.text_len, dalle.hparams.heads, dalle.hparams.dim_head
+    n = ids.shape[1]
+    text, image = ids[:, :t], ids[:, t:]
+    x = torch.cat(
+        [
+            w["text_emb.weight"][text] + w["text_pos_emb.weight"][: text.shape[1]],
+            w["image_emb.weight"][image] + w["image_abs_pos_emb.weight"][: image.shape[1]],
+        ],
+        dim=1,
+    )
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    for i in range(dalle.hparams.depth):
+        a, f = f"transformer.attns.{i}.", f"transformer.ffs.{i}."
+        h = F.layer_norm(x, x.shape[-1:], w[a + "norm.weight"], w[a + "norm.bias"])
+        q, k, v = F.linear(h, w[a + "fn.to_qkv.weight"], w[a + "fn.to_qkv.bias"]).chunk(3, dim=-1)
+        q, k, v = (z.view(*z.shape[:2], heads, dim_head).transpose(1, 2) for z in (q, k, v))
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(dim_head)
+        attn = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+        x = x + F.linear(attn.transpose(1, 2).flatten(2), w[a + "fn.to_out.weight"], w[a + "fn.to_out.bias"])
+        h = F.layer_norm(x, x.shape[-1:], w[f + "norm.weight"], w[f + "norm.bias"])
+        h = F.gelu(F.linear(h, w[f + "fn.proj_in.weight"], w[f + "fn.proj_in.bias"]))
+        x = x + F.linear(h, w[f + "fn.proj_out.weight"], w[f + "fn.proj_out.bias"])
+    x = F.layer_norm(x, x.shape[-1:], w["to_logits_norm.weight"], w["to_logits_norm.bias"])
+    s = dalle.text_seq_len  # position p predicts token p + 1
+    return x[:, :s] @ w["text_head.weight"].T, x[:, s:] @ w["image_head.weight"].T
+
+
+def test_the_plain_layout_has_a_gpts_weights(vae):
+    dalle = _plain(vae)
+    names = dict(dalle.named_parameters())
+    dim, f = dalle.hparams.dim, dalle.image_fmap_size
+    assert names["image_abs_pos_emb.weight"].shape == (f * f, dim)
+    assert names["text_head.weight"].shape == (dalle.num_text_tokens, dim)
+    assert names["image_head.weight"].shape == (dalle.num_image_tokens, dim)
+    assert names["transformer.attns.0.fn.to_qkv.bias"].shape == (3 * dalle.hparams.heads * 16,)
+    assert names["transformer.ffs.0.fn.proj_in.weight"].shape == (4 * dim, dim)  # no gate half
+    for absent in ("to_logits.weight", "image_row_emb.weight", "text_head.bias"):
+        assert absent not in names
+    assert dalle.rotary is None and dalle.transformer.token_shift is None
+
+
+def test_plain_logits_equal_a_plain_gpt(vae):
+    dalle = _plain(vae).eval()
+    torch.manual_seed(1)
+    for p in dalle.parameters():  # biases and norms away from their initial 0 and 1
+        p.data.add_(torch.randn_like(p) * 0.05)
+    text = torch.randint(1, 50, (2, 6))
+    image = torch.randint(0, dalle.num_image_tokens, (2, dalle.image_seq_len))
+    ids = torch.cat([dalle.text_ids(text), image], dim=1)
+    with torch.no_grad():
+        logits = dalle(text, image)
+        ref_text, ref_image = reference_logits(dalle, ids[:, : dalle.total_seq_len - 1])
+    s = dalle.text_seq_len
+    torch.testing.assert_close(logits[:, :s, : dalle.num_text_tokens], ref_text, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits[:, s:, dalle.num_text_tokens :], ref_image, rtol=1e-4, atol=1e-5)
+
+
+def test_plain_layout_trains_and_samples_with_the_cache(vae):
+    dalle = _plain(vae, attn_types=("full", "axial_row"))
+    text, images = torch.randint(1, 50, (2, 6)), torch.rand(2, 3, 16, 16)
+    loss = dalle(text, images, return_loss=True)
+    loss.backward()
+    assert torch.isfinite(loss) and dalle.image_abs_pos_emb.weight.grad.abs().sum() > 0
+    assert dalle.text_head.weight.grad.abs().sum() > 0 and dalle.image_head.weight.grad.abs().sum() > 0
+    dalle.eval()
+    ids, null = dalle.text_ids(text), dalle.text_ids(torch.zeros_like(text))
+    seqs = []
+    for use_cache in (True, False):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            seqs.append(
+                sample_sequence(dalle, ids, dalle.total_seq_len, filter_thres=4, temperature=1.0,
+                                cond_scale=2.0, null_ids=null, use_cache=use_cache)
+            )  # fmt: skip
+    assert torch.equal(*seqs)  # the key/value cache and the full pass agree under the plain layout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (dict(ff_activation="relu"), "ff_activation must be one of geglu, gelu"),
+        (dict(image_pos_emb="sinusoidal"), "image_pos_emb must be one of axial, absolute"),
+        (dict(share_input_output_emb=True), "separate_heads and share_input_output_emb exclude each other"),
+    ],
+)
+def test_bad_plain_options_are_named(vae, overrides, words):
+    with pytest.raises(ValueError, match=words):
+        _plain(vae, **overrides)
