@@ -1,8 +1,9 @@
-"""DALLE with a plain GPT's layout, the options minDALL-E's weights need (issue [4/6]): no rotary embedding
-or token shift, learned absolute text and image position embeddings, biases on q / k / v, a GELU
-feed-forward and separate text and image heads without biases. Its logits are checked against a plain GPT
-written here from those words alone (pre-norm blocks, one causal mask, softmax attention), reading the
-model's weights by name."""
+"""DALLE with a plain GPT's layout, the options minDALL-E's weights need (issue [4/6]): the caption from
+position 0 padded with one token of the vocabulary (no begin token), no rotary embedding or token shift,
+learned absolute text and image position embeddings, biases on q / k / v, a GELU feed-forward and separate
+text and image heads without biases. Its logits and loss are checked against a plain GPT written here from
+those words alone (pre-norm blocks, one causal mask, softmax attention), reading the model's weights by
+name."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ PLAIN = dict(
     ff_activation="gelu",
     image_pos_emb="absolute",
     separate_heads=True,
+    text_pad_id=1,
 )
+PAD = PLAIN["text_pad_id"]
 
 
 def _plain(vae, **overrides):
@@ -55,7 +58,7 @@ def reference_logits(dalle, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         h = F.gelu(F.linear(h, w[f + "fn.proj_in.weight"], w[f + "fn.proj_in.bias"]))
         x = x + F.linear(h, w[f + "fn.proj_out.weight"], w[f + "fn.proj_out.bias"])
     x = F.layer_norm(x, x.shape[-1:], w["to_logits_norm.weight"], w["to_logits_norm.bias"])
-    s = dalle.text_seq_len  # position p predicts token p + 1
+    s = t - 1  # position p predicts token p + 1: the last text position predicts the first image token
     return x[:, :s] @ w["text_head.weight"].T, x[:, s:] @ w["image_head.weight"].T
 
 
@@ -78,20 +81,27 @@ def test_plain_logits_equal_a_plain_gpt(vae):
     torch.manual_seed(1)
     for p in dalle.parameters():  # biases and norms away from their initial 0 and 1
         p.data.add_(torch.randn_like(p) * 0.05)
-    text = torch.randint(1, 50, (2, 6))
+    text = torch.randint(2, 50, (2, 6))
+    text[0, 4:] = 0  # padding: the pad token at those positions, no begin token before the caption
     image = torch.randint(0, dalle.num_image_tokens, (2, dalle.image_seq_len))
     ids = torch.cat([dalle.text_ids(text), image], dim=1)
+    assert ids.shape[1] == dalle.total_seq_len == 6 + dalle.image_seq_len
+    assert ids[0, :6].tolist() == [*text[0, :4].tolist(), PAD, PAD] and dalle.num_text_tokens == 50
     with torch.no_grad():
         logits = dalle(text, image)
+        loss = dalle(text, image, return_loss=True)
         ref_text, ref_image = reference_logits(dalle, ids[:, : dalle.total_seq_len - 1])
-    s = dalle.text_seq_len
+    s = 5
     torch.testing.assert_close(logits[:, :s, : dalle.num_text_tokens], ref_text, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logits[:, s:, dalle.num_text_tokens :], ref_image, rtol=1e-4, atol=1e-5)
+    ref_loss = (F.cross_entropy(ref_text.flatten(0, 1), ids[:, 1:6].flatten())
+                + 7 * F.cross_entropy(ref_image.flatten(0, 1), image.flatten())) / 8  # fmt: skip
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
 
 
 def test_plain_layout_trains_and_samples_with_the_cache(vae):
     dalle = _plain(vae, attn_types=("full", "axial_row"))
-    text, images = torch.randint(1, 50, (2, 6)), torch.rand(2, 3, 16, 16)
+    text, images = torch.randint(2, 50, (2, 6)), torch.rand(2, 3, 16, 16)
     loss = dalle(text, images, return_loss=True)
     loss.backward()
     assert torch.isfinite(loss) and dalle.image_abs_pos_emb.weight.grad.abs().sum() > 0
@@ -107,6 +117,19 @@ def test_plain_layout_trains_and_samples_with_the_cache(vae):
                                 cond_scale=2.0, null_ids=null, use_cache=use_cache)
             )  # fmt: skip
     assert torch.equal(*seqs)  # the key/value cache and the full pass agree under the plain layout
+    assert (seqs[0][:, :6] == ids).all() and (seqs[0][:, 6:] < dalle.num_image_tokens).all()
+
+
+def test_plain_layout_completes_text_and_needs_a_prompt(vae):
+    from dalle_dist import ByteTokenizer
+
+    tokenizer = ByteTokenizer()
+    dalle = _plain(vae, num_text_tokens=tokenizer.vocab_size, text_pad_id=tokenizer.vocab_size - 1).eval()
+    tokens, texts = dalle.generate_texts(tokenizer, text="ab")
+    assert tokens.shape == (1, 6) and tokens[0, :2].tolist() == tokenizer.encode("ab")
+    assert texts[0].startswith("ab")
+    with pytest.raises(ValueError, match="no begin token: give text to complete"):
+        dalle.generate_texts(tokenizer)
 
 
 @pytest.mark.parametrize(
@@ -115,6 +138,7 @@ def test_plain_layout_trains_and_samples_with_the_cache(vae):
         (dict(ff_activation="relu"), "ff_activation must be one of geglu, gelu"),
         (dict(image_pos_emb="sinusoidal"), "image_pos_emb must be one of axial, absolute"),
         (dict(share_input_output_emb=True), "separate_heads and share_input_output_emb exclude each other"),
+        (dict(text_pad_id=50), "text_pad_id 50 is not a token of the vocabulary of 50"),
     ],
 )
 def test_bad_plain_options_are_named(vae, overrides, words):

@@ -1,7 +1,8 @@
 """Attention patterns of DALL-E: each one is a single mask function over sequence positions.
 
-The sequence is ``[bos, text_1 .. text_S, image_1 .. image_N]``: ``text_len = S + 1`` text positions followed
-by an ``fmap_size x fmap_size`` grid of image positions in raster order. Every pattern is causal, text
+The sequence is ``[bos, text_1 .. text_S, image_1 .. image_N]``: ``text_len = S + 1`` text positions (``S``
+in a plain GPT's layout, which has no bos) followed by an ``fmap_size x fmap_size`` grid of image positions
+in raster order. Every pattern is causal, text
 positions attend causally to text only, and image positions attend to all text. Patterns differ only in
 which earlier *image* positions an image position may see; that rule is the one thing each pattern defines.
 
@@ -27,7 +28,7 @@ from torch import Tensor
 class SequenceLayout:
     """Where text and image positions sit in a DALL-E sequence."""
 
-    text_len: int  # bos + text tokens
+    text_len: int  # bos + text tokens (text tokens alone in a plain layout)
     fmap_size: int  # side of the image token grid
 
     @property

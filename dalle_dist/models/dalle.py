@@ -48,12 +48,16 @@ class DALLE(nn.Module):
         fmap_size = vae.image_size // (2**vae.num_layers)
         self.text_seq_len = config.text_seq_len
         self.text_vocab_size = config.num_text_tokens  # the tokenizer's ids
-        self.num_text_tokens = config.num_text_tokens + config.text_seq_len  # and one pad per position
+        # DALLE-pytorch's layout adds one padding token per position and a begin token (id 0) before the
+        # caption; a plain GPT's (text_pad_id) pads with one token of the vocabulary and has no begin token
+        self.text_pad_id = config.text_pad_id
+        self.plain_text = config.text_pad_id is not None
+        self.num_text_tokens = config.num_text_tokens + (0 if self.plain_text else config.text_seq_len)
         self.num_image_tokens = vae.num_tokens
         self.total_tokens = self.num_text_tokens + self.num_image_tokens
         self.image_fmap_size = fmap_size
         self.image_seq_len = fmap_size * fmap_size
-        self.layout = SequenceLayout(config.text_seq_len + 1, fmap_size)
+        self.layout = SequenceLayout(config.text_seq_len + (0 if self.plain_text else 1), fmap_size)
         self.total_seq_len = self.layout.total_len
         self.loss_img_weight, self.stable = config.loss_img_weight, config.stable
         self.share_input_output_emb = config.share_input_output_emb
@@ -114,7 +118,8 @@ class DALLE(nn.Module):
 
     # ----------------------------------------------------------------------------------- tokens
     def text_ids(self, text: Tensor) -> Tensor:
-        """User text ``[B, <=S]`` (0 = padding) -> internal ids ``[B, S + 1]``: bos, per-position pads."""
+        """User text ``[B, <=S]`` (0 = padding) -> internal ids: ``[B, S + 1]``, bos and per-position pads,
+        or in the plain layout ``[B, S]``, padding as ``text_pad_id``."""
         if text.dim() != 2:
             raise ValueError(f"text must be [batch, text_seq_len] token ids, got shape {tuple(text.shape)}")
         if text.shape[1] > self.text_seq_len:
@@ -128,9 +133,21 @@ class DALLE(nn.Module):
                 f"text token id {int(text.max())} is outside the vocabulary of {self.text_vocab_size}: "
                 "the tokenizer does not match num_text_tokens"
             )
+        if self.plain_text:
+            return text.masked_fill(text == 0, self.text_pad_id)
         pads = torch.arange(self.text_seq_len, device=text.device) + self.text_vocab_size
         text = torch.where(text == 0, pads, text)
         return F.pad(text, (1, 0), value=0)
+
+    def null_text_token(self, position: int) -> int:
+        """The internal id of padding at text ``position`` of the sequence (what a dropped caption holds)."""
+        return self.text_pad_id if self.plain_text else self.text_vocab_size + position - 1
+
+    def user_text(self, ids: Tensor) -> Tensor:
+        """Internal text ids ``[B, n]`` (from position 0) -> user text, padding as 0 (``text_ids`` undone)."""
+        if self.plain_text:
+            return ids.masked_fill(ids == self.text_pad_id, 0)
+        return ids[:, 1:].masked_fill(ids[:, 1:] >= self.text_vocab_size, 0)
 
     def image_ids(self, image: Tensor) -> Tensor:
         """Pixels ``[B, C, H, W]`` (tokenised by the VAE) or token ids ``[B, n]`` -> image token ids."""
@@ -260,7 +277,7 @@ class DALLE(nn.Module):
         if return_loss and (image_ids is None or image_ids.shape[1] != self.image_seq_len):
             raise ValueError(f"the loss needs the whole image ({self.image_seq_len} tokens)")
         h = self.hidden_states(ids[:, : self.total_seq_len - 1])
-        s = self.text_seq_len  # the output at position p predicts token p + 1: text up to s - 1
+        s = self.layout.text_len - 1  # the output at position p predicts token p + 1: text up to s - 1
         text_part, image_part = self._logit_weights()
         h_text, h_image = h.split([s, h.shape[1] - s], dim=1)
         if not return_loss:

@@ -69,6 +69,9 @@ class DALLEConfig:
     ff_activation: str = "geglu"
     image_pos_emb: str = "axial"
     separate_heads: bool = False
+    # None: DALLE-pytorch's text layout (a begin token, then the caption with a padding token of its own
+    # per position); a token id: a plain GPT's (the caption from position 0, padded with this one token)
+    text_pad_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.depth < 1:
@@ -99,6 +102,12 @@ class DALLEConfig:
             raise ValueError(
                 f"image_pos_emb must be one of {', '.join(IMAGE_POS_EMBS)}, got {self.image_pos_emb!r}"
             )
+        if self.text_pad_id is not None and not 0 <= self.text_pad_id < self.num_text_tokens:
+            raise ValueError(
+                f"text_pad_id {self.text_pad_id} is not a token of the vocabulary of {self.num_text_tokens}"
+            )
+        if self.text_pad_id is not None and self.text_seq_len < 2:
+            raise ValueError("a plain text layout (text_pad_id) needs text_seq_len >= 2")
         if self.separate_heads and self.share_input_output_emb:
             raise ValueError(
                 "separate_heads and share_input_output_emb exclude each other: shared embeddings are the "

@@ -104,7 +104,7 @@ def sample_sequence(
         token = sample(top_p_filter(top_k_filter(logits, filter_thres), top_p), temperature)
         if guided:
             # the null branch keeps its padding text and follows the guided image tokens
-            null_token = torch.full_like(token, model.text_vocab_size + pos - 1) if is_text else token
+            null_token = torch.full_like(token, model.null_text_token(pos)) if is_text else token
             token = torch.cat((token, null_token))
         seq = torch.cat((seq, token[:, None]), dim=1)
         pos += 1
@@ -218,7 +218,10 @@ def generate_texts(
     """``DALLE.generate_texts`` (see there)."""
     device = model.to_logits_norm.weight.device
     prompt = list(tokenizer.encode(text))[: model.text_seq_len] if text else []
-    ids = model.text_ids(torch.tensor([prompt], dtype=torch.long, device=device))[:, : len(prompt) + 1]
+    if model.plain_text and not prompt:
+        raise ValueError("a DALLE with a plain text layout has no begin token: give text to complete")
+    start = len(prompt) + (0 if model.plain_text else 1)
+    ids = model.text_ids(torch.tensor([prompt], dtype=torch.long, device=device))[:, :start]
     seq = sample_sequence(
         model,
         ids,
@@ -229,6 +232,5 @@ def generate_texts(
         use_cache=use_cache,
         compile=compile,
     )
-    tokens = seq[:, 1:]
-    tokens = tokens.masked_fill(tokens >= model.text_vocab_size, 0)
+    tokens = model.user_text(seq)
     return tokens, [tokenizer.decode([i for i in row if i != 0]) for row in tokens.tolist()]

@@ -25,7 +25,7 @@ def dalle_flops_per_sample(dalle: nn.Module) -> float:
     )
     flops = 6.0 * linear * n
     # the output layer: text positions score text tokens only, image positions image tokens only
-    s, dim = dalle.text_seq_len, dalle.to_logits_norm.normalized_shape[0]
+    s, dim = dalle.layout.text_len - 1, dalle.to_logits_norm.normalized_shape[0]
     flops += 6.0 * dim * (s * dalle.num_text_tokens + (n - s) * dalle.num_image_tokens)
     heads, dim_head = dalle.hparams.heads, dalle.hparams.dim_head
     visible = {p.name: float(p.dense_mask(n).sum()) for p in dalle.planner.layer_patterns}
