@@ -144,3 +144,22 @@ def test_plain_layout_completes_text_and_needs_a_prompt(vae):
 def test_bad_plain_options_are_named(vae, overrides, words):
     with pytest.raises(ValueError, match=words):
         _plain(vae, **overrides)
+
+
+def test_mindalles_configuration_has_its_published_parameter_count():
+    """minDALL-E 1.3B's stage 2 (docs/pretrained_layouts.md: dim 1536, 42 layers, 24 heads, 64 + 256
+    positions, 16 384 text and image tokens) built from our options, on the meta device (no memory):
+    1 291 081 728 parameters, the published count to the unit."""
+    from torch import nn
+
+    from dalle_dist.models import DALLE
+
+    class Codes(nn.Module):  # what DALLE asks of its VQGAN: 256 px, 16 x 16 codes of 16 384
+        image_size, num_tokens, num_layers = 256, 16384, 4
+
+    with torch.device("meta"):
+        dalle = DALLE(dim=1536, depth=42, heads=24, dim_head=64, text_seq_len=64, num_text_tokens=16384,
+                      vae=Codes(), **{**PLAIN, "text_pad_id": 1})  # fmt: skip
+    assert (
+        sum(p.numel() for name, p in dalle.named_parameters() if not name.startswith("vae.")) == 1_291_081_728
+    )
