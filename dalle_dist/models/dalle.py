@@ -8,7 +8,6 @@ attention planner's choice (``attention/planner.py``); sampling lives in ``sampl
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,15 +115,6 @@ class DALLE(nn.Module):
     def config(self) -> dict[str, Any]:
         """The hyper-parameters, JSON-serialisable, to rebuild this model (``DALLE(vae=..., **config)``)."""
         return self.hparams.to_dict()
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> DALLE:
-        """The DALL-E a checkpoint holds (a ``train_dalle.py`` run or checkpoint folder, or what ``python -m
-        dalle_dist.convert`` wrote), with its VAE and its tokenizer (``.tokenizer``), weights read without
-        unpickling anything."""
-        from ..checkpoint import load_dalle  # the checkpoint layer builds models: imported when called
-
-        return load_dalle(path)[0]
 
     # ----------------------------------------------------------------------------------- tokens
     def text_ids(self, text: Tensor) -> Tensor:
