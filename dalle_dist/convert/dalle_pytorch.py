@@ -1,4 +1,4 @@
-"""Import DALLE-pytorch 1.6.6 checkpoints into dalle_dist checkpoints.
+"""DALLE-pytorch 1.6.6 checkpoints (its vae.pt, dalle.pt and DeepSpeed folders) as dalle_dist checkpoints.
 
     python -m dalle_dist.convert vae.pt --output runs/vae-converted
     python -m dalle_dist.convert dalle.pt --output runs/dalle-converted --bpe_path bpe.model
@@ -26,20 +26,18 @@ docs/coming_from_dalle_pytorch.md; the module-structure mapping is in ``_vae_mod
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .checkpoint import describe_vae, save_checkpoint
-from .cli import Parser, add_tokenizer_flags, cli, output_folder, tokenizer_from_flags
-from .errors import UserError
-from .models import DALLE, DiscreteVAE
-from .safe_load import NotTorchFileError, UnsafeFileError, load_plain
-from .text import HuggingFaceTokenizer, Tokenizer, YttmTokenizer
+from ..checkpoint import describe_vae, save_checkpoint
+from ..cli import tokenizer_from_flags
+from ..errors import UserError
+from ..models import DALLE, DiscreteVAE
+from ..text import HuggingFaceTokenizer, Tokenizer, YttmTokenizer
+from .common import Report, Weights, load_file, put, refuse, state_dict
 
 SOURCE = "DALLE-pytorch 1.6.6"
 DS_MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -110,24 +108,11 @@ MAPPED_ATTN_TYPES = ("full", "axial_row", "axial_col")
 SUPPRESSED_LOGIT = -1e4
 
 
-class Report:
-    """What the conversion did, printed as it goes: mapped options, dropped ones, notes."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def section(self, title: str) -> None:
-        self.lines.append(title)
-
-    def item(self, text: str) -> None:
-        self.lines.append(f"  {text}")
-
-    def print(self) -> None:
-        print("\n".join(self.lines))
+EXPECTED = "the vae.pt or dalle.pt DALLE-pytorch wrote, or its DeepSpeed folder"
 
 
-def _refuse(where: str, option: str, value: Any, why: str) -> UserError:
-    return UserError(f"{where}: {option}={value!r} cannot be converted: {why}")
+def _load(file: Path) -> Any:
+    return load_file(file, EXPECTED, "DALLE-pytorch")
 
 
 def _show(value: Any) -> str:
@@ -135,38 +120,6 @@ def _show(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------- reading files
-def _load(file: Path) -> Any:
-    """The tensors and plain data in ``file``; anything else is refused in words."""
-    try:
-        return load_plain(file)
-    except NotTorchFileError as e:
-        raise UserError(
-            f"{file} is not a PyTorch checkpoint file ({e}): pass the vae.pt or dalle.pt DALLE-pytorch "
-            "wrote, or its DeepSpeed folder"
-        ) from None
-    except UnsafeFileError as e:
-        hint = ""
-        if "GLOBAL deepspeed." in str(e) and importlib.util.find_spec("deepspeed") is None:
-            hint = (
-                "; the class is DeepSpeed's: install DeepSpeed (sh install_deepspeed.sh) so that "
-                "the few its checkpoints hold can be allowed"
-            )
-        elif "GLOBAL deepspeed." in str(e):
-            hint = "; that DeepSpeed class is not one its checkpoints hold"
-        raise UserError(
-            f"refused to load {file}: it holds more than tensors and plain data ({e}), which "
-            f"DALLE-pytorch's checkpoints never do; nothing in it was run{hint}"
-        ) from None
-
-
-def _state_dict(value: Any, where: str) -> dict[str, Tensor]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items()
-    ):
-        raise UserError(f"{where} is not a state dict (a mapping of names to tensors)")
-    return dict(value)
-
-
 class Source:
     """A DALLE-pytorch checkpoint as read: kind, hparams, VAE hparams, weights and where they came from."""
 
@@ -176,7 +129,7 @@ class Source:
         self.hparams = data["hparams"]
         self.vae_params = data.get("vae_params")
         self.where = where
-        self.weights = _state_dict(weights, f"{where} weights")
+        self.weights = state_dict(weights, f"{where} weights")
 
     def describe(self) -> str:
         extra = [f"version {self.data['version']}"] if isinstance(self.data.get("version"), str) else []
@@ -247,7 +200,7 @@ def _deepspeed_tag(folder: Path, tag: str | None) -> Path:
 
 
 def _read_deepspeed(folder: Path, tag: str | None) -> Source:
-    from .distributed.deepspeed import safe_loading  # DeepSpeed itself is imported there, if installed
+    from ..distributed.deepspeed import safe_loading  # DeepSpeed itself is imported there, if installed
 
     tag_folder = _deepspeed_tag(folder, tag)
     ranks = sorted(p.name for p in tag_folder.glob("mp_rank_*_model_states.pt"))
@@ -272,7 +225,7 @@ def _read_deepspeed(folder: Path, tag: str | None) -> Source:
     config = states.get("ds_config") if isinstance(states.get("ds_config"), dict) else {}
     zero = config.get("zero_optimization", {})
     stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
-    module = _state_dict(states["module"], f"{file} 'module'")
+    module = state_dict(states["module"], f"{file} 'module'")
     if stage == 3 or any(t.numel() == 0 for t in module.values()):
         raise UserError(
             f"{file} was written under ZeRO stage 3: its 'module' holds empty placeholders and the weights "
@@ -352,54 +305,6 @@ def build_vae(kwargs: dict[str, Any], where: str) -> DiscreteVAE:
         raise UserError(f"{where}: these options do not make a DiscreteVAE: {e}") from None
 
 
-# ----------------------------------------------------------------------------------------- weights
-class Weights:
-    """Their state dict, taken key by key (float tensors as fp32); what is never taken is reported."""
-
-    def __init__(self, state: dict[str, Tensor], where: str, report_notes: list[str]) -> None:
-        self.where = where
-        self.state: dict[str, Tensor] = {}
-        dtypes = set()
-        for k, v in state.items():
-            if v.is_floating_point() and v.dtype != torch.float32:
-                dtypes.add(str(v.dtype).removeprefix("torch."))
-                v = v.float()  # fp16 / bf16 -> fp32 is exact
-            self.state[k] = v
-        if dtypes:
-            report_notes.append(f"weights stored as {', '.join(sorted(dtypes))}: widened to float32 (exact)")
-        self.taken: set[str] = set()
-
-    def take(self, key: str) -> Tensor:
-        if key not in self.state:
-            raise UserError(
-                f"{self.where} has no weight {key!r}, which its hparams imply: the weights do not match the "
-                f"hparams, or were not written by {SOURCE}"
-            )
-        self.taken.add(key)
-        return self.state[key]
-
-    def has(self, key: str) -> bool:
-        return key in self.state
-
-    def check_all_taken(self) -> None:
-        left = sorted(k for k in self.state if k not in self.taken)
-        if left:
-            raise UserError(
-                f"{self.where} holds {len(left)} weights its hparams do not account for (e.g. "
-                f"{', '.join(left[:3])}): the weights do not match the hparams"
-            )
-
-
-def _put(out: dict[str, Tensor], target: dict[str, Tensor], ours: str, tensor: Tensor, theirs: str) -> None:
-    expected = tuple(target[ours].shape)
-    if tuple(tensor.shape) != expected:
-        raise UserError(
-            f"weight {theirs!r} has shape {tuple(tensor.shape)}, but the model its hparams describe needs "
-            f"{expected} there: the weights do not match the hparams"
-        )
-    out[ours] = tensor.contiguous()
-
-
 def _vae_weights(
     src: Weights, vae: DiscreteVAE, kwargs: dict[str, Any], ours_prefix: str = "", theirs_prefix: str = ""
 ) -> dict[str, Tensor]:
@@ -409,7 +314,7 @@ def _vae_weights(
     for key in target:
         module, _, param = key.rpartition(".")
         theirs = f"{theirs_prefix}{table[module]}.{param}"
-        _put(out, target, key, src.take(theirs), theirs)
+        put(out, target, key, src.take(theirs), theirs)
     return {ours_prefix + k: v for k, v in out.items()}
 
 
@@ -419,11 +324,11 @@ def _layer_groups(ids: Any, depth: int, option: str, where: str) -> dict[str, li
     if ids is None:
         return {str(i): [i] for i in range(depth)}
     if isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple)) or not ids:
-        raise _refuse(
+        raise refuse(
             where, option, ids, "expected a non-empty sequence of layer ids, as train_dalle.py writes"
         )
     if len({str(i) for i in ids}) != len(set(ids)):
-        raise _refuse(
+        raise refuse(
             where, option, ids, "two different ids print alike (e.g. 0 and '0'); dalle_dist keys by text"
         )
     groups: dict[str, list[int]] = {}
@@ -512,7 +417,7 @@ class DalleMapping:
                     differ = sorted(n for n in first if not torch.equal(first[n][0], again[n][0]))
                     what = "attention" if attn else "feed-forward"
                     if differ:
-                        raise _refuse(
+                        raise refuse(
                             where,
                             option,
                             self.kw[option],
@@ -522,7 +427,7 @@ class DalleMapping:
                             "norm included, so it cannot represent this model",
                         )
                 for name, (tensor, theirs) in first.items():
-                    _put(out, target, f"transformer.{ours}.{key}.{name}", tensor, theirs)
+                    put(out, target, f"transformer.{ours}.{key}.{name}", tensor, theirs)
 
     def text_rows(self, rows: Tensor, logits: bool) -> Tensor:
         """Their text rows (vocabulary + per-position padding) in our order.
@@ -546,9 +451,9 @@ class DalleMapping:
         target = dalle.state_dict()
         out = _vae_weights(src, dalle.vae, vae_kwargs, "vae.", "vae.")
         for p in ("weight", "bias"):
-            _put(out, target, f"to_logits_norm.{p}", src.take(f"to_logits.0.{p}"), f"to_logits.0.{p}")
+            put(out, target, f"to_logits_norm.{p}", src.take(f"to_logits.0.{p}"), f"to_logits.0.{p}")
             logits = self.text_rows(src.take(f"to_logits.1.{p}"), logits=True)
-            _put(out, target, f"to_logits.{p}", logits, f"to_logits.1.{p}")
+            put(out, target, f"to_logits.{p}", logits, f"to_logits.1.{p}")
         if self.kw["share_input_output_emb"]:
             # their SharedEmbedding modules hold the output layer as a submodule: the same tensors again
             for emb in ("text_emb", "image_emb"):
@@ -559,16 +464,16 @@ class DalleMapping:
                             f"{where}: {key} differs from to_logits.1.{p}, which it shares: damaged"
                         )
         else:
-            _put(
+            put(
                 out,
                 target,
                 "text_emb.weight",
                 self.text_rows(src.take("text_emb.weight"), False),
                 "text_emb.weight",
             )
-            _put(out, target, "image_emb.weight", src.take("image_emb.weight"), "image_emb.weight")
+            put(out, target, "image_emb.weight", src.take("image_emb.weight"), "image_emb.weight")
         # rotary_emb=False: learned positions; their axial image embedding is a row and a column table
-        _put(out, target, "text_pos_emb.weight", src.take("text_pos_emb.weight"), "text_pos_emb.weight")
+        put(out, target, "text_pos_emb.weight", src.take("text_pos_emb.weight"), "text_pos_emb.weight")
         f, dim = self.fmap_size, self.kw["dim"]
         for ours, theirs, shape in (
             ("image_row_emb.weight", "image_pos_emb.weights_0", (1, f, 1, dim)),
@@ -580,7 +485,7 @@ class DalleMapping:
                     f"weight {theirs!r} has shape {tuple(table.shape)}, but the model its hparams describe "
                     f"needs {shape}: the weights do not match the hparams"
                 )
-            _put(out, target, ours, table.reshape(f, dim), theirs)
+            put(out, target, ours, table.reshape(f, dim), theirs)
         self.transformer(src, out, target, where)
         missing = sorted(set(target) - set(out))
         if missing:  # a mapping gap, not bad input
@@ -600,7 +505,7 @@ def dalle_kwargs(hparams: Any, where: str, report: Report) -> dict[str, Any]:
                 f"{where}: {name}={opts[name]!r} is not a positive integer: the hparams are damaged"
             )
     if opts["rotary_emb"]:
-        raise _refuse(
+        raise refuse(
             where,
             "rotary_emb",
             True,
@@ -610,7 +515,7 @@ def dalle_kwargs(hparams: Any, where: str, report: Report) -> dict[str, Any]:
             "trained with rotary_emb=False (train_dalle.py without --rotary_emb) convert",
         )
     if opts["stable"]:
-        raise _refuse(
+        raise refuse(
             where,
             "stable",
             True,
@@ -628,10 +533,10 @@ def dalle_kwargs(hparams: Any, where: str, report: Report) -> dict[str, Any]:
         or not attn_types
         or not all(isinstance(t, str) for t in attn_types)
     ):
-        raise _refuse(where, "attn_types", opts["attn_types"], "expected a sequence of attention type names")
+        raise refuse(where, "attn_types", opts["attn_types"], "expected a sequence of attention type names")
     for name in attn_types:
         if name == "sparse":
-            raise _refuse(
+            raise refuse(
                 where,
                 "attn_types",
                 tuple(attn_types),
@@ -640,7 +545,7 @@ def dalle_kwargs(hparams: Any, where: str, report: Report) -> dict[str, Any]:
                 "dalle_dist's 'sparse' is a different fixed pattern",
             )
         if name == "conv_like":
-            raise _refuse(
+            raise refuse(
                 where,
                 "attn_types",
                 tuple(attn_types),
@@ -650,11 +555,11 @@ def dalle_kwargs(hparams: Any, where: str, report: Report) -> dict[str, Any]:
                 "different pattern",
             )
         if name not in MAPPED_ATTN_TYPES:
-            raise _refuse(
+            raise refuse(
                 where, "attn_types", tuple(attn_types), f"{name!r} is not an attention type of {SOURCE}"
             )
     if opts["shift_tokens"] and opts["dim"] % 4:
-        raise _refuse(
+        raise refuse(
             where,
             "shift_tokens",
             True,
@@ -743,7 +648,7 @@ def convert_vae(src: Source, output: Path, report: Report) -> Path:
     kwargs = vae_kwargs(src.hparams, f"{src.where} hparams", report)
     vae = build_vae(kwargs, f"{src.where} hparams")
     notes = list(src.notes)
-    weights = Weights(src.weights, src.where, notes)
+    weights = Weights(src.weights, src.where, notes, SOURCE, "hparams")
     mapped = _vae_weights(weights, vae, kwargs)
     weights.check_all_taken()
     vae.load_state_dict(mapped)
@@ -759,7 +664,7 @@ def convert_vae(src: Source, output: Path, report: Report) -> Path:
 def convert_dalle(src: Source, args: argparse.Namespace, output: Path, report: Report) -> Path:
     class_name = src.data.get("vae_class_name")
     if src.vae_params is None or (class_name is not None and class_name != "DiscreteVAE"):
-        raise _refuse(
+        raise refuse(
             src.where,
             "vae_params",
             src.vae_params,
@@ -779,7 +684,7 @@ def convert_dalle(src: Source, args: argparse.Namespace, output: Path, report: R
     except (TypeError, ValueError) as e:
         raise UserError(f"{src.where} hparams: these options do not make a DALLE: {e}") from None
     notes = list(src.notes)
-    weights = Weights(src.weights, src.where, notes)
+    weights = Weights(src.weights, src.where, notes, SOURCE, "hparams")
     mapped = mapping.weights(weights, dalle, vkwargs, src.where)
     weights.check_all_taken()
     dalle.load_state_dict(mapped)
@@ -810,33 +715,9 @@ def convert_dalle(src: Source, args: argparse.Namespace, output: Path, report: R
     return save_checkpoint(output, kind="dalle", meta=meta, module=dalle, tokenizer=tokenizer)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="python -m dalle_dist.convert",
-        description="Convert a DALLE-pytorch 1.6.6 checkpoint (vae.pt, dalle.pt or a DeepSpeed folder such "
-        "as dalle-ds-cp/) into a dalle_dist checkpoint folder; see docs/coming_from_dalle_pytorch.md",
-    )
-    parser.add_argument("path", type=Path, help="vae.pt, dalle.pt, or a DeepSpeed checkpoint folder")
-    parser.add_argument(
-        "--output", type=output_folder, required=True, help="the checkpoint folder to write (new)"
-    )
-    parser.add_argument("--tag", default=None, help="DeepSpeed folder: the tag to read (default: 'latest')")
-    tok = parser.add_argument_group("tokenizer (DALL-E only): the one train_dalle.py was given")
-    add_tokenizer_flags(tok, trained=True)
-    return parser
-
-
-def _check_output(output: Path) -> None:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise UserError(f"--output {output} already exists: choose a new folder for the converted checkpoint")
-
-
-@cli
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse(argv)
-    _check_output(args.output)
+def convert(args: argparse.Namespace, report: Report) -> Path:
+    """Convert the checkpoint at ``args.path`` (``args.tag``, the tokenizer flags) into ``args.output``."""
     src = read_source(args.path, args.tag)
-    report = Report()
     what = "DALL-E" if src.kind == "dalle" else "VAE"
     report.section(f"{SOURCE} {what} checkpoint {src.describe()}")
     if src.kind == "vae" and (args.bpe_path or args.hug or args.chinese or args.chinese_vocab):
@@ -847,8 +728,4 @@ def main(argv: list[str] | None = None) -> None:
         folder = convert_vae(src, args.output, report)
     flag = "generate.py --dalle_path" if src.kind == "dalle" else "train_dalle.py --vae_path"
     report.section(f"wrote {folder}: a dalle_dist {what} checkpoint ({flag} {folder})")
-    report.print()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return folder

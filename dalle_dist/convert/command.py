@@ -1,0 +1,35 @@
+"""``python -m dalle_dist.convert PATH --output DIR``: which converter reads PATH, and the flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli import Parser, add_tokenizer_flags, cli, output_folder
+from . import dalle_pytorch
+from .common import Report, check_output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="python -m dalle_dist.convert",
+        description="Convert a DALLE-pytorch 1.6.6 checkpoint (vae.pt, dalle.pt or a DeepSpeed folder such "
+        "as dalle-ds-cp/) into a dalle_dist checkpoint folder; see docs/coming_from_dalle_pytorch.md",
+    )
+    parser.add_argument("path", type=Path, help="vae.pt, dalle.pt, or a DeepSpeed checkpoint folder")
+    parser.add_argument(
+        "--output", type=output_folder, required=True, help="the checkpoint folder to write (new)"
+    )
+    parser.add_argument("--tag", default=None, help="DeepSpeed folder: the tag to read (default: 'latest')")
+    tok = parser.add_argument_group("tokenizer (DALL-E only): the one train_dalle.py was given")
+    add_tokenizer_flags(tok, trained=True)
+    return parser
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse(argv)
+    check_output(args.output)
+    report = Report()
+    dalle_pytorch.convert(args, report)
+    report.print()
