@@ -1,5 +1,6 @@
 """dalle_dist: train a discrete VAE, DALL-E and DALL-E 2, rank samples with CLIP, on one CPU or many GPUs."""
 
+from . import checkpoint  # noqa: F401  (registers the reader behind DALLE.from_pretrained)
 from .models import CLIP, DALLE, DALLEConfig, DiscreteVAE, OpenAIDiscreteVAE, VQGanVAE
 from .text import ByteTokenizer
 

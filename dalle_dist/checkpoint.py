@@ -43,6 +43,7 @@ from .errors import UserError
 from .files import fsync_path, sha256
 from .lock import RunLock, hold, release
 from .models import CLIP, DALLE, DALLEConfig, DiscreteVAE
+from .models.dalle import register_checkpoint_reader
 from .models.pretrained import PRETRAINED_VAES, pretrained_vae_from_config
 from .safe_load import NotTorchFileError, UnsafeFileError, load_plain
 from .text import Tokenizer, load_tokenizer
@@ -403,6 +404,9 @@ def load_dalle(path: str | Path) -> tuple[DALLE, Tokenizer, Checkpoint]:
     load_weights(dalle, ckpt.weights(), ckpt.path)
     dalle.tokenizer = _tokenizer_of(ckpt)
     return dalle, dalle.tokenizer, ckpt
+
+
+register_checkpoint_reader(lambda path: load_dalle(path)[0])  # DALLE.from_pretrained
 
 
 def load_clip(path: str | Path) -> tuple[CLIP, Tokenizer, Checkpoint]:

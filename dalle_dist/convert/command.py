@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..cli import Parser, add_tokenizer_flags, cli, output_folder
-from . import dalle_pytorch
+from ..errors import UserError
+from . import dalle_pytorch, mindalle
 from .common import Report, check_output
 
 
@@ -14,9 +15,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="python -m dalle_dist.convert",
         description="Convert a DALLE-pytorch 1.6.6 checkpoint (vae.pt, dalle.pt or a DeepSpeed folder such "
-        "as dalle-ds-cp/) into a dalle_dist checkpoint folder; see docs/coming_from_dalle_pytorch.md",
+        "as dalle-ds-cp/; docs/coming_from_dalle_pytorch.md) or minDALL-E's published folder (1.3B/; "
+        "docs/pretrained_layouts.md) into a dalle_dist checkpoint folder",
     )
-    parser.add_argument("path", type=Path, help="vae.pt, dalle.pt, or a DeepSpeed checkpoint folder")
+    parser.add_argument(
+        "path", type=Path, help="vae.pt, dalle.pt, a DeepSpeed checkpoint folder, or minDALL-E's folder"
+    )
     parser.add_argument(
         "--output", type=output_folder, required=True, help="the checkpoint folder to write (new)"
     )
@@ -30,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse(argv)
     check_output(args.output)
+    if args.path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        raise UserError(
+            f"{args.path} is an archive: extract it first (tar -xf {args.path}) and pass the folder it holds"
+        )
     report = Report()
-    dalle_pytorch.convert(args, report)
+    converter = mindalle if mindalle.is_mindalle_folder(args.path) else dalle_pytorch
+    converter.convert(args, report)
     report.print()

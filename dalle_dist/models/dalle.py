@@ -8,6 +8,8 @@ attention planner's choice (``attention/planner.py``); sampling lives in ``sampl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from os import PathLike
 from typing import Any
 
 import torch
@@ -19,6 +21,16 @@ from . import sampling
 from .dalle_config import DALLEConfig
 from .kv_cache import KVCache
 from .transformer import Rotary, TokenShift, Transformer
+
+# how a checkpoint becomes a DALLE: set by dalle_dist.checkpoint, the layer that reads files (models never
+# do), when the package is imported
+_checkpoint_reader: Callable[[str | PathLike[str]], DALLE] | None = None
+
+
+def register_checkpoint_reader(reader: Callable[[str | PathLike[str]], DALLE]) -> None:
+    """Make ``reader`` (checkpoint folder or run directory -> DALLE) what ``DALLE.from_pretrained`` calls."""
+    global _checkpoint_reader
+    _checkpoint_reader = reader
 
 
 class DALLE(nn.Module):
@@ -364,3 +376,54 @@ class DALLE(nn.Module):
             use_cache=use_cache,
             compile=compile,
         )
+
+    # ----------------------------------------------------------------------------------- published weights
+    @classmethod
+    def from_pretrained(cls, path: str | PathLike[str]) -> DALLE:
+        """The DALL-E in a checkpoint folder or run directory (trained here, or converted by ``python -m
+        dalle_dist.convert``, e.g. minDALL-E's 1.3B), with its VAE and its tokenizer (``model.tokenizer``),
+        in eval mode on the CPU (``.to(device)`` to move it)."""
+        if _checkpoint_reader is None:  # only when dalle_dist.models was loaded without its package
+            raise RuntimeError(
+                "DALLE.from_pretrained needs dalle_dist's checkpoint reader: import dalle_dist"
+            )
+        return _checkpoint_reader(path).eval()
+
+    @torch.no_grad()
+    def sampling(
+        self,
+        prompt: str,
+        top_k: float = 256,
+        top_p: float | None = None,
+        softmax_temperature: float = 1.0,
+        num_candidates: int = 96,
+        batch_size: int | None = None,
+    ) -> Tensor:
+        """minDALL-E's sampling call: ``num_candidates`` images ``[N, C, H, W]`` in [0, 1] for one caption.
+
+        ``prompt`` is read by ``self.tokenizer`` (``from_pretrained`` sets it; longer captions are cut to
+        ``text_seq_len`` tokens, as minDALL-E's tokenizer cuts them); ``top_k`` a count of tokens kept (a
+        share below 1, as ``generate_images``' ``filter_thres``); ``top_p`` the nucleus share after it
+        (``None``: off); ``batch_size`` candidates per pass (default: all at once)."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "sampling(prompt) needs the model's tokenizer: load the model with "
+                "DALLE.from_pretrained(path) or set model.tokenizer"
+            )
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be one caption (a str), got {type(prompt).__name__}")
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be at least 1, got {num_candidates}")
+        device = next(self.parameters()).device
+        text = self.tokenizer.tokenize([prompt], self.text_seq_len, truncate_text=True).to(device)
+        step = batch_size or num_candidates
+        images = [
+            self.generate_images(
+                text.expand(min(step, num_candidates - start), -1),
+                filter_thres=top_k,
+                temperature=softmax_temperature,
+                top_p=1.0 if top_p is None else top_p,
+            )
+            for start in range(0, num_candidates, step)
+        ]
+        return torch.cat(images)
