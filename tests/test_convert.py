@@ -14,12 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import run_cmd
 from torch import nn
 
 from dalle_dist import DALLE, DiscreteVAE
 from dalle_dist.checkpoint import load_dalle, load_vae
 from dalle_dist.convert import main
+from dalle_dist.models.pretrained import VQGanVAE
+from dalle_dist.models.vqgan import VQModel
 
 CONVERT = [sys.executable, "-m", "dalle_dist.convert"]
 VAE_HPARAMS = dict(
@@ -66,7 +69,9 @@ def their_dalle_state(dalle: DALLE, scale: float = 0.5) -> dict[str, torch.Tenso
     """DALLE-pytorch's state dict of ``dalle`` (built with rotary_emb=False), every LayerScale ``scale``."""
     cfg, t = dalle.config(), dalle.transformer
     shift, sandwich, f, dim = cfg["shift_tokens"], cfg["sandwich_norm"], dalle.image_fmap_size, cfg["dim"]
-    out = {f"vae.{k}": v for k, v in their_vae_state(dalle.vae).items()}
+    # DALLE-pytorch's VQGanVAE keeps taming's VQModel as .model, with our names
+    vae_state = their_vae_state(dalle.vae) if isinstance(dalle.vae, DiscreteVAE) else dalle.vae.state_dict()
+    out = {f"vae.{k}": v for k, v in vae_state.items()}
     _weight_bias(out, "to_logits.0.", dalle.to_logits_norm)
     _weight_bias(out, "to_logits.1.", dalle.to_logits)
     if cfg["share_input_output_emb"]:
@@ -442,3 +447,63 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     code, _, err = convert_in_process(capsys, tmp_path / "vae.pt", "--output", tmp_path / "o", "--hug")
     assert code == 2 and "a VAE has no tokenizer" in err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------- trained on a VQGAN
+# DALLE-pytorch reads a VQGAN as 256 px images halved log2(resolution / attn_resolutions[0]) times: a small
+# one of that geometry (4 halvings: 16 x 16 codes)
+VQGAN_DD = dict(double_z=False, z_channels=16, resolution=256, in_channels=3, out_ch=3, ch=32,
+                ch_mult=[1, 1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[16], dropout=0.0)  # fmt: skip
+
+
+def _vqgan_files(folder: Path, dd: dict = VQGAN_DD) -> tuple[Path, Path]:
+    torch.manual_seed(2)
+    net = VQModel(dd, 32, 8)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    torch.save({"state_dict": net.state_dict()}, folder / "last.ckpt")
+    params = {"embed_dim": 8, "n_embed": 32, "ddconfig": dd}
+    config = {"model": {"target": "taming.models.vqgan.VQModel", "params": params}}
+    (folder / "model.yaml").write_text(yaml.safe_dump(config))
+    return folder / "last.ckpt", folder / "model.yaml"
+
+
+def test_dalle_trained_on_a_vqgan_converts_exactly(tmp_path, tokenizer_file, capsys):
+    """train_dalle.py --taming's dalle.pt (vae_params None, vae_class_name 'VQGanVAE', the VQGAN's weights
+    under vae.model.* with its training loss beside them) converts given the taming config; without it, or
+    with one DALLE-pytorch could not have used, the error says what to pass."""
+    ckpt, config = _vqgan_files(tmp_path)
+    vae = VQGanVAE(ckpt, config)
+    torch.manual_seed(0)
+    hp = dict(num_text_tokens=VOCAB, text_seq_len=6, dim=32, depth=2, heads=2, dim_head=16, rotary_emb=False)
+    dalle = DALLE(vae=vae, **hp)
+    path = save_dalle_pt(tmp_path / "dalle.pt", dalle, hp, vae_params=None, vae_class_name="VQGanVAE")
+    obj = torch.load(path, weights_only=True)
+    obj["weights"]["vae.model.loss.logvar"] = torch.zeros(())  # taming's VQModel built with its lossconfig
+    torch.save(obj, path)
+    tok = ["--bpe_path", tokenizer_file, "--hug"]
+
+    code, _, err = convert_in_process(capsys, path, "--output", tmp_path / "none", *tok)
+    assert code == 2 and "--vqgan_config_path FILE.yaml, or --taming" in err and len(err.splitlines()) == 1
+    (tmp_path / "wrong").mkdir()
+    _, wrong = _vqgan_files(tmp_path / "wrong", {**VQGAN_DD, "resolution": 128})
+    code, _, err = convert_in_process(
+        capsys, path, "--output", tmp_path / "none", *tok, "--vqgan_config_path", wrong
+    )
+    assert code == 2 and "not the config of a VQGAN DALLE-pytorch could train on" in err
+    assert not (tmp_path / "none").exists()
+
+    out = tmp_path / "converted"
+    proc = run_cmd([*CONVERT, path, "--output", out, *tok, "--vqgan_config_path", config], timeout=120)
+    assert "16 x 16 per 256 px image" in proc.stdout and "1 vae.model.loss.* tensors" in proc.stdout
+    converted, _, ckpt_meta = load_dalle(out)
+    assert ckpt_meta.meta["vae"]["config"]["class"] == "VQGanVAE"
+    same_weights(dalle, converted)
+    torch.manual_seed(1)
+    text, codes = torch.randint(1, VOCAB, (2, 6)), torch.randint(0, 32, (2, 256))
+    images = torch.rand(2, 3, 256, 256)
+    dalle.eval(), converted.eval()
+    with torch.no_grad():
+        assert torch.equal(dalle(text, codes), converted(text, codes))
+        assert torch.equal(vae.get_codebook_indices(images), converted.vae.get_codebook_indices(images))

@@ -27,6 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag", default=None, help="DeepSpeed folder: the tag to read (default: 'latest')")
     tok = parser.add_argument_group("tokenizer (DALL-E only): the one train_dalle.py was given")
     add_tokenizer_flags(tok, trained=True)
+    vq = parser.add_argument_group("VQGAN (a DALL-E trained with train_dalle.py --taming)")
+    vq.add_argument(
+        "--vqgan_config_path", type=Path, default=None, help="the taming config train_dalle.py was given"
+    )
+    vq.add_argument(
+        "--taming",
+        action="store_true",
+        help="DALLE-pytorch's default VQGAN (ImageNet f16 / 1024): its config is downloaded once",
+    )
     return parser
 
 

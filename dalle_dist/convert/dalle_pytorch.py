@@ -26,6 +26,8 @@ docs/coming_from_dalle_pytorch.md; the module-structure mapping is in ``_vae_mod
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,11 @@ from torch import Tensor
 
 from ..checkpoint import describe_vae, save_checkpoint
 from ..cli import tokenizer_from_flags
+from ..download import VQGAN_CONFIG, fetch
 from ..errors import UserError
+from ..files import sha256
 from ..models import DALLE, DiscreteVAE
+from ..models.pretrained import VQGanVAE, read_taming_config
 from ..text import HuggingFaceTokenizer, Tokenizer, YttmTokenizer
 from .common import Report, Weights, load_file, put, refuse, state_dict
 
@@ -446,10 +451,11 @@ class DalleMapping:
         return torch.cat((first, text, rest))
 
     def weights(
-        self, src: Weights, dalle: DALLE, vae_kwargs: dict[str, Any], where: str
+        self, src: Weights, dalle: DALLE, vae_weights: dict[str, Tensor], where: str
     ) -> dict[str, Tensor]:
+        """Ours from theirs; ``vae_weights``: the VAE's, already mapped (under ``vae.``)."""
         target = dalle.state_dict()
-        out = _vae_weights(src, dalle.vae, vae_kwargs, "vae.", "vae.")
+        out = dict(vae_weights)
         for p in ("weight", "bias"):
             put(out, target, f"to_logits_norm.{p}", src.take(f"to_logits.0.{p}"), f"to_logits.0.{p}")
             logits = self.text_rows(src.take(f"to_logits.1.{p}"), logits=True)
@@ -661,31 +667,97 @@ def convert_vae(src: Source, output: Path, report: Report) -> Path:
     return save_checkpoint(output, kind="vae", meta=meta, module=vae)
 
 
+def _discrete_vae(src: Source, report: Report) -> tuple[DiscreteVAE, Callable[[Weights], dict[str, Tensor]]]:
+    """The DiscreteVAE of ``vae_params``, and how its weights are taken from theirs."""
+    report.section(f"DiscreteVAE options ({src.where} vae_params) -> dalle_dist DiscreteVAE (same names):")
+    vkwargs = vae_kwargs(src.vae_params, f"{src.where} vae_params", report)
+    vae = build_vae(vkwargs, f"{src.where} vae_params")
+    return vae, lambda weights: _vae_weights(weights, vae, vkwargs, "vae.", "vae.")
+
+
+def _vqgan_vae(
+    src: Source, args: argparse.Namespace, report: Report
+) -> tuple[VQGanVAE, Callable[[Weights], dict[str, Tensor]]]:
+    """The VQGAN a DALL-E was trained on (train_dalle.py --taming): its architecture from the taming config
+    the run was given, its weights from the checkpoint (``vae.model.*``, taming's names, as ours)."""
+    if args.vqgan_config_path is None and not args.taming:
+        raise UserError(
+            f"{src.where} was trained on a VQGAN (train_dalle.py --taming), whose architecture the "
+            "checkpoint does not record: pass the taming config it was given, --vqgan_config_path FILE.yaml, "
+            "or --taming for DALLE-pytorch's default (ImageNet f16 / 1024 codes, vqgan.1024.config.yml)"
+        )
+    config_path = Path(args.vqgan_config_path) if args.vqgan_config_path else fetch(VQGAN_CONFIG)
+    if not config_path.is_file():
+        raise UserError(f"--vqgan_config_path {config_path} does not exist: pass the VQGAN's taming config")
+    spec = read_taming_config(config_path)
+    dd = spec["ddconfig"]
+    # DALLE-pytorch's VQGanVAE takes 256 px images, log2(resolution / attn_resolutions[0]) halvings
+    halvings = math.log2(dd["resolution"] / dd["attn_resolutions"][0]) if dd["attn_resolutions"] else -1
+    if dd["resolution"] != 256 or halvings != len(dd["ch_mult"]) - 1:
+        raise UserError(
+            f"--vqgan_config_path {config_path}: DALLE-pytorch reads a VQGAN as 256 px images halved "
+            f"log2(resolution / attn_resolutions[0]) times, which this one (resolution {dd['resolution']}, "
+            f"attn_resolutions {dd['attn_resolutions']}, {len(dd['ch_mult']) - 1} halvings) is not: it is "
+            "not the config of a VQGAN DALLE-pytorch could train on"
+        )
+    weights_file = Path(src.where)
+    files = {"vqgan_model_path": weights_file, "vqgan_config_path": config_path}
+    vae = VQGanVAE.from_config(
+        {
+            "class": "VQGanVAE",
+            **{k: str(v.resolve()) for k, v in files.items()},
+            "sha256": {k: sha256(v) for k, v in files.items()},
+            "model": spec,
+        }
+    )
+    report.section(f"VQGAN ({src.where}: vae_class_name {src.data.get('vae_class_name')!r}):")
+    report.item(
+        f"{spec['target'].rsplit('.', 1)[-1]} of {config_path}: {spec['n_embed']} codes, {vae.fmap_size} "
+        f"x {vae.fmap_size} per 256 px image; weights from the checkpoint's vae.model.* (taming's names, as "
+        "ours)"
+    )
+
+    def take(weights: Weights) -> dict[str, Tensor]:
+        target = vae.model.state_dict()
+        out = {}
+        for key in target:
+            put(out, {f"vae.model.{k}": v for k, v in target.items()}, f"vae.model.{key}",
+                weights.take(f"vae.model.{key}"), f"vae.model.{key}")  # fmt: skip
+        losses = [k for k in weights.state if k.startswith("vae.model.loss.")]
+        if losses:  # taming's VQModel built with its lossconfig holds LPIPS and the discriminator
+            weights.taken.update(losses)
+            src.notes.append(f"{len(losses)} vae.model.loss.* tensors (the VQGAN's training loss) dropped")
+        return out
+
+    return vae, take
+
+
 def convert_dalle(src: Source, args: argparse.Namespace, output: Path, report: Report) -> Path:
     class_name = src.data.get("vae_class_name")
-    if src.vae_params is None or (class_name is not None and class_name != "DiscreteVAE"):
+    vqgan = class_name == "VQGanVAE" or (
+        src.vae_params is None and class_name is None and any(k.startswith("vae.model.") for k in src.weights)
+    )
+    if not vqgan and (src.vae_params is None or (class_name is not None and class_name != "DiscreteVAE")):
         raise refuse(
             src.where,
             "vae_params",
             src.vae_params,
-            f"the DALL-E was trained on a pretrained VAE ({class_name or 'OpenAIDiscreteVAE or VQGanVAE'}), "
-            "and dalle_dist's checkpoints embed a DiscreteVAE only; models trained with train_dalle.py "
-            "--vae_path (a DiscreteVAE from train_vae.py) convert",
+            f"the DALL-E was trained on OpenAI's dVAE ({class_name or 'OpenAIDiscreteVAE'}), which this "
+            "converter does not read yet; models trained on a DiscreteVAE (train_dalle.py --vae_path) or a "
+            "VQGAN (--taming) convert",
         )
     report.section(f"DALLE options ({src.where} hparams) -> dalle_dist DALLE (same name and meaning):")
     kwargs = dalle_kwargs(src.hparams, f"{src.where} hparams", report)
-    report.section(f"DiscreteVAE options ({src.where} vae_params) -> dalle_dist DiscreteVAE (same names):")
-    vkwargs = vae_kwargs(src.vae_params, f"{src.where} vae_params", report)
-    vae = build_vae(vkwargs, f"{src.where} vae_params")
+    vae, take_vae = _vqgan_vae(src, args, report) if vqgan else _discrete_vae(src, report)
     tokenizer, shift = _tokenizer(args, int(kwargs["num_text_tokens"]))
     mapping = DalleMapping(kwargs, vae.image_size // 2**vae.num_layers, shift)
     try:
         dalle = DALLE(vae=vae, **{**kwargs, "num_text_tokens": tokenizer.vocab_size})
     except (TypeError, ValueError) as e:
         raise UserError(f"{src.where} hparams: these options do not make a DALLE: {e}") from None
-    notes = list(src.notes)
+    notes = src.notes
     weights = Weights(src.weights, src.where, notes, SOURCE, "hparams")
-    mapped = mapping.weights(weights, dalle, vkwargs, src.where)
+    mapped = mapping.weights(weights, dalle, take_vae(weights), src.where)
     weights.check_all_taken()
     dalle.load_state_dict(mapped)
     report.section("tokenizer:")

@@ -436,10 +436,11 @@ def dalle_options(config: dict[str, Any], report: Report) -> dict[str, Any]:
 def convert(args: argparse.Namespace, report: Report) -> Path:
     """Convert minDALL-E's folder ``args.path`` into the DALL-E checkpoint ``args.output``."""
     folder, output = Path(args.path), args.output
-    if args.tag is not None or args.bpe_path or args.hug or args.chinese or args.chinese_vocab:
+    foreign = (args.tag, args.bpe_path, args.hug, args.chinese, args.chinese_vocab, args.vqgan_config_path)
+    if any(foreign) or args.taming:
         raise UserError(
-            f"{folder} is a minDALL-E folder, which holds its own tokenizer (and no DeepSpeed tags): drop "
-            "--tag, --bpe_path, --hug and --chinese"
+            f"{folder} is a minDALL-E folder, which holds its own tokenizer and VQGAN (and no DeepSpeed "
+            "tags): drop --tag, --bpe_path, --hug, --chinese, --vqgan_config_path and --taming"
         )
     _check_files(folder)
     report.section(f"{SOURCE} folder {folder}")
