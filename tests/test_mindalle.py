@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import ROOT, run_cmd
+from conftest import ROOT, launch_2_ranks, run_cmd
 from safetensors.torch import load_file
 from tokenizers import CharBPETokenizer
 
@@ -392,3 +392,62 @@ def test_from_pretrained_and_mindalles_sampling_call(converted):
     model.tokenizer = None
     with pytest.raises(ValueError, match="needs the model's tokenizer"):
         model.sampling(prompt="a red circle")
+
+
+# ----------------------------------------------------------------------------------------- on the engines
+@pytest.fixture(scope="module")
+def one_converted(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mindalle-engines")
+    make_folder(root / "1.3B")
+    convert(root / "1.3B", root / "converted")
+    return root / "converted"
+
+
+def _fine_tune(ckpt: Path, out: Path, batch: int, *extra) -> list:
+    return ["--dalle_path", ckpt, "--output", out, "--dataset_size", "32", "--batch_size", str(batch),
+            "--truncate_captions", "--max_steps", "3", "--sample_every", "100", "--learning_rate", "1e-3",
+            "--log_every", "1", *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fine_tuning_under_torchrun_equals_one_process(tmp_path, one_converted):
+    """The converted model fine-tuned by 2 ranks x batch 2 under torchrun (DDP) equals 1 x 4."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    run_cmd([sys.executable, ROOT / "train_dalle.py", *_fine_tune(one_converted, single, 4)])
+    proc = run_cmd(launch_2_ranks("torchrun", "train_dalle.py", *_fine_tune(one_converted, ddp, 2)))
+    assert "weights identical on all 2 ranks: yes" in proc.stdout
+    a, b = load_file(single / "final" / "model.safetensors"), load_file(ddp / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        if key.endswith("to_qkv.bias"):
+            # the key bias adds q . b_k to every score of a row: softmax ignores it, its gradient is 0 up to
+            # rounding, and Adam scales that noise (which differs with the reduction order) to steps of up
+            # to the learning rate; the query and value biases compare as everything else does
+            q, k, v = a[key].chunk(3)
+            bq, bk, bv = b[key].chunk(3)
+            torch.testing.assert_close(torch.cat([q, v]), torch.cat([bq, bv]), rtol=1e-5, atol=1e-5)
+            assert float((k - bk).abs().max()) <= 2 * 3 * 1e-3  # two runs, three steps of at most lr
+            continue
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_fine_tuning_under_deepspeed_zero3_bf16_then_generate(tmp_path, one_converted):
+    """minDALL-E's users' wish: the converted model fine-tuned by the deepspeed launcher, ZeRO stage 3 in
+    bf16 (2 ranks), then generate.py reads the run (no export step)."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install-dev installs it)")
+    out = tmp_path / "zero3"
+    flags = _fine_tune(one_converted, out, 2, "--zero_stage", "3", "--bf16")
+    proc = run_cmd(launch_2_ranks("deepspeed", "train_dalle.py", *flags))
+    assert "weights identical on all 2 ranks: yes" in proc.stdout
+    meta = json.loads((out / "final" / "meta.json").read_text())
+    assert meta["engine"]["zero_stage"] == 3 and meta["engine"]["precision"] == "bf16"
+    start, tuned = (
+        load_file(one_converted / "model.safetensors"),
+        load_file(out / "final" / "model.safetensors"),
+    )
+    assert not torch.equal(start["image_head.weight"], tuned["image_head.weight"])
+    gen = tmp_path / "gen"
+    run_cmd([sys.executable, ROOT / "generate.py", "--dalle_path", out, "--text", "a red circle",
+             "--top_k", "4", "--num_images", "2", "--outputs_dir", gen])  # fmt: skip
+    assert (gen / "a_red_circle" / "grid.png").is_file()
