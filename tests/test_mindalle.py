@@ -451,3 +451,30 @@ def test_fine_tuning_under_deepspeed_zero3_bf16_then_generate(tmp_path, one_conv
     run_cmd([sys.executable, ROOT / "generate.py", "--dalle_path", out, "--text", "a red circle",
              "--top_k", "4", "--num_images", "2", "--outputs_dir", gen])  # fmt: skip
     assert (gen / "a_red_circle" / "grid.png").is_file()
+
+
+def test_seeded_sampling_draws_the_same_codes_as_the_reference(converted):
+    """With a fixed seed, top-k 4 and temperature 0.8, the converted model draws the codes a sampler over
+    minDALL-E's forward draws with the same seed and the same recipe (the k largest logits kept, divided by
+    the temperature, one Gumbel-max draw from torch.rand over the image vocabulary a step)."""
+    dalle, tokenizer, _ = load_dalle(converted["ckpt"])
+    dalle.eval()
+    bpe, w, vqgan = converted["bpe"], converted["stage2"], converted["vqgan"]
+    text = tokenizer.tokenize(CAPTIONS[:2], TEXT_LEN, truncate_text=True)
+    theirs = torch.tensor([their_ids(bpe, c) for c in CAPTIONS[:2]])
+    torch.manual_seed(5)
+    with torch.no_grad():
+        images = dalle.generate_images(text, filter_thres=4, temperature=0.8)
+    torch.manual_seed(5)
+    codes = torch.zeros(2, 0, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(IMAGE_LEN):
+            logits = reference_forward(w, theirs, codes)[1][:, -1]
+            kth = logits.topk(4, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf")) / 0.8
+            u = torch.rand(logits.shape, dtype=torch.float32)
+            gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+            codes = torch.cat([codes, (logits + gumbel).argmax(-1, keepdim=True)], dim=1)
+        pixels = torch.clamp(vqgan.decode_indices(codes.view(2, 8, 8)) * 0.5 + 0.5, 0, 1)
+    assert len(codes.unique()) > 4  # drawn, not greedy
+    torch.testing.assert_close(images, pixels, rtol=0, atol=1e-6)
