@@ -7,8 +7,10 @@
 3. Training MFU: DALLE dim 1024, depth 12, 16 heads x 64, text 256 + 32 x 32 image tokens (1280 positions),
    bf16 autocast, batch 8, Adam; FLOPs per sample from ``dalle_flops_per_sample`` over the bf16 matmul peak
    measured by ``matmul_peak`` (target >= 40 % on an H100).
+4. minDALL-E 1.3B as converted (issue [4/6], random weights): a fine-tuning step (bf16 autocast, AdamW) in
+   samples/s, MFU and peak memory, and bf16 cached decoding of minDALL-E's 96 candidates in image tokens/s.
 
-    .venv/bin/python bench/gpu_checks.py [--only flex timing mfu] [--batch 8]
+    .venv/bin/python bench/gpu_checks.py [--only flex timing mfu mindalle] [--batch 8]
 
 Prints the device name with every figure; record them in bench/RESULTS.md with the command and date.
 """
@@ -22,7 +24,12 @@ import torch
 
 from dalle_dist.attention import AttentionPlan, SequenceLayout, flex_plan, make_pattern, reference_attention
 from dalle_dist.attention.kernels import attention
+from dalle_dist.convert.common import Report
+from dalle_dist.convert.mindalle import DEFAULTS, dalle_options
 from dalle_dist.models import DALLE, DiscreteVAE
+from dalle_dist.models.pretrained import VQGanVAE
+from dalle_dist.models.sampling import sample_sequence
+from dalle_dist.models.vqgan import check_ddconfig
 from dalle_dist.training.throughput import dalle_flops_per_sample, matmul_peak
 
 PATTERNS = [("axial_row", {}), ("axial_col", {}), ("conv_like", {}), ("sparse", {})]
@@ -117,10 +124,70 @@ def training_mfu(device: torch.device, batch: int) -> None:
     print(f"  executors per layer type {dict(zip(layers, executors, strict=True))}")
 
 
+def mindalle(config: dict = DEFAULTS) -> DALLE:
+    """minDALL-E's model as ``python -m dalle_dist.convert 1.3B`` builds it, with random weights."""
+    h1 = config["stage1"]["hparams"]
+    dd = check_ddconfig({**{k: v for k, v in h1.items() if k != "pdrop"}, "dropout": h1["pdrop"]})
+    spec = {"target": "taming.models.vqgan.VQModel", "embed_dim": config["stage1"]["embed_dim"],
+            "n_embed": config["stage1"]["n_embed"], "ddconfig": dd}  # fmt: skip
+    files = {"vqgan_model_path": "-", "vqgan_config_path": "-"}
+    vae = VQGanVAE.from_config({"class": "VQGanVAE", **files, "sha256": files, "model": spec})
+    return DALLE(vae=vae, **dalle_options(config, Report()))
+
+
+def mindalle_check(device: torch.device, batch: int, candidates: int = 96, config: dict = DEFAULTS) -> None:
+    torch.manual_seed(0)
+    dalle = mindalle(config).to(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    params = [p for p in dalle.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    text = torch.randint(1, dalle.num_text_tokens, (batch, dalle.text_seq_len), device=device)
+    image = torch.randint(0, dalle.num_image_tokens, (batch, dalle.image_seq_len), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = dalle(text, image, return_loss=True)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        ms = cuda_ms(step, repeats=5)
+        peak_mem = torch.cuda.max_memory_allocated(device) / 1024**3
+        flops = dalle_flops_per_sample(dalle) * batch
+        mfu = flops / (ms / 1e3) / matmul_peak(device, torch.bfloat16, seconds=1.0)
+        print(f"minDALL-E {sum(p.numel() for p in params):,} parameters, fine-tuning step, batch {batch}, "
+              f"bf16 autocast, AdamW, {name}: {ms:.0f} ms, {batch / ms * 1e3:.2f} samples/s, MFU {mfu:.1%}, "
+              f"peak memory {peak_mem:.1f} GiB")  # fmt: skip
+    else:  # a smoke run of the code path
+        step()
+    optimizer.state.clear()  # Adam's moments are not needed to decode
+    dalle.to(torch.bfloat16).vae.float()
+    dalle.eval()
+    prompt = torch.randint(1, dalle.num_text_tokens, (candidates, dalle.text_seq_len), device=device)
+    ids = dalle.text_ids(prompt)
+
+    def decode(n: int) -> None:
+        with torch.no_grad():
+            sample_sequence(dalle, ids, ids.shape[1] + n, filter_thres=256, temperature=1.0)
+
+    if device.type == "cuda":
+        rate = candidates * 64 / ((cuda_ms(lambda: decode(72), 3) - cuda_ms(lambda: decode(8), 3)) / 1e3)
+        seconds = dalle.image_seq_len * candidates / rate
+        print(f"  bf16 cached decoding, {candidates} candidates, top-k 256, {name}: {rate:.0f} image "
+              f"tokens/s ({seconds:.1f} s for {candidates} images' tokens)")  # fmt: skip
+    else:
+        decode(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", nargs="+", choices=("flex", "timing", "mfu"), default=("flex", "timing", "mfu")
+        "--only",
+        nargs="+",
+        choices=("flex", "timing", "mfu", "mindalle"),
+        default=("flex", "timing", "mfu", "mindalle"),
     )
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
@@ -134,6 +201,8 @@ def main() -> None:
         time_patterns(device)
     if "mfu" in args.only:
         training_mfu(device, args.batch)
+    if "mindalle" in args.only:
+        mindalle_check(device, args.batch)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,11 @@ import argparse
 
 import torch
 
+from dalle_dist.convert.common import Report
+from dalle_dist.convert.mindalle import DEFAULTS, dalle_options
 from dalle_dist.models import DALLE, DiscreteVAE
+from dalle_dist.models.pretrained import VQGanVAE
+from dalle_dist.models.vqgan import check_ddconfig
 
 SIZES = [(512, 12), (512, 32), (1024, 12), (1024, 32), (1024, 64)]
 GiB = 1024**3
@@ -36,6 +40,19 @@ def trainable_parameters(dim: int, depth: int) -> int:
             dim_head=64,
             attn_types=("full", "axial_row", "axial_col", "conv_like"),
         )
+    return sum(p.numel() for p in dalle.parameters() if p.requires_grad)
+
+
+def mindalle_parameters() -> int:
+    """Trainable parameters of minDALL-E 1.3B as the converter builds it (its published config, our DALLE
+    with the plain GPT layout on its VQGAN): the model ``python -m dalle_dist.convert 1.3B`` writes."""
+    h1 = DEFAULTS["stage1"]["hparams"]
+    dd = check_ddconfig({**{k: v for k, v in h1.items() if k != "pdrop"}, "dropout": h1["pdrop"]})
+    spec = {"target": "taming.models.vqgan.VQModel", "embed_dim": 256, "n_embed": 16384, "ddconfig": dd}
+    files = {"vqgan_model_path": "-", "vqgan_config_path": "-"}
+    with torch.device("meta"):
+        vae = VQGanVAE.from_config({"class": "VQGanVAE", **files, "sha256": files, "model": spec})
+        dalle = DALLE(vae=vae, **dalle_options(DEFAULTS, Report()))
     return sum(p.numel() for p in dalle.parameters() if p.requires_grad)
 
 
@@ -65,8 +82,10 @@ def main() -> None:
     args = parser.parse_args()
     n = args.gpus
     rows = [(dim, depth, trainable_parameters(dim, depth)) for dim, depth in SIZES]
+    rows.append((1536, 42, mindalle_parameters()))  # minDALL-E 1.3B, converted (64 text, 256 image tokens)
 
-    print(f"DALL-E at 256 px (1024 image tokens, 8192 codes), text 256 tokens; N = {n} ranks\n")
+    print(f"DALL-E at 256 px (1024 image tokens, 8192 codes), text 256 tokens; N = {n} ranks")
+    print("last row: minDALL-E 1.3B as converted (16 x 16 codes of 16384, 64 text tokens of 16384)\n")
     print("Communicated per rank per optimizer step, GiB (bf16 gradients; fp32 doubles it)")
     names = list(communication(1, 2))
     print(
