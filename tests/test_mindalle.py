@@ -411,7 +411,12 @@ def _fine_tune(ckpt: Path, out: Path, batch: int, *extra) -> list:
 
 @pytest.mark.slow
 def test_fine_tuning_under_torchrun_equals_one_process(tmp_path, one_converted):
-    """The converted model fine-tuned by 2 ranks x batch 2 under torchrun (DDP) equals 1 x 4."""
+    """The converted model fine-tuned by 2 ranks x batch 2 under torchrun (DDP) equals 1 x 4: within 1e-4,
+    where 1e-5 suffices for models without a key bias. The key bias's gradient is rounding noise (below),
+    which differs from run to run with the reduction order; Adam turns it into key-bias steps of ~1e-4, and
+    those shift every score of a row alike, which softmax ignores up to rounding: seen as one weight in a
+    thousand off by 2e-5 in some runs. A real difference (a wrong average, a lost batch) moves whole
+    tensors by the learning rate, 1e-3."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     run_cmd([sys.executable, ROOT / "train_dalle.py", *_fine_tune(one_converted, single, 4)])
     proc = run_cmd(launch_2_ranks("torchrun", "train_dalle.py", *_fine_tune(one_converted, ddp, 2)))
@@ -425,10 +430,10 @@ def test_fine_tuning_under_torchrun_equals_one_process(tmp_path, one_converted):
             # to the learning rate; the query and value biases compare as everything else does
             q, k, v = a[key].chunk(3)
             bq, bk, bv = b[key].chunk(3)
-            torch.testing.assert_close(torch.cat([q, v]), torch.cat([bq, bv]), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(torch.cat([q, v]), torch.cat([bq, bv]), rtol=1e-5, atol=1e-4)
             assert float((k - bk).abs().max()) <= 2 * 3 * 1e-3  # two runs, three steps of at most lr
             continue
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-4, msg=key)
 
 
 @pytest.mark.slow

@@ -166,6 +166,9 @@ def prepare_run(
         for k, v in {**vars(args), **resolved}.items()
         if k != "config"
     }
+    # every rank has read --output's state (a fine-tuning run refuses one that holds a run) before the root
+    # writes into it: without this a slower rank could find the run the root has just begun
+    backend.barrier()
     if backend.is_root:
         hold_run(run)  # held for the job, before anything in the run is written
         run.prepare(resume=args.resume)
