@@ -3,11 +3,13 @@ of the built-in shapes, and the shapes judge scores the results: the ceiling of 
 diffusing in those latents (a decoder can only draw what the autoencoder can decode).
 
     .venv/bin/python bench/autoencoder_round_trip.py RUN [RUN ...] [--images 256] [--holdout "red triangle"]
+        [--by_background]   # also right / pictures for each colour on each background
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--holdout", default="red triangle")
     parser.add_argument("--seed", type=int, default=1, help="the pictures' seed (training used 0)")
+    parser.add_argument("--by_background", action="store_true", help="per colour and background too")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     for run in args.runs:
@@ -35,11 +38,21 @@ def main() -> None:
         captions = [f"a {data.attributes(i).color} {data.attributes(i).shape}" for i in range(args.images)]
         latents = autoencoder.encode(images)
         decoded = autoencoder.decode(latents)
-        right = sum(matches(judge_shape(d), c) for d, c in zip(decoded, captions, strict=True)) / args.images
+        verdicts = [matches(judge_shape(d), c) for d, c in zip(decoded, captions, strict=True)]
+        right = sum(verdicts) / args.images
         mse = ((decoded - images) ** 2).mean().item()
         shape = " x ".join(map(str, latents.shape[1:]))
         print(f"{run}: latents {shape}, round trip judged right {right:.1%}, MSE {mse:.5f}", end="")
         print(f" ({args.images} pictures)")
+        if args.by_background:
+            counts: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0])
+            for i, ok in enumerate(verdicts):
+                a = data.attributes(i)
+                counts[a.color, a.background][0] += ok
+                counts[a.color, a.background][1] += 1
+            for background in sorted({b for _, b in counts}):
+                cells = [f"{c} {r}/{n}" for (c, b), (r, n) in sorted(counts.items()) if b == background]
+                print(f"  on {background}: " + ", ".join(cells))
 
 
 if __name__ == "__main__":

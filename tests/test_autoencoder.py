@@ -89,3 +89,31 @@ def test_bad_arguments_are_refused():
         tiny().encode(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="returns the loss"):
         tiny()(pictures(), return_loss=False)
+
+
+def test_contrast_weighting_counts_each_picture_by_its_own_contrast():
+    """recon_weighting="contrast": a picture's squared error over its own pixel variance. The same error
+    weighs ~20x more on a low-contrast picture than on a high-contrast one; weights are per picture, so the
+    loss of a batch is the mean of its halves' (what makes 2 ranks x b equal 1 x 2b)."""
+    from dalle_dist.models.autoencoder import CONTRAST_FLOOR, CONTRAST_REFERENCE, contrast_weighted_mse
+
+    high = pictures()[:1] * 2 - 1  # in [-1, 1]: a square of the opposite colour
+    low = high * 0.2  # the same picture at a fifth of the contrast
+    noise = torch.randn(1, 3, 16, 16) * 0.05
+    for target in (high, low):
+        var = target.flatten(1).var(1)
+        expected = ((CONTRAST_REFERENCE + CONTRAST_FLOOR) / (var + CONTRAST_FLOOR) * noise.pow(2).mean())[0]
+        torch.testing.assert_close(contrast_weighted_mse(target + noise, target), expected)
+    ratio = contrast_weighted_mse(low + noise, low) / contrast_weighted_mse(high + noise, high)
+    assert 20 < ratio < 26  # variance 25x smaller, softened by the floor
+    both = torch.cat([high, low])
+    halves = (contrast_weighted_mse(high + noise, high) + contrast_weighted_mse(low + noise, low)) / 2
+    torch.testing.assert_close(contrast_weighted_mse(both + noise, both), halves)
+    ae, plain = tiny(recon_weighting="contrast"), tiny()
+    assert ae.config()["recon_weighting"] == "contrast"
+    torch.manual_seed(0)
+    weighted = ae(pictures())
+    torch.manual_seed(0)
+    assert weighted.item() != plain(pictures()).item()  # same weights and draws, another loss
+    with pytest.raises(ValueError, match="recon_weighting must be one of none, contrast"):
+        Autoencoder(recon_weighting="edges")

@@ -86,6 +86,13 @@ def build_parser() -> Parser:
         default=True,
         help="self-attention at the latent resolution",
     )
+    m.add_argument(
+        "--recon_weighting",
+        choices=("none", "contrast"),  # models.autoencoder.RECON_WEIGHTINGS (that module loads diffusers)
+        default="none",
+        help="contrast: each picture's squared error over its pixel variance, so low-contrast shapes are "
+        "learned as sharply as high-contrast ones",
+    )
     return parser
 
 
@@ -194,4 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     backend.shutdown()
 
 
-MODEL_FLAGS = ("widths", "latent_channels", "layers_per_block", "norm_groups", "kl_weight", "mid_attention")
+MODEL_FLAGS = (
+    "widths",
+    "latent_channels",
+    "layers_per_block",
+    "norm_groups",
+    "kl_weight",
+    "mid_attention",
+    "recon_weighting",
+)
