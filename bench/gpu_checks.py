@@ -24,12 +24,9 @@ import torch
 
 from dalle_dist.attention import AttentionPlan, SequenceLayout, flex_plan, make_pattern, reference_attention
 from dalle_dist.attention.kernels import attention
-from dalle_dist.convert.common import Report
-from dalle_dist.convert.mindalle import DEFAULTS, dalle_options
+from dalle_dist.convert.mindalle import DEFAULTS, build_model
 from dalle_dist.models import DALLE, DiscreteVAE
-from dalle_dist.models.pretrained import VQGanVAE
 from dalle_dist.models.sampling import sample_sequence
-from dalle_dist.models.vqgan import check_ddconfig
 from dalle_dist.training.throughput import dalle_flops_per_sample, matmul_peak
 
 PATTERNS = [("axial_row", {}), ("axial_col", {}), ("conv_like", {}), ("sparse", {})]
@@ -124,20 +121,9 @@ def training_mfu(device: torch.device, batch: int) -> None:
     print(f"  executors per layer type {dict(zip(layers, executors, strict=True))}")
 
 
-def mindalle(config: dict = DEFAULTS) -> DALLE:
-    """minDALL-E's model as ``python -m dalle_dist.convert 1.3B`` builds it, with random weights."""
-    h1 = config["stage1"]["hparams"]
-    dd = check_ddconfig({**{k: v for k, v in h1.items() if k != "pdrop"}, "dropout": h1["pdrop"]})
-    spec = {"target": "taming.models.vqgan.VQModel", "embed_dim": config["stage1"]["embed_dim"],
-            "n_embed": config["stage1"]["n_embed"], "ddconfig": dd}  # fmt: skip
-    files = {"vqgan_model_path": "-", "vqgan_config_path": "-"}
-    vae = VQGanVAE.from_config({"class": "VQGanVAE", **files, "sha256": files, "model": spec})
-    return DALLE(vae=vae, **dalle_options(config, Report()))
-
-
 def mindalle_check(device: torch.device, batch: int, candidates: int = 96, config: dict = DEFAULTS) -> None:
     torch.manual_seed(0)
-    dalle = mindalle(config).to(device)
+    dalle = build_model(config).to(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     params = [p for p in dalle.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)

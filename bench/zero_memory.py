@@ -16,11 +16,8 @@ import argparse
 
 import torch
 
-from dalle_dist.convert.common import Report
-from dalle_dist.convert.mindalle import DEFAULTS, dalle_options
+from dalle_dist.convert.mindalle import build_model
 from dalle_dist.models import DALLE, DiscreteVAE
-from dalle_dist.models.pretrained import VQGanVAE
-from dalle_dist.models.vqgan import check_ddconfig
 
 SIZES = [(512, 12), (512, 32), (1024, 12), (1024, 32), (1024, 64)]
 GiB = 1024**3
@@ -46,13 +43,8 @@ def trainable_parameters(dim: int, depth: int) -> int:
 def mindalle_parameters() -> int:
     """Trainable parameters of minDALL-E 1.3B as the converter builds it (its published config, our DALLE
     with the plain GPT layout on its VQGAN): the model ``python -m dalle_dist.convert 1.3B`` writes."""
-    h1 = DEFAULTS["stage1"]["hparams"]
-    dd = check_ddconfig({**{k: v for k, v in h1.items() if k != "pdrop"}, "dropout": h1["pdrop"]})
-    spec = {"target": "taming.models.vqgan.VQModel", "embed_dim": 256, "n_embed": 16384, "ddconfig": dd}
-    files = {"vqgan_model_path": "-", "vqgan_config_path": "-"}
     with torch.device("meta"):
-        vae = VQGanVAE.from_config({"class": "VQGanVAE", **files, "sha256": files, "model": spec})
-        dalle = DALLE(vae=vae, **dalle_options(DEFAULTS, Report()))
+        dalle = build_model()
     return sum(p.numel() for p in dalle.parameters() if p.requires_grad)
 
 

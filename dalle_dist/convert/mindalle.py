@@ -374,22 +374,38 @@ def _check_files(folder: Path) -> None:
         )
 
 
-def _vae(folder: Path, config: dict[str, Any]) -> VQGanVAE:
+def _vae(config: dict[str, Any], folder: Path | None) -> VQGanVAE:
+    """The VQGAN of ``config``; its description records ``folder``'s files (none: placeholders)."""
     s1 = config["stage1"]
+    where = str(folder / CONFIG) if folder else "minDALL-E's config"
     spec = {
         "target": "taming.models.vqgan.VQModel",  # minDALL-E's stage 1 is that network
         "embed_dim": s1["embed_dim"],
         "n_embed": s1["n_embed"],
-        "ddconfig": _ddconfig(s1["hparams"], str(folder / CONFIG)),
+        "ddconfig": _ddconfig(s1["hparams"], where),
     }
-    files = {"vqgan_model_path": folder / STAGE1, "vqgan_config_path": folder / CONFIG}
-    description = {
-        "class": "VQGanVAE",
-        **{k: str(v.resolve()) for k, v in files.items()},
-        "sha256": {k: sha256(v) for k, v in files.items()},
-        "model": spec,
-    }
-    return VQGanVAE.from_config(description)
+    keys = ("vqgan_model_path", "vqgan_config_path")
+    if folder is None:
+        files, digests = dict.fromkeys(keys, "-"), dict.fromkeys(keys, "-")
+    else:
+        paths = dict(zip(keys, (folder / STAGE1, folder / CONFIG), strict=True))
+        files = {k: str(v.resolve()) for k, v in paths.items()}
+        digests = {k: sha256(v) for k, v in paths.items()}
+    return VQGanVAE.from_config({"class": "VQGanVAE", **files, "sha256": digests, "model": spec})
+
+
+def build_model(
+    config: dict[str, Any] = DEFAULTS, folder: Path | None = None, report: Report | None = None
+) -> DALLE:
+    """minDALL-E's model as the converter makes it from a merged config (``DEFAULTS``: the published
+    1.3B), untrained: its VQGAN and our DALLE in the plain GPT layout. Under ``torch.device("meta")`` it
+    has shapes alone (what the converter and the benchmarks need)."""
+    options = dalle_options(config, report or Report())
+    try:
+        return DALLE(vae=_vae(config, folder), **options)
+    except (TypeError, ValueError) as e:
+        where = folder / CONFIG if folder else "minDALL-E's config"
+        raise UserError(f"{where}: these options do not make a DALLE: {e}") from None
 
 
 def dalle_options(config: dict[str, Any], report: Report) -> dict[str, Any]:
@@ -449,13 +465,9 @@ def convert(args: argparse.Namespace, report: Report) -> Path:
     report.section("tokenizer:")
     tokenizer, pad = read_tokenizer(folder, config["stage2"]["vocab_size_txt"], report)
     report.section("options, continued:")
-    options = dalle_options(config, report)
-    vae = _vae(folder, config)
-    try:
-        with torch.device("meta"):  # shapes and config only: the weights come from the files
-            dalle = DALLE(vae=vae, **options)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{folder / CONFIG}: these options do not make a DALLE: {e}") from None
+    with torch.device("meta"):  # shapes and config only: the weights come from the files
+        dalle = build_model(config, folder, report)
+    vae = dalle.vae
     if (vae.image_seq_len, vae.num_tokens) != (
         config["stage2"]["hparams"]["ctx_len_img"],
         dalle.num_image_tokens,
