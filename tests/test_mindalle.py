@@ -387,6 +387,8 @@ def test_from_pretrained_and_mindalles_sampling_call(converted):
     b = model.sampling(prompt="a red circle", top_k=4, top_p=0.9, softmax_temperature=0.7, num_candidates=4,
                        batch_size=4)  # fmt: skip
     assert torch.equal(a, b) and a.shape == (4, 3, 16, 16) and float(a.min()) >= 0 and float(a.max()) <= 1
+    with pytest.raises(ValueError, match="must be at least 1, got 4 and 0"):
+        model.sampling(prompt="a red circle", num_candidates=4, batch_size=0)
     with pytest.raises(TypeError, match="one caption"):
         model.sampling(prompt=["a", "b"])
     model.tokenizer = None

@@ -718,11 +718,10 @@ def _vqgan_vae(
     )
 
     def take(weights: Weights) -> dict[str, Tensor]:
-        target = vae.model.state_dict()
-        out = {}
-        for key in target:
-            put(out, {f"vae.model.{k}": v for k, v in target.items()}, f"vae.model.{key}",
-                weights.take(f"vae.model.{key}"), f"vae.model.{key}")  # fmt: skip
+        target = {f"vae.model.{k}": v for k, v in vae.model.state_dict().items()}
+        out: dict[str, Tensor] = {}
+        for key in target:  # the same names on both sides
+            put(out, target, key, weights.take(key), key)
         losses = [k for k in weights.state if k.startswith("vae.model.loss.")]
         if losses:  # taming's VQModel built with its lossconfig holds LPIPS and the discriminator
             weights.taken.update(losses)

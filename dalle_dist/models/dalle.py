@@ -412,8 +412,10 @@ class DALLE(nn.Module):
             )
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be one caption (a str), got {type(prompt).__name__}")
-        if num_candidates < 1:
-            raise ValueError(f"num_candidates must be at least 1, got {num_candidates}")
+        if num_candidates < 1 or (batch_size is not None and batch_size < 1):
+            raise ValueError(
+                f"num_candidates and batch_size must be at least 1, got {num_candidates} and {batch_size}"
+            )
         device = next(self.parameters()).device
         text = self.tokenizer.tokenize([prompt], self.text_seq_len, truncate_text=True).to(device)
         step = batch_size or num_candidates
