@@ -120,8 +120,9 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--bf16",
         action="store_true",
-        help="sample with the transformer's weights and cache in bf16 (decoding reads every weight and "
-        "cached key per token: half the bytes); the VAE decodes in fp32",
+        help="sample in bf16: a DALL-E's transformer weights and cache in bf16 (decoding reads every weight "
+        "and cached key per token: half the bytes; the VAE decodes in fp32); a DALL-E 2's prior and "
+        "decoder under bf16 autocast (weights stay fp32)",
     )
     return parser
 
@@ -142,7 +143,6 @@ DALLE1_ONLY = (
     "temperature",
     "no_cache",
     "compile",
-    "bf16",
 )
 # DALL-E 2's sampling flags, refused with --dalle_path for the same reason
 DALLE2_ONLY = ("steps", "prior_steps", "sampler", "prior_cond_scale")
@@ -226,14 +226,15 @@ def _dalle2(args: Any, device: torch.device) -> Model:
         raise UserError(f"--prior_path / --decoder_path: {e}") from None
 
     def images(text: torch.Tensor, n: int) -> torch.Tensor:
-        out = dalle2(
-            text=text.expand(n, -1),
-            cf_guidance_scale=args.cond_scale,
-            prior_cond_scale=args.prior_cond_scale,
-            steps=args.steps,
-            prior_steps=args.prior_steps,
-            sampler=args.sampler,
-        )
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            out = dalle2(
+                text=text.expand(n, -1),
+                cf_guidance_scale=args.cond_scale,
+                prior_cond_scale=args.prior_cond_scale,
+                steps=args.steps,
+                prior_steps=args.prior_steps,
+                sampler=args.sampler,
+            )
         return out.float().clamp(0, 1).cpu()
 
     loaded = (

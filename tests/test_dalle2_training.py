@@ -218,14 +218,19 @@ def test_generate_with_a_prior_and_decoder_writes_the_dalle_layout_and_ranks(tmp
         ("same", []),
         ("explicit", ["--prior_cond_scale", "2"]),
         ("one", ["--prior_cond_scale", "1"]),
+        ("bf16", ["--bf16"]),
     ):
         run_cmd([*seeded, *extra, "--outputs_dir", tmp_path / name])
     pixels = {
-        name: np.asarray(Image.open(tmp_path / name / "a_red_circle" / "0.png"))
-        for name in ("same", "explicit", "one")
+        name: np.asarray(Image.open(tmp_path / name / "a_red_circle" / "0.png")).astype(np.int16)
+        for name in ("same", "explicit", "one", "bf16")
     }
     assert np.array_equal(pixels["same"], pixels["explicit"])
     assert not np.array_equal(pixels["same"], pixels["one"])
+    # --bf16: the same picture but for bf16 rounding (prior and decoder under bf16 autocast)
+    bf16_error = np.abs(pixels["bf16"] - pixels["same"]).mean()
+    print("bf16 mean abs pixel difference", bf16_error)
+    assert not np.array_equal(pixels["bf16"], pixels["same"]) and bf16_error < 8
     for extra, words in (
         (["--top_k", "0.5"], "--top_k: DALL-E 1 sampling flags"),
         (["--dalle_path", parts["prior"]], "keep one"),

@@ -206,3 +206,31 @@ def test_causal_sdpa_under_bf16_autocast(length):
         got = attention(*(x.bfloat16() for x in (q, k, v)), AttentionPlan(causal=True))
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("plan", ["full", "key_padding", "mask"])
+def test_short_masked_attention_under_bf16_runs_in_fp32_on_the_cpu(plan):
+    """Not only causal attention: every short SDPA call of bf16 inputs on the CPU (CLIP's full attention,
+    padded captions, a pattern's mask) computes in fp32 and rounds once, where the bf16 flash kernel's
+    backward is several times slower (bench/RESULTS.md)."""
+    n = 40
+    q, k, v = _qkv(n, d=16)
+    padding = torch.ones(2, n, dtype=torch.bool)
+    padding[0, 30:] = False
+    mask = torch.rand(n, n, generator=torch.Generator().manual_seed(1)) < 0.7
+    mask |= torch.eye(n, dtype=torch.bool)
+    plans = {
+        "full": (AttentionPlan(), None),
+        "key_padding": (AttentionPlan(key_padding=padding), padding[:, None, None, :]),
+        "mask": (AttentionPlan(mask=mask), mask),
+    }
+    layer_plan, sdpa_mask = plans[plan]
+    halves = [x.bfloat16() for x in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention(*halves, layer_plan)
+    assert got.dtype == torch.bfloat16
+    in_fp32 = torch.nn.functional.scaled_dot_product_attention(
+        *(x.float() for x in halves), attn_mask=sdpa_mask
+    )
+    assert torch.equal(got, in_fp32.bfloat16())
+    torch.testing.assert_close(got.float(), attention(q, k, v, layer_plan), atol=3e-2, rtol=3e-2)

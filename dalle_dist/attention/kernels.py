@@ -196,17 +196,20 @@ def attention(
     if plan.band is not None and full_pass and n == plan.band.length:
         return band_attention(q, k, v, plan.band, dropout_p)
     if plan.mask is None and plan.causal and full_pass:
-        if q.device.type == "cpu" and q.dtype in _HALF and n <= _CPU_HALF_UPCAST_MAX_LEN:
-            # torch 2.13's CPU flash kernel is slower in bf16 than in fp32 for short sequences
-            # (bench/RESULTS.md, "Executor choices on the CPU"): run short ones in fp32
-            with torch.autocast("cpu", enabled=False):
-                out = F.scaled_dot_product_attention(
-                    q.float(), k.float(), v.float(), is_causal=True, dropout_p=dropout_p
-                )
-            return out.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-    mask = plan.rows(q_offset, n, kv_len, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return _sdpa(q, k, v, None, True, dropout_p)
+    return _sdpa(q, k, v, plan.rows(q_offset, n, kv_len, q.device), False, dropout_p)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout_p: float) -> Tensor:
+    """SDPA under ``mask`` (or causal). torch 2.13's CPU flash kernel is slower in bf16 than in fp32 for
+    short sequences (bench/RESULTS.md, "Executor choices on the CPU"): short ones run in fp32."""
+    if q.device.type == "cpu" and q.dtype in _HALF and k.shape[-2] <= _CPU_HALF_UPCAST_MAX_LEN:
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal, dropout_p=dropout_p
+            )
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p)
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan, q_offset: int) -> Tensor:

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
+from ..attention.cpu_half import DiffusersAttention
+
 RECON_WEIGHTINGS = ("none", "contrast")
 # "contrast": a picture whose pixel variance (in [-1, 1]) is this weighs 1; the built-in shapes' mean is 0.10
 CONTRAST_REFERENCE = 0.1
@@ -111,6 +113,7 @@ class Autoencoder(nn.Module):
             sample_size=image_size,
             mid_block_add_attention=mid_attention,
         )
+        self.vae.set_attn_processor(DiffusersAttention())  # bf16 training on the CPU: see its docstring
         # identity until fitted: a new autoencoder's latents are what its encoder gives
         self.register_buffer("latent_mean", torch.zeros(1, latent_channels, 1, 1))
         self.register_buffer("latent_std", torch.ones(()))

@@ -32,6 +32,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
+from ..attention.cpu_half import DiffusersAttention
 from .autoencoder import Autoencoder
 from .clip import CLIP
 from .diffusion import Diffusion
@@ -151,6 +152,7 @@ class Decoder(nn.Module):
             class_embed_type="projection",  # the image embedding, added to the timestep embedding
             projection_class_embeddings_input_dim=self.embed_dim,
         )
+        self.unet.set_attn_processor(DiffusersAttention())  # bf16 training on the CPU: see its docstring
         self.token_emb = nn.Embedding(sizes["num_text_tokens"], cond_dim)
         self.text_pos_emb = nn.Parameter(torch.randn(self.text_seq_len, cond_dim) * 0.02)
         self.to_image_tokens = nn.Linear(self.embed_dim, cond_dim * num_image_tokens)

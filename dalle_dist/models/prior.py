@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 
+from ..attention.cpu_half import explicit_where_faster
 from .clip import CLIP
 from .diffusion import Diffusion
 
@@ -98,7 +99,8 @@ class DiffusionPrior(nn.Module):
         causal = nn.Transformer.generate_square_subsequent_mask(
             length + 4, device=seq.device, dtype=seq.dtype
         )
-        out = self.transformer(seq, mask=causal, is_causal=True)
+        with explicit_where_faster(seq):  # bf16 training on the CPU: see its docstring
+            out = self.transformer(seq, mask=causal, is_causal=True)
         return self.to_embed(self.norm(out[:, -1]))
 
     @torch.no_grad()
