@@ -3,7 +3,8 @@ has a slow backward: timed in DALL-E 2's decoder UNet, its bf16 backward took 27
 in fp32, so a bf16 training step was slower than an fp32 one (bench/RESULTS.md, "DALL-E 2's stages in
 bf16 on the CPU"). There the explicit path (matrix products and a softmax, which run in bf16 at the CPU's
 bf16 matrix speed) is used instead; evaluation and sampling, which have no backward, keep the fused
-kernel. DALL-E's own transformer has its rule in ``kernels.attention`` (short causal sequences in fp32).
+kernel. Our own transformer (DALL-E's, the CLIP's) has its rule in ``kernels._sdpa``: short sequences of
+half inputs on the CPU are computed in fp32.
 """
 
 from __future__ import annotations

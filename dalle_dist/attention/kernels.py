@@ -202,7 +202,8 @@ def attention(
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout_p: float) -> Tensor:
     """SDPA under ``mask`` (or causal). torch 2.13's CPU flash kernel is slower in bf16 than in fp32 for
-    short sequences (bench/RESULTS.md, "Executor choices on the CPU"): short ones run in fp32."""
+    short sequences, causal (bench/RESULTS.md, "Executor choices on the CPU") or not (the CLIP's step:
+    "DALL-E 2's stages in bf16 on the CPU"): short ones run in fp32."""
     if q.device.type == "cpu" and q.dtype in _HALF and k.shape[-2] <= _CPU_HALF_UPCAST_MAX_LEN:
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(
