@@ -54,7 +54,7 @@ def demo_parts() -> dict[str, torch.nn.Module]:
     """Each part to train; the decoder and the prior hold frozen copies of the CLIP and autoencoder."""
     clip = demo_clip()
     decoder = Decoder(clip, autoencoder=demo_autoencoder(), dim=64, dim_mults=(1, 2, 2),
-                      attention_resolutions=(8, 4), cond_dim=128, attention_head_dim=32,
+                      attention_resolutions=(8, 4), cond_dim=128, attention_head_dim=4,
                       num_image_tokens=4)  # fmt: skip
     prior = DiffusionPrior(clip, dim=256, depth=4, heads=4)
     return {"clip": demo_clip(), "prior": prior, "autoencoder": demo_autoencoder(), "decoder": decoder}

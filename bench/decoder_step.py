@@ -49,7 +49,9 @@ def main() -> None:
     images, text = torch.rand(args.batch, 3, 32, 32), torch.randint(1, 1000, (args.batch, 16))
     steps = {}
     for name, layout in LAYOUTS.items():
-        decoder = Decoder(clip, cond_dim=128, attention_head_dim=32, num_image_tokens=4, **layout)
+        # 32 heads at every resolution, the layout measured (diffusers counted heads by that name)
+        decoder = Decoder(clip, cond_dim=128, attention_head_dim=32, head_dim_counts_heads=True,
+                          num_image_tokens=4, **layout)  # fmt: skip
         optimizer = torch.optim.AdamW([p for p in decoder.parameters() if p.requires_grad], 1e-3)
 
         def step(decoder=decoder, optimizer=optimizer) -> None:

@@ -105,6 +105,7 @@ def main() -> None:
         attention_resolutions=(8, 4),
         cond_dim=128,
         attention_head_dim=32,
+        head_dim_counts_heads=True,  # 32 heads, the layout measured (diffusers counted heads by that name)
         num_image_tokens=4,
     )
     ema = copy.deepcopy(decoder).requires_grad_(False)

@@ -47,6 +47,18 @@ def cross_attention() -> tuple[Attention, torch.Tensor, torch.Tensor, torch.Tens
     return attn, x, context, ((1 - keep) * -10000.0)[:, None, :]
 
 
+def softmax_upcasts(attn: Attention) -> list[bool]:
+    """Records, call by call, whether ``attn``'s explicit path computes its softmax in fp32."""
+    seen, scores = [], attn.get_attention_scores
+
+    def recording(*args, **kwargs):
+        seen.append(attn.upcast_softmax)
+        return scores(*args, **kwargs)
+
+    attn.get_attention_scores = recording
+    return seen
+
+
 def run(attn, processor, x, context, mask) -> tuple[torch.Tensor, torch.Tensor]:
     attn.set_processor(processor)
     x.grad = None
@@ -57,8 +69,9 @@ def run(attn, processor, x, context, mask) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_the_diffusers_processor_computes_what_the_fused_kernel_does_and_dispatches():
     """Masked cross-attention: the dispatcher's output and input gradient in fp32 equal the fused
-    processor's; under bf16 autocast it runs diffusers' explicit processor (bit for bit), whose result is
-    the fused one's within bf16 rounding; without gradients it runs the fused one."""
+    processor's; under bf16 autocast it runs diffusers' explicit processor (bit for bit) with its softmax
+    over these 5 keys in fp32, whose result is the fused one's within bf16 rounding; without gradients it
+    runs the fused one."""
     attn, x, context, mask = cross_attention()
     fused = run(attn, AttnProcessor2_0(), x, context, mask)
     ours = run(attn, DiffusersAttention(), x, context, mask)
@@ -67,11 +80,17 @@ def test_the_diffusers_processor_computes_what_the_fused_kernel_does_and_dispatc
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(c, b, atol=1e-5, rtol=1e-5)
     with bf16():
+        upcasts = softmax_upcasts(attn)
         ours = run(attn, DiffusersAttention(), x, context, mask)
+        assert upcasts == [True] and attn.upcast_softmax is False  # set for the call only
+        attn.upcast_softmax = True
         explicit = run(attn, AttnProcessor(), x, context, mask)
+        attn.upcast_softmax = False
+        bf16_softmax = run(attn, AttnProcessor(), x, context, mask)
         fused_bf16 = run(attn, AttnProcessor2_0(), x, context, mask)
-    for a, b in zip(ours, explicit, strict=True):
+    for a, b, c in zip(ours, explicit, bf16_softmax, strict=True):
         assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, atol=0.01 * a.abs().max().item(), rtol=0)  # within bf16 rounding
     for a, b, ref in zip(ours, fused_bf16, fused, strict=True):
         scale = ref.abs().max()
         assert (a.float() - ref).abs().max() < 0.03 * scale
@@ -82,6 +101,21 @@ def test_the_diffusers_processor_computes_what_the_fused_kernel_does_and_dispatc
         attn.set_processor(AttnProcessor2_0())
         want = attn(x, encoder_hidden_states=context, attention_mask=mask)
     assert torch.equal(got, want)
+
+
+def test_attention_over_32_keys_or_more_keeps_its_softmax_in_bf16():
+    """Self-attention over 36 pixels (6 x 6): at 32 keys and more the bf16 softmax is vectorised, and the
+    dispatcher runs diffusers' explicit processor as it is."""
+    torch.manual_seed(0)
+    attn = Attention(32, heads=2, dim_head=16)
+    x = torch.randn(3, 36, 32, requires_grad=True)
+    with bf16():
+        upcasts = softmax_upcasts(attn)
+        ours = run(attn, DiffusersAttention(), x, None, None)
+        assert upcasts == [False]
+        explicit = run(attn, AttnProcessor(), x, None, None)
+    for a, b in zip(ours, explicit, strict=True):
+        assert torch.equal(a, b)
 
 
 def models() -> dict[str, torch.nn.Module]:

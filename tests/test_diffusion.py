@@ -237,6 +237,39 @@ def test_decoder_attends_at_the_resolutions_it_is_given():
         Decoder(clip, image_size=32, dim=16, dim_mults=(1, 2, 2, 2), attention_resolutions=(2,))
 
 
+def test_decoder_heads_are_attention_head_dim_wide_and_old_checkpoints_keep_their_count(tmp_path):
+    """``attention_head_dim`` is each head's width (diffusers' argument of that name counts heads: a
+    128-wide block had 32 heads of 4 channels); a checkpoint from before the fix rebuilds its old heads."""
+    from diffusers.models.attention_processor import Attention
+
+    clip = tiny_clip()
+
+    def heads(decoder: Decoder) -> set[tuple[int, int]]:  # (heads, query width) of every attention layer
+        return {(m.heads, m.to_q.out_features) for m in decoder.unet.modules() if isinstance(m, Attention)}
+
+    kwargs = dict(image_size=16, dim=16, dim_mults=(1, 2), cond_dim=32, timesteps=100)
+    assert heads(Decoder(clip, attention_head_dim=8, **kwargs)) == {(4, 32)}  # attends at 8 px: 32 wide
+    assert heads(Decoder(clip, attention_head_dim=16, attention_resolutions=(16, 8), **kwargs)) == {
+        (1, 16),
+        (2, 32),
+    }
+    with pytest.raises(ValueError, match="attention_head_dim 12 must divide the width 32 at resolution 8"):
+        Decoder(clip, attention_head_dim=12, **kwargs)
+    old_decoder = Decoder(clip, attention_head_dim=8, head_dim_counts_heads=True, **kwargs)
+    assert heads(old_decoder) == {(8, 32)}
+    old = {k: v for k, v in old_decoder.config().items() if k != "head_dim_counts_heads"}
+    folder = save_checkpoint(
+        tmp_path / "old", kind="decoder", meta={"model": old, "clip": clip.config()}, module=old_decoder,
+        tokenizer=TOKENIZER,
+    )  # fmt: skip
+    loaded, _, _ = load_decoder(folder, ema=False)
+    assert heads(loaded) == {(8, 32)} and loaded.config()["head_dim_counts_heads"] is True
+    text, images = tiny_set()
+    seeds = torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        assert loaded.eval()(images, text, seeds=seeds) == old_decoder.eval()(images, text, seeds=seeds)
+
+
 def test_decoder_conditions_by_adagn_on_groups_of_four_channels():
     """The embedding scales and shifts each residual block (its projection is twice the channels) and
     GroupNorm keeps >= 4 channels a group by default, so flat colours survive normalisation."""

@@ -41,11 +41,17 @@ def explicit_where_faster(x: Tensor) -> Iterator[None]:
         yield
 
 
+# torch 2.13's bf16 softmax on the CPU is vectorised 32 values at a time: rows of fewer keys (the decoder's
+# 20 context tokens, its 16 pixels at 4 x 4) take a scalar path 2-3x slower than an fp32 softmax, which
+# works 16 at a time (bench/RESULTS.md, "The decoder's attention heads")
+SHORT_ROWS = 32
+
+
 class DiffusersAttention:
     """A diffusers attention processor that runs diffusers' explicit one (``AttnProcessor``) when
-    ``slow_fused_backward`` and its fused SDPA one (``AttnProcessor2_0``) otherwise; both compute the same
-    function. Set with ``model.set_attn_processor(DiffusersAttention())``: it holds no weights, so
-    checkpoints do not change."""
+    ``slow_fused_backward`` (its softmax in fp32 over fewer than ``SHORT_ROWS`` keys) and its fused SDPA
+    one (``AttnProcessor2_0``) otherwise; all compute the same function. Set with
+    ``model.set_attn_processor(DiffusersAttention())``: it holds no weights, so checkpoints do not change."""
 
     def __init__(self) -> None:
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -62,5 +68,19 @@ class DiffusersAttention:
         *args: Any,
         **kwargs: Any,
     ) -> Tensor:
-        run = self.explicit if slow_fused_backward(hidden_states) else self.fused
-        return run(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        call = (attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args)
+        if not slow_fused_backward(hidden_states):
+            return self.fused(*call, **kwargs)
+        if _keys(hidden_states, encoder_hidden_states) >= SHORT_ROWS or attn.upcast_softmax:
+            return self.explicit(*call, **kwargs)
+        attn.upcast_softmax = True  # read by attn.get_attention_scores, inside the explicit processor
+        try:
+            return self.explicit(*call, **kwargs)
+        finally:
+            attn.upcast_softmax = False
+
+
+def _keys(hidden_states: Tensor, encoder_hidden_states: Tensor | None) -> int:
+    """How many keys each query attends to: the context tokens, or the pixels of a [B, C, H, W] input."""
+    keys = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    return keys.shape[1] if keys.ndim == 3 else keys.shape[2] * keys.shape[3]

@@ -46,13 +46,36 @@ def default_norm_groups(dim: int) -> int:
     return max(g for g in range(1, 33) if dim % g == 0 and dim // g >= min(4, dim))
 
 
+def _attention_heads(
+    widths: tuple[int, ...],
+    resolutions: list[int],
+    attention: list[int],
+    head_dim: int,
+    head_dim_counts_heads: bool,
+) -> tuple[int, ...]:
+    """Heads at each resolution: the width over ``head_dim`` (``head_dim_counts_heads``: ``head_dim``
+    heads everywhere, as checkpoints before 2026-12-07 were built: diffusers' ``attention_head_dim``
+    counts heads)."""
+    if head_dim_counts_heads:
+        return (head_dim,) * len(widths)
+    # the middle block attends at the lowest resolution whatever attention_resolutions says
+    attending = {r for r in attention} | {resolutions[-1]}
+    for width, r in zip(widths, resolutions, strict=True):
+        if r in attending and width % head_dim:
+            raise ValueError(
+                f"attention_head_dim {head_dim} must divide the width {width} at resolution {r}, where the "
+                f"UNet attends"
+            )
+    return tuple(max(1, width // head_dim) for width in widths)
+
+
 class Decoder(nn.Module):
     """Images ``[B, C, S, S]`` in [0, 1] from unit-norm CLIP image embeddings ``[B, D]`` (and captions);
     with an ``autoencoder`` the UNet works on its latents, and ``dim_mults`` / ``attention_resolutions``
     count in latent pixels."""
 
     # what arguments added since the first checkpoints meant when they were absent: how those were trained
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"min_snr_gamma": 0.0}
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"min_snr_gamma": 0.0, "head_dim_counts_heads": True}
 
     def __init__(
         self,
@@ -73,6 +96,7 @@ class Decoder(nn.Module):
         image_cond_drop_prob: float = 0.1,
         text_cond_drop_prob: float = 0.5,
         min_snr_gamma: float = 5.0,
+        head_dim_counts_heads: bool = False,
     ) -> None:
         super().__init__()
         if not min_snr_gamma >= 0:
@@ -102,6 +126,8 @@ class Decoder(nn.Module):
                 f"attention_resolutions {attention} must be among the UNet's resolutions "
                 f"{', '.join(map(str, resolutions))}"
             )
+        widths = tuple(dim * m for m in dim_mults)
+        heads = _attention_heads(widths, resolutions, attention, attention_head_dim, head_dim_counts_heads)
         norm_groups = norm_groups or default_norm_groups(dim)
         if dim % norm_groups:
             raise ValueError(f"norm_groups {norm_groups} must divide dim {dim}")
@@ -120,6 +146,7 @@ class Decoder(nn.Module):
             image_cond_drop_prob=image_cond_drop_prob,
             text_cond_drop_prob=text_cond_drop_prob,
             min_snr_gamma=min_snr_gamma,
+            head_dim_counts_heads=head_dim_counts_heads,
         )
         sizes = clip_sizes(clip)
         self.image_size, self.channels = image_size, channels
@@ -133,7 +160,6 @@ class Decoder(nn.Module):
         self.autoencoder = None if autoencoder is None else autoencoder.requires_grad_(False)
         self.diffusion = Diffusion(timesteps, prediction="v_prediction")
 
-        widths = tuple(dim * m for m in dim_mults)
         down = tuple("CrossAttnDownBlock2D" if r in attention else "DownBlock2D" for r in resolutions)
         up = tuple("CrossAttnUpBlock2D" if r in attention else "UpBlock2D" for r in reversed(resolutions))
         self.unet = UNet2DConditionModel(
@@ -146,7 +172,7 @@ class Decoder(nn.Module):
             up_block_types=up,
             mid_block_type="UNetMidBlock2DCrossAttn",
             cross_attention_dim=cond_dim,
-            attention_head_dim=attention_head_dim,
+            attention_head_dim=heads,  # diffusers' name for the heads at each resolution (its issue 2011)
             norm_num_groups=norm_groups,  # divides every width (all are multiples of dim)
             resnet_time_scale_shift="scale_shift",  # AdaGN: the conditioning scales and shifts each block
             class_embed_type="projection",  # the image embedding, added to the timestep embedding

@@ -33,7 +33,9 @@ def build_parser():
     m.add_argument("--dim_mults", type=int_list, default=[1, 2, 2], help="channel factors per resolution")
     m.add_argument("--layers_per_block", type=positive_int, default=1)
     m.add_argument("--cond_dim", type=positive_int, default=128, help="width of the context tokens")
-    m.add_argument("--attention_head_dim", type=positive_int, default=32)
+    m.add_argument(
+        "--attention_head_dim", type=positive_int, default=32, help="channels of each attention head"
+    )
     m.add_argument(
         "--attention_resolutions",
         type=resolution_list,
