@@ -59,7 +59,7 @@ def _attention_heads(
     if head_dim_counts_heads:
         return (head_dim,) * len(widths)
     # the middle block attends at the lowest resolution whatever attention_resolutions says
-    attending = {r for r in attention} | {resolutions[-1]}
+    attending = set(attention) | {resolutions[-1]}
     for width, r in zip(widths, resolutions, strict=True):
         if r in attending and width % head_dim:
             raise ValueError(
