@@ -18,26 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from dalle_dist.data.synthetic import parse_holdout
-from dalle_dist.evaluation.score_outputs import held_out
-from dalle_dist.evaluation.shapes_judge import judge_shape, judge_shapes, matches, matches_all, parse_pairs
+from dalle_dist.evaluation.score_outputs import held_out, score_folder
 
 FRACTIONS = (1, 2, 3, 4, 6)
-
-
-def judged(folder: Path) -> dict:
-    """The prompt's pair(s) and, best first, whether the judge found each image right."""
-    prompt = (folder / "caption.txt").read_text(encoding="utf-8").strip()
-    pairs, _ = parse_pairs(prompt)
-    files = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
-    images = [Image.open(p).convert("RGB") for p in files]
-    if len(pairs) == 1:
-        right = [matches(judge_shape(image), prompt) for image in images]
-    else:
-        right = [matches_all(judge_shapes(image), prompt) for image in images]
-    return {"pair": " and ".join(f"{c} {s}" for c, s in pairs), "right": right}
 
 
 def top_share_accuracy(rows: list[dict], k: int) -> float:
@@ -58,7 +42,7 @@ def main() -> int:
         print(f"error: {args.outputs_dir} holds no generate.py prompt folders", file=sys.stderr)
         return 2
     holdout = parse_holdout(args.holdout)
-    rows = [judged(f) for f in folders]
+    rows = [score_folder(f) for f in folders]
     n = len(rows[0]["right"])
     print(f"{args.outputs_dir}: {n} images a prompt, judged right among the CLIP's best 1/k")
     print(f"{'':<10}" + "".join(f"{'all' if k == 1 else f'1/{k}':>8}" for k in FRACTIONS))

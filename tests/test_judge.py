@@ -132,3 +132,18 @@ def test_matches_every_caption_form():
         parse_caption("a circle")
     with pytest.raises(ValueError):
         parse_caption("a red and blue circle")
+
+
+def test_score_folder_keeps_each_images_verdict_in_file_order(tmp_path):
+    """bench/ranking_depth.py reads the verdicts best-first from the file numbers: they must line up."""
+    from dalle_dist.evaluation.score_outputs import score_folder
+
+    (tmp_path / "caption.txt").write_text("a red circle\n")
+    shapes = ["circle", "square", "circle", "triangle", "circle", "circle", "circle", "circle", "circle",
+              "circle", "circle"]  # fmt: skip
+    for i, shape in enumerate(shapes):  # 0..10: "10.png" sorts after "9.png" by number, not by name
+        attributes = ShapeAttributes("large", "red", shape, "white", (6, 6, 26, 26))
+        render(attributes, 32).save(tmp_path / f"{i}.png")
+    row = score_folder(tmp_path)
+    assert row["right"] == [shape == "circle" for shape in shapes]
+    assert row["correct"] == sum(row["right"]) == 9

@@ -168,7 +168,7 @@ def test_score_outputs_scores_two_shape_prompts(tmp_path, capsys):
     for prompt in prompts:
         n = len(picked[prompt])
         assert rows[prompt]["images"] == n + 1 and rows[prompt]["correct"] == n
-        assert rows[prompt]["seen"][-1] == "nothing"
+        assert rows[prompt]["seen"][-1] == "nothing" and rows[prompt]["right"] == [True] * n + [False]
     assert scores["held_out_pairs"]["images"] == len(picked[prompts[1]]) + 1  # either pair held out counts
     assert "(held out)" in capsys.readouterr().out
 

@@ -23,7 +23,7 @@ from .shapes_judge import judge_shape, judge_shapes, matches, matches_all, parse
 
 
 def score_folder(folder: Path) -> dict:
-    """Judge every numbered image under one prompt folder."""
+    """Judge every numbered image under one prompt folder (``right``: each image's verdict, in file order)."""
     prompt = (folder / "caption.txt").read_text(encoding="utf-8").strip()
     pairs, _ = parse_pairs(prompt)
     files = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
@@ -31,18 +31,22 @@ def score_folder(folder: Path) -> dict:
     row = {"prompt": prompt, "pair": " and ".join(f"{c} {s}" for c, s in pairs), "images": len(images)}
     if len(pairs) == 1:
         results = [judge_shape(image) for image in images]
+        right = [matches(r, prompt) for r in results]
         return {
             **row,
-            "correct": sum(matches(r, prompt) for r in results),
+            "correct": sum(right),
             "color_correct": sum(r.color == pairs[0][0] for r in results),
             "seen": [f"{r.color} {r.shape}{'' if r.single else ' (not single)'}" for r in results],
+            "right": right,
         }
     scenes = [judge_shapes(image) for image in images]
+    right = [matches_all(found, prompt) for found in scenes]
     return {
         **row,
-        "correct": sum(matches_all(found, prompt) for found in scenes),
+        "correct": sum(right),
         "color_correct": sum(matches_all(found, prompt, colours_only=True) for found in scenes),
         "seen": [" and ".join(f"{r.color} {r.shape}" for r in found) or "nothing" for found in scenes],
+        "right": right,
     }
 
 
