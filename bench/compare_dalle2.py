@@ -21,6 +21,7 @@ from dalle_dist.evaluation.clip_score import clip_scores
 from dalle_dist.models import DALLE2
 
 BATCH = 16  # both demos generate 16 images a prompt, in one batch
+CANDIDATES = 3  # scripts/demo_dalle2.sh's --num_candidates 48 --keep 16
 
 
 def logged_rate(run: Path) -> float | None:
@@ -63,12 +64,15 @@ def main() -> None:
     text1 = tokenizer1.tokenize([args.prompt] * BATCH, dalle.text_seq_len, truncate_text=True)
 
     def dalle2_ranked() -> torch.Tensor:
-        """scripts/demo_dalle2.sh's generation: 2 candidates a kept image at 25 DDIM steps, CLIP-ranked."""
+        """scripts/demo_dalle2.sh's generation: 3 candidates a kept image at 25 DDIM steps under bf16
+        autocast (`generate.py --bf16`), CLIP-ranked."""
         prompts = [args.prompt] * BATCH
-        candidates = torch.cat(
-            [dalle2(text=prompts, cf_guidance_scale=3.0, steps=25, prior_steps=64) for _ in range(2)]
-        )
-        scores = clip_scores(prior.clip, tokenizer2, candidates, prompts * 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            candidates = torch.cat([
+                dalle2(text=prompts, cf_guidance_scale=3.0, steps=25, prior_steps=64).float()
+                for _ in range(CANDIDATES)
+            ])  # fmt: skip
+        scores = clip_scores(prior.clip, tokenizer2, candidates.clamp(0, 1), prompts * CANDIDATES)
         return candidates[scores.argsort(descending=True)[:BATCH]]
 
     # scripts/demo.sh's and scripts/demo_dalle2.sh's generation settings: images/s counts kept images
