@@ -8,6 +8,7 @@ script's PYTHON argument), so that the orchestration's failure paths run in a se
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ print(f"{stage} done:", *sys.argv[2:])
 """
 
 
-def _demo(tmp_path: Path, shapes: str = "one", **stages: str) -> subprocess.CompletedProcess:
+def _demo_command(tmp_path: Path, shapes: str = "one", **stages: str) -> tuple[list[str], dict[str, str]]:
     stand_in = tmp_path / "python"
     stand_in.write_text(f"#!{sys.executable}\n{STAND_IN}")
     stand_in.chmod(0o755)
@@ -48,20 +49,25 @@ def _demo(tmp_path: Path, shapes: str = "one", **stages: str) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env.update({"DEMO_MARKS": str(marks), "SHAPES": shapes})
     env.update({f"DEMO_{stage.upper()}": how for stage, how in stages.items()})
-    return subprocess.run(
-        ["bash", "scripts/demo_dalle2.sh", str(stand_in), str(tmp_path / "run")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return ["bash", "scripts/demo_dalle2.sh", str(stand_in), str(tmp_path / "run")], env
+
+
+def _demo(tmp_path: Path, shapes: str = "one", **stages: str) -> subprocess.CompletedProcess:
+    command, env = _demo_command(tmp_path, shapes, **stages)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
 def _gone(pid: int, within: float = 5.0) -> bool:
+    """Whether ``pid`` ended (a zombie not yet reaped by init counts: it runs nothing)."""
     deadline = time.monotonic() + within
+    stat = Path(f"/proc/{pid}/stat")
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (ProcessLookupError, FileNotFoundError):
             return True
-        # a killed child of the finished demo is reparented and reaped by init; until then it may linger
         time.sleep(0.05)
     return False
 
@@ -81,6 +87,24 @@ def test_a_failing_autoencoder_stops_the_prior_beside_it(tmp_path):
     prior = int((tmp_path / "marks" / "train_prior.started").read_text())
     assert _gone(prior), "the prior was left running after the demo failed"
     assert not (tmp_path / "marks" / "train_decoder.started").exists()
+
+
+def test_ctrl_c_during_the_autoencoder_stops_the_prior_too(tmp_path):
+    """A terminal's Ctrl-C reaches the whole foreground group; bash leaves its background prior deaf to it,
+    so only the script's trap can stop the prior."""
+    command, env = _demo_command(tmp_path, train_prior="hang", train_autoencoder="hang")
+    demo = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    marks = tmp_path / "marks"
+    deadline = time.monotonic() + 30
+    while not all((marks / f"{s}.started").exists() for s in ("train_prior", "train_autoencoder")):
+        assert time.monotonic() < deadline and demo.poll() is None, "the two stages never started"
+        time.sleep(0.05)
+    time.sleep(0.5)  # both stand-ins asleep, past their start-up
+    os.killpg(demo.pid, signal.SIGINT)
+    assert demo.wait(timeout=30) == 130
+    assert _gone(int((marks / "train_prior.started").read_text())), "Ctrl-C left the prior running"
+    assert not (marks / "train_decoder.started").exists()
 
 
 @pytest.mark.parametrize("shapes", ["one", "two"])
