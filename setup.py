@@ -46,6 +46,7 @@ setup(
         "webdataset>=0.2.90,<2",  # shards: gopen, tar member naming, ShardWriter (braceexpand comes with it)
         "scipy>=1.10",  # evaluate.py: the matrix square root of the Fréchet distance
         "diffusers>=0.30",  # DALL-E 2: the noise schedules and samplers, and the decoder's UNet
+        "vector-quantize-pytorch>=1.20,<2",  # train_vae.py --quantizer vq / fsq / lfq
     ],
     extras_require=EXTRAS,
     license="MIT",

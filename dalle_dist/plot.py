@@ -2,7 +2,8 @@
 
 Reads ``RUN_DIR/metrics.jsonl`` (what every train_vae.py / train_dalle.py run writes) and saves one PNG
 (default ``RUN_DIR/curves.png``) with a panel per family of figures: losses (with the text and image parts
-and the validation loss where present), throughput, learning rate, and the VAE's codebook usage.
+and the validation loss where present), throughput, learning rate, and the VAE's codebook usage,
+perplexity, codes restarted and held-out PSNR.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ PANELS = {
     "loss": ("loss", "text_loss", "image_loss", "val_loss"),
     "samples / s": ("samples_per_s",),
     "learning rate": ("lr",),
-    "codebook": ("codebook_used", "codebook_perplexity"),
+    # the tokenizer's figures, each on its own scale (a share, a count of codes, a count of restarts, dB)
+    "codebook used": ("codebook_used",),
+    "perplexity": ("codebook_perplexity",),
+    "codes restarted": ("codes_restarted",),
+    "held-out PSNR dB": ("val_psnr",),
     "MFU": ("mfu",),
 }
 
@@ -43,6 +48,12 @@ def read_metrics(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     return series
 
 
+def panels(series: dict[str, tuple[list[int], list[float]]]) -> list[tuple[str, list[str]]]:
+    """``(title, figures)`` of each panel the run's figures fill, in ``PANELS`` order."""
+    chosen = [(title, [k for k in keys if k in series]) for title, keys in PANELS.items()]
+    return [(title, keys) for title, keys in chosen if keys]
+
+
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     """Save the curves of ``run_dir`` to ``out`` (default ``run_dir/curves.png``) and return its path."""
     import matplotlib
@@ -51,12 +62,11 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     series = read_metrics(run_dir)
-    panels = [(title, [k for k in keys if k in series]) for title, keys in PANELS.items()]
-    panels = [(title, keys) for title, keys in panels if keys]
-    if not panels:
+    drawn = panels(series)
+    if not drawn:
         raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no training figures yet: plot after a few steps")
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
-    for ax, (title, keys) in zip(axes[:, 0], panels, strict=True):
+    fig, axes = plt.subplots(len(drawn), 1, figsize=(8, 2.6 * len(drawn)), sharex=True, squeeze=False)
+    for ax, (title, keys) in zip(axes[:, 0], drawn, strict=True):
         for key in keys:
             steps, values = series[key]
             ax.plot(steps, values, label=key, marker="." if len(steps) < 30 else None)

@@ -1,4 +1,5 @@
-"""DiscreteVAE: the Gumbel-softmax discrete VAE that turns images into token grids (Ramesh et al. 2021)."""
+"""DiscreteVAE: the discrete VAE that turns images into token grids (Ramesh et al. 2021), with DALL-E's
+Gumbel-softmax codebook or one of the quantizers of ``quantizers.py`` between its encoder and decoder."""
 
 from __future__ import annotations
 
@@ -9,8 +10,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .quantizers import (
+    FiniteScalarQuantizer,
+    GumbelQuantizer,
+    LookupFreeQuantizer,
+    VectorQuantizer,
+    resolve_codebook,
+)
+
 # (means, stds) per channel, DALLE-pytorch's default: RGB to [-1, 1], a fourth (alpha) channel untouched
 DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5, 0.0), (0.5, 0.5, 0.5, 1.0))
+
+# the constructor arguments only one quantizer reads; a config records those of its own
+QUANTIZER_OPTIONS = {
+    "gumbel": (),
+    "vq": ("vq_codebook_dim", "vq_decay", "kmeans_init", "dead_code_threshold", "commitment_weight"),
+    "fsq": ("fsq_levels",),
+    "lfq": ("lfq_bits", "entropy_loss_weight", "commitment_weight"),
+}
 
 
 class ResBlock(nn.Module):
@@ -31,12 +48,19 @@ class ResBlock(nn.Module):
 
 
 class DiscreteVAE(nn.Module):
-    """Encoder -> Gumbel-softmax over ``num_tokens`` codes -> codebook mix -> decoder."""
+    """Encoder -> quantizer (``codebook``) -> decoder.
+
+    ``quantizer`` "gumbel" (the default, DALLE-pytorch's): Gumbel-softmax over ``num_tokens`` code logits
+    mixing a ``codebook_dim``-wide codebook. "vq": cosine-similarity VQ in a ``vq_codebook_dim``-wide
+    projection, EMA updates (``vq_decay``), k-means init, dead-code restarts under ``dead_code_threshold``.
+    "fsq": ``fsq_levels`` (codes: their product). "lfq": ``lfq_bits`` sign bits with an entropy loss. For
+    fsq / lfq ``num_tokens`` (default 512, or 1 024 for them) picks the levels / bits when those are left
+    out. ``commitment_weight`` is vq's and lfq's; the others keep their DALLE-pytorch meaning."""
 
     def __init__(
         self,
         image_size: int = 256,
-        num_tokens: int = 512,
+        num_tokens: int | None = None,
         codebook_dim: int = 512,
         num_layers: int = 3,
         num_resnet_blocks: int = 0,
@@ -48,6 +72,15 @@ class DiscreteVAE(nn.Module):
         reinmax: bool = False,
         kl_div_loss_weight: float = 0.0,
         normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = DEFAULT_NORMALIZATION,
+        quantizer: str = "gumbel",
+        vq_codebook_dim: int = 16,
+        vq_decay: float = 0.9,
+        kmeans_init: bool = True,
+        dead_code_threshold: float = 1.0,
+        commitment_weight: float = 0.25,
+        fsq_levels: list[int] | None = None,
+        lfq_bits: int | None = None,
+        entropy_loss_weight: float = 0.1,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -64,6 +97,7 @@ class DiscreteVAE(nn.Module):
             len(normalization) != 2 or any(len(v) < channels for v in normalization)
         ):
             raise ValueError(f"normalization must be (means, stds) with at least {channels} entries each")
+        num_tokens, fsq_levels, lfq_bits = resolve_codebook(quantizer, num_tokens, fsq_levels, lfq_bits)
         self._config: dict[str, Any] = dict(
             image_size=image_size,
             num_tokens=num_tokens,
@@ -80,6 +114,21 @@ class DiscreteVAE(nn.Module):
             # lists, not tuples, so the config survives a JSON round trip unchanged
             normalization=None if normalization is None else [list(v) for v in normalization],
         )
+        chosen = dict(
+            vq_codebook_dim=vq_codebook_dim,
+            vq_decay=vq_decay,
+            kmeans_init=kmeans_init,
+            dead_code_threshold=dead_code_threshold,
+            commitment_weight=commitment_weight,
+            fsq_levels=fsq_levels,
+            lfq_bits=lfq_bits,
+            entropy_loss_weight=entropy_loss_weight,
+        )
+        # only the chosen quantizer's options: a Gumbel dVAE's config is what it was before quantizers
+        options = {key: chosen[key] for key in QUANTIZER_OPTIONS[quantizer]}
+        if quantizer != "gumbel":
+            options["quantizer"] = quantizer
+        self._config.update(options)
 
         self.image_size, self.num_tokens, self.num_layers = image_size, num_tokens, num_layers
         self.channels, self.codebook_dim = channels, codebook_dim
@@ -98,14 +147,34 @@ class DiscreteVAE(nn.Module):
             self.register_buffer("norm_mean", mean, persistent=False)
             self.register_buffer("norm_std", std, persistent=False)
 
-        self.codebook = nn.Embedding(num_tokens, codebook_dim)
+        self.quantizer = quantizer
+        if quantizer == "gumbel":
+            self.codebook: nn.Module = GumbelQuantizer(
+                num_tokens, codebook_dim, temperature, straight_through, kl_div_loss_weight
+            )
+        elif quantizer == "vq":
+            self.codebook = VectorQuantizer(
+                codebook_dim,
+                num_tokens,
+                vq_codebook_dim,
+                vq_decay,
+                commitment_weight,
+                kmeans_init,
+                dead_code_threshold,
+            )
+        elif quantizer == "fsq":
+            self.codebook = FiniteScalarQuantizer(codebook_dim, fsq_levels)
+        else:
+            self.codebook = LookupFreeQuantizer(
+                codebook_dim, lfq_bits, entropy_loss_weight, commitment_weight
+            )
         enc, dec = [], []
         enc_in = channels
         for _ in range(num_layers):
             enc += [nn.Conv2d(enc_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()]
             enc_in = hidden_dim
         enc += [ResBlock(hidden_dim) for _ in range(num_resnet_blocks)]
-        enc.append(nn.Conv2d(hidden_dim, num_tokens, 1))
+        enc.append(nn.Conv2d(hidden_dim, self.codebook.in_channels, 1))
 
         dec_in = codebook_dim
         if num_resnet_blocks > 0:
@@ -144,9 +213,9 @@ class DiscreteVAE(nn.Module):
 
     @torch.no_grad()
     def get_codebook_indices(self, images: Tensor) -> Tensor:
-        """Token ids ``[B, fmap_size**2]`` of images in [0, 1]."""
-        logits = self(images, return_logits=True)
-        return logits.argmax(dim=1).flatten(1)
+        """Token ids ``[B, fmap_size**2]`` of images in [0, 1] (nothing is updated, even in training mode)."""
+        self._check(images)
+        return self.codebook.indices(self.encoder(self.norm(images))).flatten(1)
 
     def decode(self, img_seq: Tensor) -> Tensor:
         """Token ids ``[B, N]`` -> images ``[B, C, H, W]`` in the normalised space."""
@@ -154,8 +223,7 @@ class DiscreteVAE(nn.Module):
         side = math.isqrt(n)
         if side * side != n:
             raise ValueError(f"expected a square number of image tokens, got {n}")
-        codes = self.codebook(img_seq).view(b, side, side, -1).permute(0, 3, 1, 2)
-        return self.decoder(codes)
+        return self.decoder(self.codebook.lookup(img_seq.view(b, side, side)))
 
     def forward(
         self,
@@ -166,23 +234,19 @@ class DiscreteVAE(nn.Module):
         temp: float | None = None,
         return_recon_loss: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Reconstruction, or its loss (``return_loss``; early DALLE-pytorch spelled it
-        ``return_recon_loss``), or the code logits (``return_logits``)."""
+        """Reconstruction, or its loss (``return_loss``: reconstruction + the quantizer's weighted auxiliary
+        loss; early DALLE-pytorch spelled it ``return_recon_loss``), or the Gumbel dVAE's code logits
+        (``return_logits``; other quantizers: the encoder's feature map)."""
         return_loss = return_loss or return_recon_loss
         self._check(img)
         img = self.norm(img)
-        logits = self.encoder(img)
+        features = self.encoder(img)
         if return_logits:
-            return logits
-        soft = F.gumbel_softmax(logits, tau=temp or self.temperature, dim=1, hard=self.straight_through)
-        codes = torch.einsum("bnhw,nd->bdhw", soft, self.codebook.weight)
+            return features
+        codes, _, aux_loss = self.codebook(features, temp or self.temperature)
         out = self.decoder(codes)
         if not return_loss:
             return out
         recon = F.smooth_l1_loss(img, out) if self.smooth_l1_loss else F.mse_loss(img, out)
-        log_qy = F.log_softmax(logits, dim=1).permute(0, 2, 3, 1).reshape(-1, self.num_tokens)
-        log_uniform = torch.full_like(log_qy, -math.log(self.num_tokens))
-        # KL(q || uniform), averaged over code positions
-        kl = F.kl_div(log_uniform, log_qy, log_target=True, reduction="batchmean")
-        loss = recon + self.kl_div_loss_weight * kl
+        loss = recon + aux_loss
         return (loss, out) if return_recons else loss

@@ -21,7 +21,7 @@ from ..checkpoint import load_autoencoder
 from ..cli import Parser, cli, int_list, nonneg_float, positive_float, positive_int
 from ..data import DataError, image_grid
 from ..errors import UserError
-from .flags import add_common_flags, add_shard_flags, backend_config, data_config, refuse_changed_flags
+from .flags import add_common_flags, add_picture_data_flags, backend_config, data_config, refuse_changed_flags
 from .job import (
     load_data,
     load_validation,
@@ -43,17 +43,7 @@ def build_parser() -> Parser:
         description="Train the autoencoder a latent DALL-E 2 decoder diffuses in (pictures only).",
     )
     add_common_flags(parser, "train_autoencoder")
-    d = parser.add_argument_group("data")
-    d.add_argument(
-        "--image_folder",
-        "--image_text_folder",
-        dest="image_folder",
-        type=str,
-        default=None,
-        help="folder of images (captions are not needed), or with --wds the shards train_dalle.py reads "
-        "(default: built-in)",
-    )
-    add_shard_flags(d, tokenizer=False)
+    add_picture_data_flags(parser)
     g = parser.add_argument_group("training")
     g.add_argument("--batch_size", type=positive_int, default=32)
     g.add_argument("--learning_rate", type=positive_float, default=5e-4)

@@ -322,6 +322,22 @@ def add_caption_data_flags(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def add_picture_data_flags(parser: argparse.ArgumentParser) -> None:
+    """Pictures without captions (train_vae.py, train_autoencoder.py): a folder, or the shards
+    train_dalle.py reads."""
+    d = parser.add_argument_group("data")
+    d.add_argument(
+        "--image_folder",
+        "--image_text_folder",
+        dest="image_folder",
+        type=str,
+        default=None,
+        help="folder of images (captions are not needed), or with --wds the shards train_dalle.py reads "
+        "(default: built-in)",
+    )
+    add_shard_flags(d, tokenizer=False)
+
+
 def add_shard_flags(group: argparse._ArgumentGroup, tokenizer: bool = True) -> None:
     """WebDataset streaming (DALLE-pytorch's ``--wds``); ``tokenizer``: the run trains a BPE on captions."""
     group.add_argument(

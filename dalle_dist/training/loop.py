@@ -412,9 +412,9 @@ class TrainingLoop:
             val = self.evaluate()
             if val is not None:
                 self.schedule.observe(val)
-                self._record({"step": self.step, "val_loss": val})
+                self._record({"step": self.step, "val_loss": val, **self._val_extra()})
                 if self.backend.is_root:
-                    self.log(f"step {self.step}: validation loss {val:.4f}")
+                    self.log(f"step {self.step}: validation loss {val:.4f}{self._val_text()}")
         if sample:
             self._samples(self.last_batch)
         if self.step % s.save_every_n_steps == 0:
@@ -446,8 +446,8 @@ class TrainingLoop:
             self._samples(self.last_batch)
         val = self.evaluate() if self.evaluated_at != self.step else None  # not twice for the last step
         if val is not None and self.backend.is_root:
-            self._record({"step": self.step, "val_loss": val})
-            self.log(f"final validation loss {val:.4f}")
+            self._record({"step": self.step, "val_loss": val, **self._val_extra()})
+            self.log(f"final validation loss {val:.4f}{self._val_text()}")
         weights = self._gathered_weights()
         if self.world > 1:
             same = self.backend.same_on_all_ranks(weights)
@@ -463,32 +463,46 @@ class TrainingLoop:
     # --------------------------------------------------------------------------------- around the steps
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean validation loss over up to ``eval_batches`` batches (fixed RNG: no effect on training)."""
+        """Mean validation loss over up to ``eval_batches`` batches (fixed RNG: no effect on training); the
+        task's other validation figures are left in ``val_figures``."""
+        self.val_figures: dict[str, float] = {}
         if self.val_batches is None:
             return None
         model = self.engine.model
         was_training = model.training
         model.eval()
-        losses = []
+        names = self.task.eval_figure_names
+        sums = torch.zeros(1 + len(names), dtype=torch.float64)
+        batches = 0
         with torch.random.fork_rng(devices=self._cuda_devices()):
             torch.manual_seed(self.settings.seed)
             for i, batch in enumerate(self.val_batches.batches(epoch=0)):
                 if i >= self.settings.eval_batches:
                     break
-                if batch is None:  # every slot broken (shards): this rank adds nothing, yet joins the mean
-                    total, count = torch.zeros((), device=self.backend.device), 0.0
-                else:
+                values = torch.zeros(len(names) + 2, device=self.backend.device)
+                if batch is not None:  # None: every slot broken (shards): this rank adds nothing, yet joins
                     with self.engine.autocast():
                         batch = to_device(batch, self.backend.device, self.engine.input_dtype)
                         loss, _ = self.task.loss(model, batch, self.step)
-                    total, count = loss.detach().float(), 1.0
-                # one collective for both: the mean loss over the ranks that had a batch
-                count = torch.tensor(count, device=self.backend.device)
-                mean_total, mean_count = self.backend.average(torch.stack([total, count])).tolist()
-                if mean_count > 0:
-                    losses.append(mean_total / mean_count)
+                        extra = self.task.eval_figures(model, batch) if names else values[:0]
+                    values = torch.cat([loss.detach().float().reshape(1), extra.float(), values.new_ones(1)])
+                # one collective for all: the means over the ranks that had a batch
+                mean = self.backend.average(values).double().cpu()
+                if mean[-1] > 0:
+                    sums += mean[:-1] / mean[-1]
+                    batches += 1
         model.train(was_training)
-        return sum(losses) / len(losses) if losses else None
+        if not batches:
+            return None
+        means = (sums / batches).tolist()
+        self.val_figures = self.task.eval_summary(dict(zip(names, means[1:], strict=True)))
+        return means[0]
+
+    def _val_extra(self) -> dict[str, float]:
+        return {f"val_{name}": value for name, value in self.val_figures.items()}
+
+    def _val_text(self) -> str:
+        return "".join(f", {name} {value:.4g}" for name, value in self.val_figures.items())
 
     def _cuda_devices(self) -> list[torch.device]:
         return [self.backend.device] if self.backend.device.type == "cuda" else []

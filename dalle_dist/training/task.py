@@ -60,6 +60,18 @@ class Task(ABC):
     def tokens_per_sample(self) -> int | None:
         return None
 
+    # figures besides the loss measured on each validation batch (``eval_figures``), averaged over the
+    # batches and ranks like the loss and recorded as ``val_<name>``; ``eval_summary`` may add derived ones
+    eval_figure_names: tuple[str, ...] = ()
+
+    def eval_figures(self, model: nn.Module, batch: Any) -> Tensor:
+        """The values of ``eval_figure_names`` on one validation batch, as a 1-dim tensor."""
+        raise NotImplementedError
+
+    def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
+        """Validation figures from their means over the batches (e.g. a PSNR from the mean squared error)."""
+        return means
+
     def after_step(self, step: int) -> None:
         """Called on every rank after each optimizer step (e.g. to update an average of the weights)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 from dataclasses import dataclass
@@ -12,14 +13,26 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import describe_vae, load_vae
-from ..cli import Parser, cli, nonneg_float, nonneg_int, positive_float, positive_int, refuse
+from ..cli import (
+    Parser,
+    cli,
+    fraction,
+    int_list,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    refuse,
+)
 from ..data import image_grid
 from ..errors import UserError
 from ..models import DiscreteVAE
+from ..models.quantizers import QUANTIZERS, GumbelQuantizer, Quantized
 from .codebook import CodebookUsage
-from .flags import add_common_flags, backend_config, data_config, refuse_changed_flags
+from .flags import add_common_flags, add_picture_data_flags, backend_config, data_config, refuse_changed_flags
 from .job import (
     load_data,
+    load_validation,
     parse_flags,
     prepare_run,
     resume_point,
@@ -36,9 +49,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="train_vae.py", description="Train a discrete VAE (image -> tokens).")
     add_common_flags(parser, "train_vae")
     refuse(parser, "--transparent", "RGBA images are not supported yet: convert them to RGB")
-    parser.add_argument(
-        "--image_folder", type=Path, default=None, help="folder of images (default: built-in)"
-    )
+    add_picture_data_flags(parser)
     g = parser.add_argument_group("training")
     g.add_argument("--batch_size", type=positive_int, default=8)
     g.add_argument("--learning_rate", type=positive_float, default=1e-3)
@@ -46,13 +57,13 @@ def build_parser() -> Parser:
         "--lr_decay_rate", type=positive_float, default=0.98, help="learning-rate factor per epoch"
     )
     g.add_argument("--clip_grad_norm", type=positive_float, default=None)
-    g.add_argument("--starting_temp", type=positive_float, default=1.0)
-    g.add_argument("--temp_min", type=positive_float, default=0.5)
+    g.add_argument("--starting_temp", type=positive_float, default=1.0, help="gumbel: first temperature")
+    g.add_argument("--temp_min", type=positive_float, default=0.5, help="gumbel: lowest temperature")
     g.add_argument(
         "--anneal_rate",
         type=nonneg_float,
         default=1e-6,
-        help="temperature = max(start * exp(-rate * step), min)",
+        help="gumbel: temperature = max(start * exp(-rate * step), min)",
     )
     g.add_argument(
         "--num_images_save", type=positive_int, default=4, help="images in each reconstruction grid"
@@ -66,9 +77,61 @@ def build_parser() -> Parser:
     m.add_argument("--smooth_l1_loss", action="store_true")
     m.add_argument("--emb_dim", type=positive_int, default=512, help="codebook dimension")
     m.add_argument("--hidden_dim", type=positive_int, default=256)
-    m.add_argument("--kl_loss_weight", type=nonneg_float, default=0.0)
-    m.add_argument("--straight_through", action="store_true", help="hard Gumbel-softmax codes")
+    m.add_argument("--kl_loss_weight", type=nonneg_float, default=0.0, help="gumbel: KL to uniform codes")
+    m.add_argument("--straight_through", action="store_true", help="gumbel: hard Gumbel-softmax codes")
+    q = parser.add_argument_group("quantizer (models/quantizers.py)")
+    q.add_argument(
+        "--quantizer",
+        choices=QUANTIZERS,
+        default="gumbel",
+        help="gumbel: DALL-E's Gumbel-softmax dVAE (DALLE-pytorch's); vq: l2-normalised low-dimensional "
+        "codes with EMA updates; fsq: finite scalar quantization; lfq: lookup-free quantization",
+    )
+    q.add_argument(
+        "--codebook_dim", type=positive_int, default=16, help="vq: the width codes are compared in (8-32)"
+    )
+    q.add_argument("--vq_decay", type=fraction, default=0.9, help="vq: EMA decay of the codebook")
+    q.add_argument(
+        "--dead_code_threshold",
+        type=nonneg_float,
+        default=1.0,
+        help="vq: restart codes whose EMA count falls under this (0: never)",
+    )
+    q.add_argument(
+        "--no_kmeans_init", action="store_true", help="vq: random codes instead of k-means on the first batch"
+    )
+    q.add_argument(
+        "--commitment_weight",
+        type=nonneg_float,
+        default=0.25,
+        help="vq, lfq: encoder-to-code commitment loss",
+    )
+    q.add_argument(
+        "--fsq_levels",
+        type=int_list,
+        default=None,
+        help="fsq: levels a channel, e.g. 8,5,5,5 (codes: their product; default: the FSQ paper's for "
+        "about --num_tokens codes, 8,5,5,5 without it)",
+    )
+    q.add_argument(
+        "--lfq_bits", type=positive_int, default=None, help="lfq: bits a code (2**bits codes; default 10)"
+    )
+    q.add_argument("--entropy_loss_weight", type=nonneg_float, default=0.1, help="lfq: entropy loss weight")
     return parser
+
+
+# which quantizers read each quantizer flag (given for another, it is refused rather than ignored); the
+# Gumbel dVAE's temperature flags are not refused elsewhere: config files such as demo_vae.yaml set them
+FLAG_QUANTIZERS = {
+    "codebook_dim": ("vq",),
+    "vq_decay": ("vq",),
+    "dead_code_threshold": ("vq",),
+    "no_kmeans_init": ("vq",),
+    "commitment_weight": ("vq", "lfq"),
+    "fsq_levels": ("fsq",),
+    "lfq_bits": ("lfq",),
+    "entropy_loss_weight": ("lfq",),
+}
 
 
 @dataclass(frozen=True)
@@ -100,14 +163,17 @@ class VAETask(Task):
         self.usage = CodebookUsage(vae.num_tokens)
         self.warned_at: int | None = None
         self.sampling = False
-        vae.encoder.register_forward_hook(self._count_codes)
+        vae.codebook.register_forward_hook(self._count_codes)
 
-    def _count_codes(self, module: nn.Module, inputs: Any, logits: Tensor) -> None:
+    def _count_codes(self, module: nn.Module, inputs: Any, quantized: Quantized) -> None:
         if module.training and not self.sampling:  # training batches only (not sample grids, validation)
-            self.usage.update(logits.argmax(dim=1))
+            self.usage.update(quantized.indices)
 
     def make_item(self, dataset: Any, index: int, rng: random.Random) -> Tensor:
         return dataset.get(index, rng)[0]
+
+    def make_sample(self, image: Tensor, captions: list[str], rng: random.Random) -> Tensor:
+        return image
 
     def collate(self, items: list[Tensor]) -> Tensor:
         return torch.stack(items)
@@ -121,7 +187,28 @@ class VAETask(Task):
             if warning and (self.warned_at is None or step - self.warned_at >= WARN_EVERY):
                 self.warned_at = step
                 self.log(warning)
-        return loss, {"temperature": self.temperature, **self.usage.figures()}
+        figures = {**self.usage.figures()}
+        if isinstance(self.model.codebook, GumbelQuantizer):
+            figures["temperature"] = self.temperature
+        restarted = getattr(self.model.codebook, "restarted", None)
+        if restarted is not None:
+            figures["codes_restarted"] = restarted  # since this process started
+        return loss, figures
+
+    eval_figure_names = ("recon_mse",)
+
+    def eval_figures(self, model: nn.Module, batch: Tensor) -> Tensor:
+        """Reconstruction error through the hard codes (what DALL-E's tokens decode to), pixels in [0, 1]."""
+        vae = getattr(model, "module", model)  # DDP / DeepSpeed wrap it
+        self.sampling = True
+        try:
+            recons = vae.denormalize(vae.decode(vae.get_codebook_indices(batch))).clamp(0, 1)
+        finally:
+            self.sampling = False
+        return ((recons.float() - batch.float()) ** 2).mean().reshape(1)
+
+    def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
+        return {**means, "psnr": -10 * math.log10(max(means["recon_mse"], 1e-12))}
 
     @torch.no_grad()
     def save_samples(self, module: nn.Module, batch: Tensor, step: int, folder: Path) -> Path:
@@ -150,7 +237,54 @@ FLAG_OF_CONFIG = {
     "smooth_l1_loss": "smooth_l1_loss",
     "straight_through": "straight_through",
     "kl_loss_weight": "kl_div_loss_weight",
+    "quantizer": "quantizer",
+    "codebook_dim": "vq_codebook_dim",
+    "vq_decay": "vq_decay",
+    "dead_code_threshold": "dead_code_threshold",
+    "commitment_weight": "commitment_weight",
+    "fsq_levels": "fsq_levels",
+    "lfq_bits": "lfq_bits",
+    "entropy_loss_weight": "entropy_loss_weight",
 }
+
+
+def build_vae(args: argparse.Namespace, image_size: int) -> DiscreteVAE:
+    """The DiscreteVAE the flags describe; flags of a quantizer other than ``--quantizer`` are refused."""
+    kind = args.quantizer
+    foreign = [
+        f"--{flag}" for flag, kinds in FLAG_QUANTIZERS.items() if args.given(flag) and kind not in kinds
+    ]
+    if foreign:
+        raise UserError(
+            f"{', '.join(foreign)} {'do' if len(foreign) > 1 else 'does'} not apply to --quantizer {kind}: "
+            "drop it or pick the quantizer it belongs to (train_vae.py --help)"
+        )
+    # fsq / lfq take their codebook size from their levels / bits unless --num_tokens is given
+    num_tokens = args.num_tokens if kind in ("gumbel", "vq") or args.given("num_tokens") else None
+    try:
+        return DiscreteVAE(
+            image_size=image_size,
+            num_tokens=num_tokens,
+            codebook_dim=args.emb_dim,
+            num_layers=args.num_layers,
+            num_resnet_blocks=args.num_resnet_blocks,
+            hidden_dim=args.hidden_dim,
+            smooth_l1_loss=args.smooth_l1_loss,
+            temperature=args.starting_temp,
+            straight_through=args.straight_through,
+            kl_div_loss_weight=args.kl_loss_weight,
+            quantizer=kind,
+            vq_codebook_dim=args.codebook_dim,
+            vq_decay=args.vq_decay,
+            kmeans_init=not args.no_kmeans_init,
+            dead_code_threshold=args.dead_code_threshold,
+            commitment_weight=args.commitment_weight,
+            fsq_levels=args.fsq_levels,
+            lfq_bits=args.lfq_bits,
+            entropy_loss_weight=args.entropy_loss_weight,
+        )
+    except ValueError as e:
+        raise UserError(f"train_vae.py: {e}") from None
 
 
 @cli
@@ -163,32 +297,36 @@ def main(argv: list[str] | None = None) -> None:
     resume = resume_point(args, backend)
     if resume is not None:
         vae, resume = load_vae(resume)
-        built = vae.config()
+        built = {"quantizer": "gumbel", **vae.config()}
         refuse_changed_flags(
             args,
             {flag: built[key] for flag, key in FLAG_OF_CONFIG.items() if key in built},
             f"--resume continues {args.output} with the VAE it built",
         )
     else:
-        try:
-            vae = DiscreteVAE(
-                image_size=data.image_size,
-                num_tokens=args.num_tokens,
-                codebook_dim=args.emb_dim,
-                num_layers=args.num_layers,
-                num_resnet_blocks=args.num_resnet_blocks,
-                hidden_dim=args.hidden_dim,
-                smooth_l1_loss=args.smooth_l1_loss,
-                temperature=args.starting_temp,
-                straight_through=args.straight_through,
-                kl_div_loss_weight=args.kl_loss_weight,
-            )
-        except ValueError as e:
-            raise UserError(f"--image_size / --num_layers: {e}") from None
+        vae = build_vae(args, data.image_size)
+    if vae.quantizer == "vq" and backend.name == "horovod" and backend.world_size > 1:
+        # the EMA codebook is reduced by torch.distributed collectives, which Horovod does not start
+        raise UserError(
+            "--quantizer vq under Horovod: its EMA codebook needs torch.distributed to sum code counts "
+            "across ranks; launch with torchrun (--distributed_backend ddp) or deepspeed, or use --quantizer "
+            "fsq / lfq"
+        )
     run, flags = prepare_run(args, "train_vae", backend, data)
     temperature = Temperature(args.starting_temp, args.temp_min, args.anneal_rate)
     task = VAETask(vae.to(backend.device), dataset.describe(), temperature, args.num_images_save)
-    final = run_training(task, args, backend, run, flags, dataset, resume, epoch_decay=args.lr_decay_rate)
+    validation = load_validation(args, data, backend)
+    final = run_training(
+        task,
+        args,
+        backend,
+        run,
+        flags,
+        dataset,
+        resume,
+        epoch_decay=args.lr_decay_rate,
+        validation=validation,
+    )
     if backend.is_root and final is not None:
         print(f"VAE trained: {final}")
     backend.shutdown()

@@ -1,0 +1,273 @@
+"""The quantizers a DiscreteVAE can put between its encoder and decoder, behind one interface.
+
+- ``gumbel``: DALL-E's Gumbel-softmax over code logits mixing a learned codebook (Ramesh et al. 2021);
+  DALLE-pytorch's, and the default.
+- ``vq``: nearest-neighbour vector quantization with l2-normalised low-dimensional codes (ViT-VQGAN, Yu et
+  al. 2021), EMA codebook updates, k-means initialisation and dead-code restarts.
+- ``fsq``: finite scalar quantization (Mentzer et al. 2023): each of a few channels rounded to a fixed
+  number of levels; the codebook is their product and has nothing to collapse.
+- ``lfq``: lookup-free quantization (MAGVIT-v2, Yu et al. 2023): one sign bit a channel, with an entropy
+  loss that spreads the codes.
+
+The last three are vector-quantize-pytorch's modules; what is ours is the interface: every quantizer takes
+the encoder's feature map ``[B, in_channels, h, w]`` and returns a ``Quantized`` (the decoder's input
+``[B, dim, h, w]``, the code ids ``[B, h, w]`` and its auxiliary loss, already weighted), gives the ids
+alone (``indices``, never updating anything) and turns ids back into the decoder's input (``lookup``).
+
+How the EMA codebook trains across processes: each training forward all-reduces (sums) the per-code counts
+and the per-code sums of the assigned vectors over every rank before the EMA step, so every rank applies the
+update that one process would apply to the whole global batch; k-means initialisation and dead-code restarts
+draw their vectors from all ranks' batches, chosen on rank 0, so the ranks' codebooks stay identical.
+vector-quantize-pytorch does this whenever ``torch.distributed`` is initialised with more than one rank when
+the quantizer is built (``sync_codebook``): build the model after the process group.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+QUANTIZERS = ("gumbel", "vq", "fsq", "lfq")
+
+# Mentzer et al. 2023, Table 1: the levels recommended for a codebook of 2**bits codes
+FSQ_LEVELS = {
+    8: [8, 6, 5],
+    10: [8, 5, 5, 5],
+    12: [7, 5, 5, 5, 5],
+    14: [8, 8, 8, 6, 5],
+    16: [8, 8, 8, 5, 5, 5],
+}
+
+
+class Quantized(NamedTuple):
+    codes: Tensor  # [B, dim, h, w]: what the decoder reads
+    indices: Tensor  # [B, h, w] int64 code ids
+    loss: Tensor  # 0-dim auxiliary loss, weighted (0 where the quantizer has none)
+
+
+class GumbelQuantizer(nn.Embedding):
+    """Gumbel-softmax over ``num_tokens`` logits, mixing the rows of this embedding (the codebook).
+
+    An ``nn.Embedding`` so a DiscreteVAE keeps DALLE-pytorch's parameter name ``codebook.weight``."""
+
+    kind = "gumbel"
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        temperature: float = 0.9,
+        straight_through: bool = False,
+        kl_div_loss_weight: float = 0.0,
+    ) -> None:
+        super().__init__(num_tokens, dim)
+        self.in_channels, self.num_codes = num_tokens, num_tokens
+        self.temperature, self.straight_through = temperature, straight_through
+        self.kl_div_loss_weight = kl_div_loss_weight
+
+    def forward(self, logits: Tensor, temperature: float | None = None) -> Quantized:  # type: ignore[override]
+        soft = F.gumbel_softmax(
+            logits, tau=temperature or self.temperature, dim=1, hard=self.straight_through
+        )
+        codes = torch.einsum("bnhw,nd->bdhw", soft, self.weight)
+        log_qy = F.log_softmax(logits, dim=1).permute(0, 2, 3, 1).reshape(-1, self.num_codes)
+        log_uniform = torch.full_like(log_qy, -math.log(self.num_codes))
+        # KL(q || uniform), averaged over code positions
+        kl = F.kl_div(log_uniform, log_qy, log_target=True, reduction="batchmean")
+        return Quantized(codes, logits.detach().argmax(dim=1), self.kl_div_loss_weight * kl)
+
+    def indices(self, logits: Tensor) -> Tensor:
+        return logits.argmax(dim=1)
+
+    def lookup(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.weight).permute(0, 3, 1, 2)
+
+
+class _Library(nn.Module):
+    """A vector-quantize-pytorch module: ids never update it (it runs in eval mode for them)."""
+
+    kind = ""
+    module: nn.Module
+
+    def forward(self, z: Tensor, temperature: float | None = None) -> Quantized:
+        return Quantized(*self._run(z))
+
+    def lookup(self, ids: Tensor) -> Tensor:
+        return self.module.indices_to_codes(ids)
+
+    def indices(self, z: Tensor) -> Tensor:
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            return self._run(z)[1]
+        finally:
+            self.module.train(was_training)
+
+    def _run(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+
+def _library() -> Any:
+    import vector_quantize_pytorch
+    from loguru import logger
+
+    # its k-means warns (through loguru, on stderr) when a batch holds fewer vectors than codes; a small
+    # first batch is expected here, and the codes it duplicates are restarted as dead codes later
+    logger.disable("vector_quantize_pytorch")
+    return vector_quantize_pytorch
+
+
+class VectorQuantizer(_Library):
+    """Nearest code by cosine similarity in a ``codebook_dim``-dimensional projection (l2-normalised codes),
+    EMA updates with ``decay``, k-means initialisation on the first batch, and restarts of codes whose EMA
+    count falls under ``dead_code_threshold`` (0: never) from the batch's vectors."""
+
+    kind = "vq"
+
+    def __init__(
+        self,
+        dim: int,
+        num_codes: int,
+        codebook_dim: int = 16,
+        decay: float = 0.9,
+        commitment_weight: float = 0.25,
+        kmeans_init: bool = True,
+        dead_code_threshold: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.num_codes = dim, num_codes
+        self.module = _library().VectorQuantize(
+            dim=dim,
+            codebook_size=num_codes,
+            codebook_dim=codebook_dim,
+            use_cosine_sim=True,
+            decay=decay,
+            commitment_weight=commitment_weight,
+            kmeans_init=kmeans_init,
+            threshold_ema_dead_code=dead_code_threshold,
+            accept_image_fmap=True,
+        )
+        self.restarted = torch.zeros((), dtype=torch.long)
+        codebook = self.module._codebook
+        # counted where the library decides, so the figure is what it did, not a guess from outside
+        codebook.expire_codes_ = _CountingExpiry(codebook, self)
+
+    def _run(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        codes, ids, loss = self.module(z)
+        return codes, ids, loss.reshape(())
+
+    def lookup(self, ids: Tensor) -> Tensor:
+        # the library's get_output_from_indices moves channels first before projecting out of image maps
+        return self.module.project_out(self.module.codebook[ids]).permute(0, 3, 1, 2)
+
+
+class _CountingExpiry:
+    """The codebook's ``expire_codes_`` that first adds the number of codes it will restart to
+    ``owner.restarted`` (a tensor, so counting never waits for a GPU). A plain object, not a closure, so a
+    deep copy of the model points at the copy's codebook."""
+
+    def __init__(self, codebook: nn.Module, owner: VectorQuantizer) -> None:
+        self.codebook, self.owner = codebook, owner
+
+    def __call__(self, batch_samples: Tensor, seq_mask: Tensor | None = None) -> None:
+        cb = self.codebook
+        if cb.training and cb.threshold_ema_dead_code > 0:
+            dead = (cb.cluster_size < cb.threshold_ema_dead_code).sum(dim=-1)
+            # with more dead codes than vectors in the batch it restarts as many as it has vectors
+            per_codebook = batch_samples[0].numel() // batch_samples.shape[-1]
+            count = dead.clamp(max=per_codebook).sum()
+            self.owner.restarted = self.owner.restarted.to(count.device) + count
+        type(cb).expire_codes_(cb, batch_samples, seq_mask)
+
+
+class FiniteScalarQuantizer(_Library):
+    """FSQ: ``len(levels)`` channels (projected from ``dim``) each bounded and rounded to its level count;
+    ``prod(levels)`` codes, no codebook and no auxiliary loss."""
+
+    kind = "fsq"
+
+    def __init__(self, dim: int, levels: list[int]) -> None:
+        super().__init__()
+        self.in_channels, self.num_codes = dim, math.prod(levels)
+        self.module = _library().FSQ(levels=list(levels), dim=dim)
+
+    def _run(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        codes, ids = self.module(z)
+        return codes, ids.long(), z.new_zeros((), dtype=torch.float32)
+
+
+class LookupFreeQuantizer(_Library):
+    """LFQ: ``bits`` channels (projected from ``dim``), each quantized to its sign; ``2**bits`` codes. The
+    entropy loss (weight ``entropy_loss_weight``) asks each code to be confident and the batch to use many
+    codes; the commitment loss keeps the encoder near its codes."""
+
+    kind = "lfq"
+
+    def __init__(
+        self, dim: int, bits: int, entropy_loss_weight: float = 0.1, commitment_weight: float = 0.25
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.num_codes = dim, 2**bits
+        self.module = _library().LFQ(
+            dim=dim,
+            codebook_size=2**bits,
+            entropy_loss_weight=entropy_loss_weight,
+            commitment_loss_weight=commitment_weight,
+        )
+
+    def _run(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        codes, ids, loss = self.module(z)
+        return codes, ids, loss.reshape(())
+
+
+def resolve_codebook(
+    quantizer: str, num_tokens: int | None, fsq_levels: list[int] | None, lfq_bits: int | None
+) -> tuple[int, list[int] | None, int | None]:
+    """``(num_tokens, fsq_levels, lfq_bits)`` made consistent: FSQ's and LFQ's codebook size follows from
+    their levels / bits; left out, those follow from ``num_tokens`` (a power of 2; FSQ's recommended levels
+    for it give about that many codes). ``ValueError`` names a clash."""
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer {quantizer!r} (known: {', '.join(QUANTIZERS)})")
+    if quantizer != "fsq" and fsq_levels is not None:
+        raise ValueError(f"fsq_levels is for the fsq quantizer, not {quantizer}")
+    if quantizer != "lfq" and lfq_bits is not None:
+        raise ValueError(f"lfq_bits is for the lfq quantizer, not {quantizer}")
+    if quantizer == "fsq":
+        if fsq_levels is None:
+            # the paper's levels for about num_tokens codes: their product is the codebook (8,5,5,5: 1 000)
+            bits = math.log2(num_tokens) if num_tokens else 10
+            if bits not in FSQ_LEVELS:
+                sizes = ", ".join(str(2**b) for b in FSQ_LEVELS)
+                raise ValueError(
+                    f"no recommended FSQ levels for {num_tokens} codes: give fsq_levels, or {sizes}"
+                )
+            return math.prod(FSQ_LEVELS[int(bits)]), FSQ_LEVELS[int(bits)], None
+        fsq_levels = [int(v) for v in fsq_levels]
+        if not fsq_levels or min(fsq_levels) < 3:
+            raise ValueError(f"fsq_levels must be integers >= 3 (e.g. 8,5,5,5), got {fsq_levels}")
+        size = math.prod(fsq_levels)
+        if num_tokens is not None and num_tokens != size:
+            raise ValueError(
+                f"num_tokens {num_tokens} does not match fsq_levels {fsq_levels} ({size} codes): "
+                "give one of them"
+            )
+        return size, fsq_levels, None
+    if quantizer == "lfq":
+        if lfq_bits is None:
+            n = num_tokens or 1024
+            if n & (n - 1):
+                raise ValueError(f"the lfq quantizer needs a power-of-2 num_tokens (2**lfq_bits), got {n}")
+            lfq_bits = n.bit_length() - 1
+        if not 1 <= lfq_bits <= 20:
+            raise ValueError(f"lfq_bits must be in 1..20, got {lfq_bits}")
+        if num_tokens is not None and num_tokens != 2**lfq_bits:
+            raise ValueError(
+                f"num_tokens {num_tokens} does not match lfq_bits {lfq_bits} ({2**lfq_bits} codes): "
+                "give one of them"
+            )
+        return 2**lfq_bits, None, lfq_bits
+    return (512 if num_tokens is None else num_tokens), None, None
