@@ -205,6 +205,9 @@ class TrainingLoop:
         path = None
         if self.backend.is_root:
             args = self.task.checkpoint_args()
+            weights, extra = self.task.split_weights(weights)
+            if extra:
+                args["extra_weights"] = {**args.get("extra_weights", {}), **extra}
             args["meta"] = {
                 **args["meta"],
                 "step": self.step,

@@ -72,6 +72,13 @@ class Task(ABC):
         """Validation figures from their means over the batches (e.g. a PSNR from the mean squared error)."""
         return means
 
+    def split_weights(
+        self, weights: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+        """The trained module's full weights -> (the checkpoint's model weights, more safetensors files by
+        name): a part trained beside the model but not of it (a discriminator) travels in its own file."""
+        return weights, {}
+
     def after_step(self, step: int) -> None:
         """Called on every rank after each optimizer step (e.g. to update an average of the weights)."""
 

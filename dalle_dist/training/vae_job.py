@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import describe_vae, load_vae
+from ..checkpoint import Checkpoint, describe_vae, load_vae, load_weights
 from ..cli import (
     Parser,
     cli,
@@ -27,7 +27,9 @@ from ..cli import (
 from ..data import image_grid
 from ..errors import UserError
 from ..models import DiscreteVAE
+from ..models.discriminator import PatchDiscriminator
 from ..models.quantizers import QUANTIZERS, GumbelQuantizer, Quantized
+from .adversarial import DISCRIMINATOR_FILE, AdversarialVAE
 from .codebook import CodebookUsage
 from .flags import add_common_flags, add_picture_data_flags, backend_config, data_config, refuse_changed_flags
 from .job import (
@@ -117,7 +119,62 @@ def build_parser() -> Parser:
         "--lfq_bits", type=positive_int, default=None, help="lfq: bits a code (2**bits codes; default 10)"
     )
     q.add_argument("--entropy_loss_weight", type=nonneg_float, default=0.1, help="lfq: entropy loss weight")
+    a = parser.add_argument_group("adversarial training (VQGAN's; any quantizer)")
+    a.add_argument(
+        "--gan",
+        action="store_true",
+        help="train against a PatchGAN discriminator (hinge loss, adaptive weight)",
+    )
+    a.add_argument(
+        "--disc_start", type=nonneg_int, default=1000, help="--gan: the step the adversarial losses start at"
+    )
+    a.add_argument(
+        "--disc_weight",
+        type=nonneg_float,
+        default=0.8,
+        help="--gan: factor on the adaptive adversarial weight",
+    )
+    a.add_argument(
+        "--disc_layers", type=positive_int, default=3, help="--gan: the discriminator's stride-2 layers"
+    )
+    a.add_argument("--disc_hidden", type=positive_int, default=64, help="--gan: its first layer's channels")
     return parser
+
+
+# the --gan flags and the keys of a checkpoint's "gan" settings
+GAN_FLAGS = {"disc_start": "start", "disc_weight": "weight"}
+DISCRIMINATOR_FLAGS = {"disc_layers": "layers", "disc_hidden": "hidden"}
+
+
+def build_gan(args: argparse.Namespace, vae: DiscreteVAE, resume: Checkpoint | None) -> AdversarialVAE | None:
+    """The discriminator beside ``vae`` with ``--gan`` (a resumed run's, with its weights), or None."""
+    settings = None if resume is None else resume.meta.get("gan")
+    if resume is not None and bool(settings) != args.gan:
+        had = "with" if settings else "without"
+        raise UserError(
+            f"--resume continues {args.output}, trained {had} --gan: "
+            f"{'add' if settings else 'drop'} --gan (or start a new run)"
+        )
+    if not args.gan:
+        given = [f"--{flag}" for flag in (*GAN_FLAGS, *DISCRIMINATOR_FLAGS) if args.given(flag)]
+        if given:
+            verb, them = ("configure", "them") if len(given) > 1 else ("configures", "it")
+            raise UserError(f"{', '.join(given)} {verb} --gan: add --gan or drop {them}")
+        return None
+    if settings is not None:
+        fixed = {flag: settings[key] for flag, key in GAN_FLAGS.items()}
+        fixed |= {flag: settings["discriminator"][key] for flag, key in DISCRIMINATOR_FLAGS.items()}
+        refuse_changed_flags(args, fixed, f"--resume continues {args.output} with the discriminator it built")
+        discriminator = PatchDiscriminator(**settings["discriminator"])
+        load_weights(discriminator, resume.weights(DISCRIMINATOR_FILE), resume.path / DISCRIMINATOR_FILE)
+        return AdversarialVAE(vae, discriminator, settings["start"], settings["weight"])
+    discriminator = PatchDiscriminator(vae.channels, args.disc_hidden, args.disc_layers)
+    if vae.image_size < discriminator.min_image_size():
+        raise UserError(
+            f"--gan: a {args.disc_layers}-layer discriminator needs images of at least "
+            f"{discriminator.min_image_size()} px, these are {vae.image_size}: lower --disc_layers"
+        )
+    return AdversarialVAE(vae, discriminator, args.disc_start, args.disc_weight)
 
 
 # which quantizers read each quantizer flag (given for another, it is refused rather than ignored); the
@@ -155,8 +212,10 @@ class VAETask(Task):
         data_description: dict[str, Any],
         temperature: Temperature,
         num_images_save: int = 4,
+        gan: AdversarialVAE | None = None,
     ) -> None:
-        self.model = vae
+        self.vae, self.gan = vae, gan
+        self.model: nn.Module = vae if gan is None else gan
         self.data_description = data_description
         self.schedule, self.num_images_save = temperature, num_images_save
         self.temperature = temperature.start
@@ -180,17 +239,20 @@ class VAETask(Task):
 
     def loss(self, model: nn.Module, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         self.temperature = self.schedule.at(step)
-        loss = model(batch, return_loss=True, temp=self.temperature)
+        if self.gan is None:
+            loss, parts = model(batch, return_loss=True, temp=self.temperature), {}
+        else:
+            loss, parts = model(batch, step, temp=self.temperature)
         # checked once a window (reading the counts waits for the device), not every step
         if (step + 1) % self.usage.window == 0:
             warning = self.usage.collapse_warning(step + 1)
             if warning and (self.warned_at is None or step - self.warned_at >= WARN_EVERY):
                 self.warned_at = step
                 self.log(warning)
-        figures = {**self.usage.figures()}
-        if isinstance(self.model.codebook, GumbelQuantizer):
+        figures = {**self.usage.figures(), **parts}
+        if isinstance(self.vae.codebook, GumbelQuantizer):
             figures["temperature"] = self.temperature
-        restarted = getattr(self.model.codebook, "restarted", None)
+        restarted = getattr(self.vae.codebook, "restarted", None)
         if restarted is not None:
             figures["codes_restarted"] = restarted  # since this process started
         return loss, figures
@@ -200,6 +262,7 @@ class VAETask(Task):
     def eval_figures(self, model: nn.Module, batch: Tensor) -> Tensor:
         """Reconstruction error through the hard codes (what DALL-E's tokens decode to), pixels in [0, 1]."""
         vae = getattr(model, "module", model)  # DDP / DeepSpeed wrap it
+        vae = getattr(vae, "vae", vae)  # --gan: beside its discriminator
         self.sampling = True
         try:
             recons = vae.denormalize(vae.decode(vae.get_codebook_indices(batch))).clamp(0, 1)
@@ -213,6 +276,7 @@ class VAETask(Task):
     @torch.no_grad()
     def save_samples(self, module: nn.Module, batch: Tensor, step: int, folder: Path) -> Path:
         images = batch[: self.num_images_save]
+        module = getattr(module, "vae", module)
         self.sampling = True
         try:
             recons = module.denormalize(module.decode(module.get_codebook_indices(images)))
@@ -223,7 +287,18 @@ class VAETask(Task):
         return path
 
     def checkpoint_args(self) -> dict[str, Any]:
-        return {"kind": "vae", "meta": {"vae": describe_vae(self.model), "data": self.data_description}}
+        meta = {"vae": describe_vae(self.vae), "data": self.data_description}
+        if self.gan is not None:
+            meta["gan"] = self.gan.settings()
+        return {"kind": "vae", "meta": meta}
+
+    def split_weights(
+        self, weights: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+        if self.gan is None:
+            return weights, {}
+        vae, discriminator = self.gan.split_weights(weights)
+        return vae, {DISCRIMINATOR_FILE: discriminator}
 
 
 # the model flags and the DiscreteVAE config keys they set
@@ -312,9 +387,11 @@ def main(argv: list[str] | None = None) -> None:
             "across ranks; launch with torchrun (--distributed_backend ddp) or deepspeed, or use --quantizer "
             "fsq / lfq"
         )
+    gan = build_gan(args, vae, resume)
     run, flags = prepare_run(args, "train_vae", backend, data)
     temperature = Temperature(args.starting_temp, args.temp_min, args.anneal_rate)
-    task = VAETask(vae.to(backend.device), dataset.describe(), temperature, args.num_images_save)
+    task = VAETask(vae, dataset.describe(), temperature, args.num_images_save, gan)
+    task.model.to(backend.device)
     validation = load_validation(args, data, backend)
     final = run_training(
         task,
