@@ -8,6 +8,7 @@ restarted (vq) and training speed as a ratio to the Gumbel dVAE's (measured in t
 
     python bench/quantizers.py                                   # shapes, demo VAE config, 1 500 steps
     python bench/quantizers.py --image_folder F --holdout_folder H  # e.g. Fashion-MNIST's train / test
+        --steps 2000 --flags "--random_resize_crop_lower_ratio 1.0"  # (the example's VAE budget and crops)
     python bench/quantizers.py --quantizers gumbel vq --extra vq="--codebook_dim 8"
 """
 
@@ -80,6 +81,7 @@ def main() -> None:
     p.add_argument("--holdout", type=int, default=1024, help="held-out pictures")
     p.add_argument("--out", type=Path, default=Path("runs/bench-quantizers"))
     p.add_argument("--extra", action="append", default=[], help="QUANTIZER='flags' added to its run")
+    p.add_argument("--flags", default="", help="flags added to every run")
     p.add_argument("--image_size", type=int, default=32)
     args = p.parse_args()
     extra = dict(e.split("=", 1) for e in args.extra)
@@ -91,7 +93,7 @@ def main() -> None:
         cmd += CODEBOOK[q] + ["--max_steps", str(args.steps), "--output", str(run), "--log_every", "100"]
         cmd += ["--sample_every", str(args.steps), "--save_every_n_steps", str(args.steps)]
         cmd += ["--image_folder", args.image_folder] if args.image_folder else []
-        cmd += shlex.split(extra.get(q, ""))
+        cmd += shlex.split(args.flags) + shlex.split(extra.get(q, ""))
         if run.exists():
             subprocess.run(["rm", "-rf", str(run)], check=True)
         start = time.perf_counter()

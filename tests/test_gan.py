@@ -21,7 +21,7 @@ from dalle_dist.models.discriminator import (
     hinge_discriminator_loss,
 )
 from dalle_dist.models.vae import DiscreteVAE
-from dalle_dist.training.adversarial import AdversarialVAE
+from dalle_dist.training.vqgan_objective import VQGANObjective
 
 VAE = [sys.executable, str(ROOT / "train_vae.py"), *TINY_VAE.split(), "--quantizer", "vq"]
 VAE += ["--log_every", "1", "--save_every_n_steps", "1", "--sample_every", "100"]
@@ -57,7 +57,7 @@ def test_adaptive_weight_is_the_gradient_ratio_and_finite():
     vae = DiscreteVAE(
         image_size=16, num_layers=2, num_tokens=32, codebook_dim=16, hidden_dim=8, quantizer="vq"
     )
-    pair = AdversarialVAE(vae, PatchDiscriminator(3, 8, 2), start=0, weight=0.5)
+    pair = VQGANObjective(vae, PatchDiscriminator(3, 8, 2), start=0, weight=0.5)
     images = torch.rand(4, 3, 16, 16)
     rec, recons = vae(images, return_loss=True, return_recons=True)
     adv = generator_loss(pair.discriminator.frozen(recons))

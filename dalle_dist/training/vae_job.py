@@ -23,13 +23,14 @@ from ..cli import (
     positive_float,
     positive_int,
     refuse,
+    str_list,
 )
 from ..data import image_grid
 from ..errors import UserError
 from ..models import DiscreteVAE
 from ..models.discriminator import PatchDiscriminator
+from ..models.perceptual import Perceptual
 from ..models.quantizers import QUANTIZERS, GumbelQuantizer, Quantized
-from .adversarial import DISCRIMINATOR_FILE, AdversarialVAE
 from .codebook import CodebookUsage
 from .flags import add_common_flags, add_picture_data_flags, backend_config, data_config, refuse_changed_flags
 from .job import (
@@ -43,6 +44,7 @@ from .job import (
     start_backend,
 )
 from .task import Task
+from .vqgan_objective import DISCRIMINATOR_FILE, VQGANObjective
 
 WARN_EVERY = 500  # steps between repeated codebook-collapse warnings
 
@@ -119,7 +121,7 @@ def build_parser() -> Parser:
         "--lfq_bits", type=positive_int, default=None, help="lfq: bits a code (2**bits codes; default 10)"
     )
     q.add_argument("--entropy_loss_weight", type=nonneg_float, default=0.1, help="lfq: entropy loss weight")
-    a = parser.add_argument_group("adversarial training (VQGAN's; any quantizer)")
+    a = parser.add_argument_group("VQGAN's objective (any quantizer)")
     a.add_argument(
         "--gan",
         action="store_true",
@@ -138,6 +140,16 @@ def build_parser() -> Parser:
         "--disc_layers", type=positive_int, default=3, help="--gan: the discriminator's stride-2 layers"
     )
     a.add_argument("--disc_hidden", type=positive_int, default=64, help="--gan: its first layer's channels")
+    a.add_argument(
+        "--perceptual_weights",
+        type=str_list,
+        default=None,
+        help="add LPIPS to the reconstruction loss, with these weight files (not fetched here): "
+        "torchvision's vgg16-397923af.pth and LPIPS' vgg.pth, comma-separated (.pth or .safetensors)",
+    )
+    a.add_argument(
+        "--perceptual_weight", type=nonneg_float, default=1.0, help="--perceptual_weights: factor on LPIPS"
+    )
     return parser
 
 
@@ -146,8 +158,29 @@ GAN_FLAGS = {"disc_start": "start", "disc_weight": "weight"}
 DISCRIMINATOR_FLAGS = {"disc_layers": "layers", "disc_hidden": "hidden"}
 
 
-def build_gan(args: argparse.Namespace, vae: DiscreteVAE, resume: Checkpoint | None) -> AdversarialVAE | None:
-    """The discriminator beside ``vae`` with ``--gan`` (a resumed run's, with its weights), or None."""
+def build_objective(
+    args: argparse.Namespace, vae: DiscreteVAE, resume: Checkpoint | None
+) -> VQGANObjective | None:
+    """VQGAN's objective around ``vae`` with ``--gan`` (a resumed run's discriminator, with its weights)
+    and / or ``--perceptual_weights``; None for the VAE's own loss."""
+    perceptual = None
+    if args.perceptual_weights:
+        try:
+            perceptual = Perceptual.from_files(args.perceptual_weights)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    elif args.given("perceptual_weight"):
+        raise UserError("--perceptual_weight scales --perceptual_weights: add the weight files or drop it")
+    discriminator, settings = build_discriminator(args, vae, resume)
+    if discriminator is None and perceptual is None:
+        return None
+    return VQGANObjective(vae, discriminator, *settings, perceptual, args.perceptual_weight)
+
+
+def build_discriminator(
+    args: argparse.Namespace, vae: DiscreteVAE, resume: Checkpoint | None
+) -> tuple[PatchDiscriminator | None, tuple[int, float]]:
+    """``--gan``'s discriminator (a resumed run's, with its weights) and its (start, weight), or None."""
     settings = None if resume is None else resume.meta.get("gan")
     if resume is not None and bool(settings) != args.gan:
         had = "with" if settings else "without"
@@ -160,21 +193,21 @@ def build_gan(args: argparse.Namespace, vae: DiscreteVAE, resume: Checkpoint | N
         if given:
             verb, them = ("configure", "them") if len(given) > 1 else ("configures", "it")
             raise UserError(f"{', '.join(given)} {verb} --gan: add --gan or drop {them}")
-        return None
+        return None, (0, 0.0)
     if settings is not None:
         fixed = {flag: settings[key] for flag, key in GAN_FLAGS.items()}
         fixed |= {flag: settings["discriminator"][key] for flag, key in DISCRIMINATOR_FLAGS.items()}
         refuse_changed_flags(args, fixed, f"--resume continues {args.output} with the discriminator it built")
         discriminator = PatchDiscriminator(**settings["discriminator"])
         load_weights(discriminator, resume.weights(DISCRIMINATOR_FILE), resume.path / DISCRIMINATOR_FILE)
-        return AdversarialVAE(vae, discriminator, settings["start"], settings["weight"])
+        return discriminator, (settings["start"], settings["weight"])
     discriminator = PatchDiscriminator(vae.channels, args.disc_hidden, args.disc_layers)
     if vae.image_size < discriminator.min_image_size():
         raise UserError(
             f"--gan: a {args.disc_layers}-layer discriminator needs images of at least "
             f"{discriminator.min_image_size()} px, these are {vae.image_size}: lower --disc_layers"
         )
-    return AdversarialVAE(vae, discriminator, args.disc_start, args.disc_weight)
+    return discriminator, (args.disc_start, args.disc_weight)
 
 
 # which quantizers read each quantizer flag (given for another, it is refused rather than ignored); the
@@ -212,10 +245,10 @@ class VAETask(Task):
         data_description: dict[str, Any],
         temperature: Temperature,
         num_images_save: int = 4,
-        gan: AdversarialVAE | None = None,
+        objective: VQGANObjective | None = None,
     ) -> None:
-        self.vae, self.gan = vae, gan
-        self.model: nn.Module = vae if gan is None else gan
+        self.vae, self.objective = vae, objective
+        self.model: nn.Module = vae if objective is None else objective
         self.data_description = data_description
         self.schedule, self.num_images_save = temperature, num_images_save
         self.temperature = temperature.start
@@ -239,7 +272,7 @@ class VAETask(Task):
 
     def loss(self, model: nn.Module, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         self.temperature = self.schedule.at(step)
-        if self.gan is None:
+        if self.objective is None:
             loss, parts = model(batch, return_loss=True, temp=self.temperature), {}
         else:
             loss, parts = model(batch, step, temp=self.temperature)
@@ -262,7 +295,7 @@ class VAETask(Task):
     def eval_figures(self, model: nn.Module, batch: Tensor) -> Tensor:
         """Reconstruction error through the hard codes (what DALL-E's tokens decode to), pixels in [0, 1]."""
         vae = getattr(model, "module", model)  # DDP / DeepSpeed wrap it
-        vae = getattr(vae, "vae", vae)  # --gan: beside its discriminator
+        vae = getattr(vae, "vae", vae)  # --gan / --perceptual_weights: inside the objective
         self.sampling = True
         try:
             recons = vae.denormalize(vae.decode(vae.get_codebook_indices(batch))).clamp(0, 1)
@@ -288,17 +321,16 @@ class VAETask(Task):
 
     def checkpoint_args(self) -> dict[str, Any]:
         meta = {"vae": describe_vae(self.vae), "data": self.data_description}
-        if self.gan is not None:
-            meta["gan"] = self.gan.settings()
+        if self.objective is not None and self.objective.discriminator is not None:
+            meta["gan"] = self.objective.settings()
         return {"kind": "vae", "meta": meta}
 
     def split_weights(
         self, weights: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
-        if self.gan is None:
+        if self.objective is None:
             return weights, {}
-        vae, discriminator = self.gan.split_weights(weights)
-        return vae, {DISCRIMINATOR_FILE: discriminator}
+        return self.objective.split_weights(weights)
 
 
 # the model flags and the DiscreteVAE config keys they set
@@ -387,10 +419,10 @@ def main(argv: list[str] | None = None) -> None:
             "across ranks; launch with torchrun (--distributed_backend ddp) or deepspeed, or use --quantizer "
             "fsq / lfq"
         )
-    gan = build_gan(args, vae, resume)
+    objective = build_objective(args, vae, resume)
     run, flags = prepare_run(args, "train_vae", backend, data)
     temperature = Temperature(args.starting_temp, args.temp_min, args.anneal_rate)
-    task = VAETask(vae, dataset.describe(), temperature, args.num_images_save, gan)
+    task = VAETask(vae, dataset.describe(), temperature, args.num_images_save, objective)
     task.model.to(backend.device)
     validation = load_validation(args, data, backend)
     final = run_training(
