@@ -69,6 +69,8 @@ COMMON = {
     "ff_dropout": 0.0,
 }
 VAE = {"num_tokens": 1024, "codebook_dim": 256, "hidden_dim": 64, "num_layers": 3}
+# each quantizer at 1 024 codes (FSQ: levels 8,8,4,4)
+FAST_VAE = {"gumbel": {}, "vq": {}, "fsq": {"num_tokens": None, "fsq_levels": [8, 8, 4, 4]}, "lfq": {}}
 LAYOUTS = {"full": ("full",), "mixed": ("full", "axial_row", "axial_col", "conv_like")}
 SECTIONS = ("train", "attention", "generate", "reversible", "vae", "peak")
 SPARSE = ("axial_row", "axial_col", "conv_like")
@@ -570,11 +572,13 @@ def section_vae(dp, args) -> None:
     theirs = dp.DiscreteVAE(image_size=128, **VAE)
     images = torch.rand(batch, 3, 128, 128, generator=torch.Generator().manual_seed(3))
 
-    def step(model):
+    def step(model, bf16: bool = False):
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def run():
-            model(images, return_loss=True).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+                loss = model(images, return_loss=True)
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
@@ -582,6 +586,16 @@ def section_vae(dp, args) -> None:
 
     t = interleaved({"ours": step(ours), "theirs": step(theirs)}, args.repeats, args.warmup)
     row("train step", t["ours"], t["theirs"], (t.best["ours"], t.best["theirs"]))
+    # what train_vae.py --bf16 does: bf16 autocast, the VAE in channels-last memory format (fp32 weights)
+    fast = {}
+    for quantizer, codebook in FAST_VAE.items():
+        torch.manual_seed(0)
+        model = DiscreteVAE(image_size=128, **{**VAE, **codebook}, quantizer=quantizer)
+        fast[quantizer] = step(model.to(memory_format=torch.channels_last), bf16=True)
+    f = interleaved({**fast, "theirs": step(theirs)}, args.repeats, args.warmup)
+    for quantizer in FAST_VAE:
+        label = f"train step bf16 channels-last {quantizer}"
+        row(label, f[quantizer], f["theirs"], (f.best[quantizer], f.best["theirs"]))
     e = interleaved(
         {
             "ours": lambda: ours.get_codebook_indices(images),
@@ -593,6 +607,8 @@ def section_vae(dp, args) -> None:
     row(f"encode (ms per {batch} images)", e["ours"], e["theirs"], (e.best["ours"], e.best["theirs"]))
     print(f"{'encode images/s':<36}{batch / e['ours']:>12.1f}{batch / e['theirs']:>12.1f}")
     RESULTS["vae"] = {
+        **{f"step_ours_bf16_cl_{q}_ms": f[q] * 1e3 for q in FAST_VAE},
+        "step_theirs_ms_beside_bf16": f["theirs"] * 1e3,
         "step_ours_ms": t["ours"] * 1e3,
         "step_theirs_ms": t["theirs"] * 1e3,
         "encode_ours_img_s": batch / e["ours"],

@@ -18,7 +18,9 @@
 # Not installed: youtokentome, ftfy, regex, transformers, torchvision, DALL-E (OpenAI's VAE) - only
 # dalle_pytorch.tokenizer / loader / OpenAIDiscreteVAE use them and `import dalle_pytorch` does not.
 # dalle_dist (editable, --no-deps) and its runtime deps: numpy pillow safetensors tqdm pyyaml tokenizers
-# webdataset braceexpand (setup.py install_requires; versions as in the project's .venv).
+# webdataset braceexpand (setup.py install_requires; versions as in the project's .venv), and
+# vector-quantize-pytorch with its own (einx frozendict loguru torch-einops-utils; sympy comes with torch)
+# for the vq / fsq / lfq rows of the VAE section.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,6 +52,11 @@ PACKAGES=(
     "tokenizers==0.23.3"
     "webdataset==1.0.2"
     "braceexpand==0.1.7"
+    "vector-quantize-pytorch==1.32.0"
+    "einx==0.4.3"
+    "frozendict==2.5.1"
+    "loguru==0.7.3"
+    "torch-einops-utils==0.2.0"
 )
 WANT="$TORCH_SPEC ${PACKAGES[*]} dalle_dist-editable v1"
 

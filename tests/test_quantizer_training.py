@@ -132,3 +132,18 @@ def test_ddp_vq_equals_single_process(tmp_path):
     )  # fmt: skip
     assert "weights identical on all 2 ranks: yes" in proc.stdout
     assert [r["codes_restarted"] for r in records(restarts) if "codes_restarted" in r][-1] > 0
+
+
+def test_bf16_vae_training_resumes_exactly(tmp_path):
+    """--bf16 (channels-last VAE, bf16 autocast): 4 steps equal 2 + 2 resumed, and the weights load as any."""
+    flags = ["--quantizer", "vq", "--num_tokens", "32", "--bf16", "--save_every_n_steps", "2"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_cmd([*VAE, "--output", straight, "--max_steps", "4", *flags])
+    run_cmd([*VAE, "--output", split, "--max_steps", "2", *flags])
+    run_cmd([*VAE, "--output", split, "--max_steps", "4", *flags, "--resume"])
+    a, b = (
+        load_file(straight / "final" / "model.safetensors"),
+        load_file(split / "final" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype != torch.bfloat16 for v in a.values()), "weights stay fp32"

@@ -136,7 +136,7 @@ class VectorQuantizer(_Library):
         decay: float = 0.9,
         commitment_weight: float = 0.25,
         kmeans_init: bool = True,
-        dead_code_threshold: float = 1.0,
+        dead_code_threshold: float = 0.1,
     ) -> None:
         super().__init__()
         self.in_channels, self.num_codes = dim, num_codes

@@ -76,7 +76,7 @@ class DiscreteVAE(nn.Module):
         vq_codebook_dim: int = 16,
         vq_decay: float = 0.9,
         kmeans_init: bool = True,
-        dead_code_threshold: float = 1.0,
+        dead_code_threshold: float = 0.1,
         commitment_weight: float = 0.25,
         fsq_levels: list[int] | None = None,
         lfq_bits: int | None = None,
@@ -192,7 +192,10 @@ class DiscreteVAE(nn.Module):
         return dict(self._config)
 
     def norm(self, images: Tensor) -> Tensor:
-        """Images in [0, 1] -> the normalised space the networks work in."""
+        """Images in [0, 1] -> the normalised space the networks work in (channels-last when the VAE was
+        moved to that memory format, as half-precision training does: its convolutions run faster so)."""
+        if self.encoder[0].weight.is_contiguous(memory_format=torch.channels_last):
+            images = images.contiguous(memory_format=torch.channels_last)
         if self.norm_mean is None:
             return images
         # in the images' dtype: under bf16 weights the fp32 buffers must not promote the input back

@@ -98,8 +98,8 @@ def build_parser() -> Parser:
     q.add_argument(
         "--dead_code_threshold",
         type=nonneg_float,
-        default=1.0,
-        help="vq: restart codes whose EMA count falls under this (0: never)",
+        default=0.1,
+        help="vq: restart codes whose EMA count (uses a step, averaged) falls under this (0: never)",
     )
     q.add_argument(
         "--no_kmeans_init", action="store_true", help="vq: random codes instead of k-means on the first batch"
@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None) -> None:
     temperature = Temperature(args.starting_temp, args.temp_min, args.anneal_rate)
     task = VAETask(vae, dataset.describe(), temperature, args.num_images_save, objective)
     task.model.to(backend.device)
+    if args.bf16 or args.fp16 or args.amp:
+        # half-precision convolutions run faster channels-last (bench/RESULTS.md: the VAE step 2x and more)
+        task.model.to(memory_format=torch.channels_last)
     validation = load_validation(args, data, backend)
     final = run_training(
         task,
