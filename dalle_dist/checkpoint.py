@@ -45,13 +45,14 @@ from .lock import RunLock, hold, release
 from .models import CLIP, DALLE, DALLEConfig, DiscreteVAE
 from .models.dalle import register_checkpoint_reader
 from .models.pretrained import PRETRAINED_VAES, pretrained_vae_from_config
+from .models.vqgan import VQGAN
 from .safe_load import NotTorchFileError, UnsafeFileError, load_plain
 from .text import Tokenizer, load_tokenizer
 
 FORMAT = "dalle_dist"
 FORMAT_VERSION = 1
 ENGINE_FOLDER = "engine"
-VAE_CLASSES: dict[str, type[nn.Module]] = {"discrete": DiscreteVAE}
+VAE_CLASSES: dict[str, type[nn.Module]] = {"discrete": DiscreteVAE, "vqgan": VQGAN}
 
 
 def write_text_atomic(path: Path, text: str) -> None:

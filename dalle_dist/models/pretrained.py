@@ -38,7 +38,7 @@ from .openai_dvae import (
     map_pixels,
     unmap_pixels,
 )
-from .vqgan import VQModel, build_vqgan, check_ddconfig
+from .vqgan import VQGAN, VQModel, build_vqgan, check_ddconfig
 
 TAMING_FILES = (
     "taming-transformers' VQGAN ImageNet f=16 / 1024 codes, the one DALLE-pytorch downloads: its checkpoint "
@@ -242,6 +242,22 @@ def read_taming_config(path: Path) -> dict[str, Any]:
 
 def _is_gumbel(spec: dict[str, Any]) -> bool:
     return spec["target"].rsplit(".", 1)[-1] in _GUMBEL_TARGETS
+
+
+def trainable_vqgan(vqgan_model_path: str | Path, vqgan_config_path: str | Path) -> VQGAN:
+    """A Taming VQGAN's weights in a trainable ``VQGAN`` (fine-tuning: train_vae.py --vqgan_model_path)."""
+    model_path = _existing(vqgan_model_path, "vqgan_model_path (VQGAN checkpoint)", TAMING_FILES)
+    config_path = _existing(vqgan_config_path, "vqgan_config_path (VQGAN project config)", TAMING_FILES)
+    spec = read_taming_config(config_path)
+    if _is_gumbel(spec):
+        raise UserError(
+            f"VQGAN config {config_path} describes a Gumbel VQGAN: fine-tuning one is not supported (plain "
+            "VQModel checkpoints are); DALL-E can still use it frozen with train_dalle.py --taming"
+        )
+    vqgan = VQGAN(spec["ddconfig"], spec["n_embed"], spec["embed_dim"])
+    weights = read_vqgan_weights(model_path)
+    _load_into(vqgan.model, weights, f"VQGAN checkpoint {model_path}", f"the model in {config_path}")
+    return vqgan
 
 
 # ------------------------------------------------------------------------------------------ adapters

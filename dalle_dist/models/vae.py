@@ -30,6 +30,15 @@ QUANTIZER_OPTIONS = {
 }
 
 
+def check_images(images: Tensor, channels: int, image_size: int) -> None:
+    """``ValueError`` naming the expected shape unless ``images`` is ``[B, channels, size, size]``."""
+    expected = (channels, image_size, image_size)
+    if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(
+            f"images must be [batch, {', '.join(map(str, expected))}], got {tuple(images.shape)}"
+        )
+
+
 class ResBlock(nn.Module):
     """Two 3x3 convolutions and a 1x1 projection around a skip connection."""
 
@@ -191,6 +200,11 @@ class DiscreteVAE(nn.Module):
         """Constructor arguments (JSON-serialisable), to rebuild this model."""
         return dict(self._config)
 
+    @property
+    def last_layer(self) -> Tensor:
+        """The decoder's last weight (where VQGAN's adaptive weight compares gradients)."""
+        return self.decoder[-1].weight
+
     def norm(self, images: Tensor) -> Tensor:
         """Images in [0, 1] -> the normalised space the networks work in (channels-last when the VAE was
         moved to that memory format, as half-precision training does: its convolutions run faster so)."""
@@ -208,11 +222,7 @@ class DiscreteVAE(nn.Module):
         return images * self.norm_std + self.norm_mean
 
     def _check(self, images: Tensor) -> None:
-        expected = (self.channels, self.image_size, self.image_size)
-        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"images must be [batch, {', '.join(map(str, expected))}], got {tuple(images.shape)}"
-            )
+        check_images(images, self.channels, self.image_size)
 
     @torch.no_grad()
     def get_codebook_indices(self, images: Tensor) -> Tensor:

@@ -14,8 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .quantizers import Quantized
+from .vae import check_images
 
 # the ddconfig keys Taming's Encoder / Decoder take (resamp_with_conv is optional, and true in its configs)
 DDCONFIG_KEYS = (
@@ -257,6 +261,14 @@ class VectorQuantizer(nn.Module):
         """Code ids ``[B, h, w]`` -> codebook vectors ``[B, D, h, w]``."""
         return self.embedding(ids).permute(0, 3, 1, 2)
 
+    def forward(self, z: Tensor, beta: float = 0.25) -> Quantized:
+        """Training: the nearest codes with a straight-through gradient to ``z``, and VQ-VAE's loss (van den
+        Oord et al. 2017): the codebook term plus ``beta`` x the commitment term."""
+        ids = self.indices(z)
+        codes = self.lookup(ids)
+        loss = F.mse_loss(codes, z.detach()) + beta * F.mse_loss(z, codes.detach())
+        return Quantized(z + (codes - z).detach(), ids, loss)
+
 
 class GumbelQuantizer(nn.Module):
     """Code logits from a 1x1 ``proj`` of the latents; codebook ``embed``.
@@ -330,9 +342,80 @@ class GumbelVQ(VQModel):
         return GumbelQuantizer(z_channels, self.n_embed, self.embed_dim)
 
 
+class VQGAN(nn.Module):
+    """A Taming VQGAN (plain VQ) as a trainable image tokenizer, with DiscreteVAE's interface
+    (``get_codebook_indices``, ``decode``, ``norm`` / ``denormalize``, ``codebook``, ``last_layer``), so
+    ``train_vae.py --vqgan_model_path`` fine-tunes one and DALL-E reads the result from our own checkpoint.
+    Its loss: L1 reconstruction in [-1, 1] (Taming's) plus the quantizer's; the perceptual and adversarial
+    terms are train_vae.py's ``--perceptual_weights`` / ``--gan``."""
+
+    quantizer = "vqgan"
+
+    def __init__(self, ddconfig: Mapping[str, Any], n_embed: int, embed_dim: int, beta: float = 0.25) -> None:
+        super().__init__()
+        self.model = VQModel(ddconfig, n_embed, embed_dim)
+        dd = self.model.ddconfig
+        self._config = {
+            "ddconfig": dict(dd),
+            "n_embed": int(n_embed),
+            "embed_dim": int(embed_dim),
+            "beta": beta,
+        }
+        self.beta = beta
+        self.image_size, self.channels, self.num_tokens = dd["resolution"], dd["in_channels"], int(n_embed)
+        self.num_layers = len(dd["ch_mult"]) - 1
+        self.fmap_size = self.image_size // 2**self.num_layers
+        self.image_seq_len = self.fmap_size**2
+
+    def config(self) -> dict[str, Any]:
+        return {**self._config, "ddconfig": dict(self._config["ddconfig"])}
+
+    @property
+    def codebook(self) -> VectorQuantizer:
+        return self.model.quantize
+
+    @property
+    def last_layer(self) -> Tensor:
+        """The decoder's last weight (the adaptive weight's reference)."""
+        return self.model.decoder.conv_out.weight
+
+    def norm(self, images: Tensor) -> Tensor:
+        """[0, 1] pixels -> the [-1, 1] the network works in."""
+        return images * 2 - 1
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        return (images + 1) * 0.5
+
+    def _check(self, images: Tensor) -> None:
+        check_images(images, self.channels, self.image_size)
+
+    @torch.no_grad()
+    def get_codebook_indices(self, images: Tensor) -> Tensor:
+        """Token ids ``[B, fmap_size**2]`` of images in [0, 1]."""
+        self._check(images)
+        return self.model.encode_indices(self.norm(images)).flatten(1)
+
+    def decode(self, img_seq: Tensor) -> Tensor:
+        """Token ids ``[B, N]`` -> images in [-1, 1] (``denormalize`` maps them to pixels)."""
+        return self.model.decode_indices(img_seq.view(img_seq.shape[0], self.fmap_size, self.fmap_size))
+
+    def forward(
+        self, img: Tensor, return_loss: bool = False, return_recons: bool = False, temp: float | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Reconstruction (in [-1, 1]), or its loss (``return_loss``; with ``return_recons`` both)."""
+        self._check(img)
+        x = self.norm(img)
+        quantized = self.model.quantize(self.model.quant_conv(self.model.encoder(x)), self.beta)
+        out = self.model.decoder(self.model.post_quant_conv(quantized.codes))
+        if not return_loss:
+            return out
+        loss = (x - out).abs().mean() + quantized.loss
+        return (loss, out) if return_recons else loss
+
+
 def build_vqgan(ddconfig: Mapping[str, Any], n_embed: int, embed_dim: int, gumbel: bool = False) -> VQModel:
     """A ``VQModel`` (or ``GumbelVQ``) of the given configuration, randomly initialised."""
     return (GumbelVQ if gumbel else VQModel)(ddconfig, n_embed, embed_dim)
 
 
-__all__ = ["GumbelVQ", "VQModel", "build_vqgan", "check_ddconfig"]
+__all__ = ["VQGAN", "GumbelVQ", "VQModel", "build_vqgan", "check_ddconfig"]

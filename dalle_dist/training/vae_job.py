@@ -30,7 +30,9 @@ from ..errors import UserError
 from ..models import DiscreteVAE
 from ..models.discriminator import PatchDiscriminator
 from ..models.perceptual import Perceptual
+from ..models.pretrained import trainable_vqgan
 from ..models.quantizers import QUANTIZERS, GumbelQuantizer, Quantized
+from ..models.vqgan import VQGAN
 from .codebook import CodebookUsage
 from .flags import add_common_flags, add_picture_data_flags, backend_config, data_config, refuse_changed_flags
 from .job import (
@@ -83,6 +85,9 @@ def build_parser() -> Parser:
     m.add_argument("--hidden_dim", type=positive_int, default=256)
     m.add_argument("--kl_loss_weight", type=nonneg_float, default=0.0, help="gumbel: KL to uniform codes")
     m.add_argument("--straight_through", action="store_true", help="gumbel: hard Gumbel-softmax codes")
+    v = parser.add_argument_group("fine-tune a Taming VQGAN (the architecture and codes come from its files)")
+    v.add_argument("--vqgan_model_path", type=Path, default=None, help="its Lightning .ckpt (e.g. last.ckpt)")
+    v.add_argument("--vqgan_config_path", type=Path, default=None, help="its project .yaml")
     q = parser.add_argument_group("quantizer (models/quantizers.py)")
     q.add_argument(
         "--quantizer",
@@ -355,6 +360,26 @@ FLAG_OF_CONFIG = {
 }
 
 
+def load_taming(args: argparse.Namespace) -> VQGAN | None:
+    """``--vqgan_model_path`` / ``--vqgan_config_path``: the Taming VQGAN to fine-tune, or None."""
+    if args.vqgan_model_path is None and args.vqgan_config_path is None:
+        return None
+    if args.vqgan_model_path is None or args.vqgan_config_path is None:
+        raise UserError("fine-tuning a VQGAN needs both --vqgan_model_path and --vqgan_config_path")
+    fixed = [f"--{flag}" for flag in FLAG_OF_CONFIG if flag != "image_size" and args.given(flag)]
+    fixed += [f"--{flag}" for flag in FLAG_QUANTIZERS if args.given(flag)]
+    if fixed:
+        raise UserError(
+            f"{', '.join(fixed)}: the VQGAN's project config fixes its architecture and codebook; drop them"
+        )
+    vqgan = trainable_vqgan(args.vqgan_model_path, args.vqgan_config_path)
+    if args.given("image_size") and args.image_size != vqgan.image_size:
+        raise UserError(
+            f"--image_size {args.image_size}: the VQGAN was built for {vqgan.image_size} px; drop the flag"
+        )
+    return vqgan
+
+
 def build_vae(args: argparse.Namespace, image_size: int) -> DiscreteVAE:
     """The DiscreteVAE the flags describe; flags of a quantizer other than ``--quantizer`` are refused."""
     kind = args.quantizer
@@ -399,10 +424,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_flags(build_parser(), argv)
     backend = start_backend(backend_config(args))
     seed_everything(args.seed)
-    data = data_config(args, args.image_folder)
-    dataset = load_data(data, backend)
     resume = resume_point(args, backend)
-    if resume is not None:
+    vqgan = load_taming(args) if resume is None else None
+    data = data_config(args, args.image_folder, None if vqgan is None else vqgan.image_size)
+    dataset = load_data(data, backend)
+    if vqgan is not None:
+        vae = vqgan
+    elif resume is not None:
         vae, resume = load_vae(resume)
         built = {"quantizer": "gumbel", **vae.config()}
         refuse_changed_flags(
@@ -412,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     else:
         vae = build_vae(args, data.image_size)
-    if vae.quantizer == "vq" and backend.name == "horovod" and backend.world_size > 1:
+    if getattr(vae, "quantizer", "") == "vq" and backend.name == "horovod" and backend.world_size > 1:
         # the EMA codebook is reduced by torch.distributed collectives, which Horovod does not start
         raise UserError(
             "--quantizer vq under Horovod: its EMA codebook needs torch.distributed to sum code counts "

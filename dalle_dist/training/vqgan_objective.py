@@ -24,7 +24,6 @@ from ..models.discriminator import (
     hinge_discriminator_loss,
 )
 from ..models.perceptual import Perceptual
-from ..models.vae import DiscreteVAE
 
 DISCRIMINATOR_FILE = "discriminator.safetensors"
 
@@ -35,7 +34,7 @@ class VQGANObjective(nn.Module):
 
     def __init__(
         self,
-        vae: DiscreteVAE,
+        vae: nn.Module,
         discriminator: PatchDiscriminator | None = None,
         start: int = 0,
         weight: float = 0.8,
@@ -67,7 +66,7 @@ class VQGANObjective(nn.Module):
         on = step >= self.start
         g_loss = generator_loss(self.discriminator.frozen(recons))
         if on and torch.is_grad_enabled():
-            balance = adaptive_weight(vae_loss, g_loss, self.vae.decoder[-1].weight) * self.weight
+            balance = adaptive_weight(vae_loss, g_loss, self.vae.last_layer) * self.weight
         else:
             balance = torch.zeros((), device=images.device)
         d_loss = hinge_discriminator_loss(self.discriminator(real), self.discriminator(recons.detach()))

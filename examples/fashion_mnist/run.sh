@@ -9,6 +9,7 @@
 # Settings come from the environment (defaults sized for a shared 2-core CPU within an hour):
 #   PY (.venv/bin/python)  THREADS (1)  TRAIN_LIMIT (all 60000)  TEST_LIMIT (all 10000)  CLS_EPOCHS (3)
 #   VAE_STEPS (2000)  DALLE_STEPS (3500)  CLIP_STEPS (1500)  IMAGES (50 kept per prompt)  CANDIDATES (200)
+#   VAE_FLAGS (more train_vae.py flags, e.g. "--quantizer vq --num_tokens 1024"; the command line wins)
 #   GEN_FLAGS ("--cond_scale 2.5 --top_k 0.9 --temperature 0.7", make demo's)  FASHION_MNIST_DIR
 #   MODEL (dalle: VAE -> DALL-E; dalle2: CLIP -> diffusion prior and decoder, the same judge and evaluation)
 #   with MODEL=dalle2: PRIOR_STEPS (2000)  AE_STEPS (800)  DECODER_STEPS (1500)  CANDIDATES (100)
@@ -77,7 +78,7 @@ rm -rf "$RUN"
 mkdir -p "$RUN/logs"
 touch "$RUN/.fashion_mnist_run"
 echo "$0 $*" > "$RUN/command.txt"
-env | grep -E '^(QUICK|THREADS|TRAIN_LIMIT|TEST_LIMIT|CLS_EPOCHS|VAE_STEPS|DALLE_STEPS|CLIP_STEPS|IMAGES|CANDIDATES|GEN_FLAGS|FASHION_MNIST_DIR|MODEL|PRIOR_STEPS|DECODER_STEPS)=' \
+env | grep -E '^(QUICK|THREADS|TRAIN_LIMIT|TEST_LIMIT|CLS_EPOCHS|VAE_STEPS|VAE_FLAGS|DALLE_STEPS|CLIP_STEPS|IMAGES|CANDIDATES|GEN_FLAGS|FASHION_MNIST_DIR|MODEL|PRIOR_STEPS|DECODER_STEPS)=' \
   >> "$RUN/command.txt" || true
 printf 'stage\tseconds\tchain\n' > "$RUN/times.tsv"
 {
@@ -116,6 +117,7 @@ mapfile -t LIMITS < <(limit_flags)
 DATA=$RUN/data
 WDS=(--wds "png,txt" --image_text_folder "$DATA/shards" --bpe_train_captions 2000 --bpe_vocab_size 512)
 COMMON=(--image_size 32 --random_resize_crop_lower_ratio 1.0 --progress lines --seed 0)
+read -ra VAE_EXTRA <<< "${VAE_FLAGS:-}"
 
 stage prepare main "$PY" "$HERE/prepare.py" --data_dir "$DATA_DIR" --out "$DATA" "${LIMITS[@]}" \
   --reference_per_class "$IMAGES"
@@ -145,7 +147,7 @@ if [[ $MODEL == dalle ]]; then
   # 32 px -> an 8 x 8 token grid of 128 codes (make demo's VAE)
   stage train_vae main "$PY" train_vae.py --config configs/demo_vae.yaml --output "$RUN/vae" \
     --image_folder "$DATA/train" "${COMMON[@]}" --max_steps "$VAE_STEPS" --log_every 250 --sample_every 1000 \
-    --save_every_n_steps 1000 --keep_n_checkpoints 1
+    --save_every_n_steps 1000 --keep_n_checkpoints 1 "${VAE_EXTRA[@]}"
   # make demo's DALL-E (dim 256, depth 4, full attention) on 8 text + 64 image tokens, bf16 autocast
   # (~2.3x fp32 here), caption dropout for classifier-free guidance
   stage train_dalle main "$PY" train_dalle.py --config configs/demo_dalle.yaml --no-amp --bf16 \
