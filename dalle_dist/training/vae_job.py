@@ -31,7 +31,7 @@ from ..models import DiscreteVAE
 from ..models.discriminator import PatchDiscriminator
 from ..models.perceptual import Perceptual
 from ..models.pretrained import trainable_vqgan
-from ..models.quantizers import QUANTIZERS, GumbelQuantizer, Quantized
+from ..models.quantizers import QUANTIZERS, GumbelQuantizer, Quantized, resolve_codebook
 from ..models.vqgan import VQGAN
 from .codebook import CodebookUsage
 from .flags import add_common_flags, add_picture_data_flags, backend_config, data_config, refuse_changed_flags
@@ -394,6 +394,10 @@ def build_vae(args: argparse.Namespace, image_size: int) -> DiscreteVAE:
     # fsq / lfq take their codebook size from their levels / bits unless --num_tokens is given
     num_tokens = args.num_tokens if kind in ("gumbel", "vq") or args.given("num_tokens") else None
     try:
+        resolve_codebook(kind, num_tokens, args.fsq_levels, args.lfq_bits)
+    except ValueError as e:
+        raise UserError(f"train_vae.py: {e}") from None
+    try:
         return DiscreteVAE(
             image_size=image_size,
             num_tokens=num_tokens,
@@ -416,7 +420,7 @@ def build_vae(args: argparse.Namespace, image_size: int) -> DiscreteVAE:
             entropy_loss_weight=args.entropy_loss_weight,
         )
     except ValueError as e:
-        raise UserError(f"train_vae.py: {e}") from None
+        raise UserError(f"--image_size / --num_layers: {e}") from None
 
 
 @cli
@@ -452,8 +456,9 @@ def main(argv: list[str] | None = None) -> None:
     temperature = Temperature(args.starting_temp, args.temp_min, args.anneal_rate)
     task = VAETask(vae, dataset.describe(), temperature, args.num_images_save, objective)
     task.model.to(backend.device)
-    if args.bf16 or args.fp16 or args.amp:
-        # half-precision convolutions run faster channels-last (bench/RESULTS.md: the VAE step 2x and more)
+    if (args.bf16 or args.fp16 or args.amp) and backend.name != "deepspeed":
+        # half-precision convolutions run faster channels-last (bench/RESULTS.md); DeepSpeed broadcasts and
+        # flattens parameters as contiguous bytes, which channels-last weights are not
         task.model.to(memory_format=torch.channels_last)
     validation = load_validation(args, data, backend)
     final = run_training(
