@@ -93,8 +93,11 @@ def test_ctrl_c_during_the_autoencoder_stops_the_prior_too(tmp_path):
     """A terminal's Ctrl-C reaches the whole foreground group; bash leaves its background prior deaf to it,
     so only the script's trap can stop the prior."""
     command, env = _demo_command(tmp_path, train_prior="hang", train_autoencoder="hang")
+    # SIGINT as a terminal gives it, whatever this process inherited (an ignored SIGINT survives exec: a
+    # test run started in the background of a non-interactive shell would make every stand-in deaf to it)
     demo = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     marks = tmp_path / "marks"
     deadline = time.monotonic() + 30
     while not all((marks / f"{s}.started").exists() for s in ("train_prior", "train_autoencoder")):
