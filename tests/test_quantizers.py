@@ -71,8 +71,8 @@ def test_gradients_reach_the_encoder(quantizer):
 
 
 def test_usage_figures_on_a_constructed_batch():
-    """4 codes of 8 used, counts 2/2/2/2 -> used 0.5, perplexity 4; the hook counts the ids the quantizer
-    returned."""
+    """4 codes of 8 used, counts 2/2/2/2 -> used 0.5, perplexity 4; the window drops the oldest batch (the
+    training hook that feeds it is tested below)."""
     usage = CodebookUsage(8, window=2)
     usage.update(torch.tensor([[0, 1], [2, 3]]))
     usage.update(torch.tensor([[0, 1, 2, 3]]))
