@@ -134,6 +134,26 @@ def test_ddp_vq_equals_single_process(tmp_path):
     assert [r["codes_restarted"] for r in records(restarts) if "codes_restarted" in r][-1] > 0
 
 
+@pytest.mark.slow
+def test_deepspeed_vq_equals_single_process(tmp_path):
+    """Under the deepspeed launcher (which starts torch.distributed) the EMA codebook is summed over the
+    ranks too: 2 ranks x batch 4 with ZeRO-2 equal 1 process x batch 8, buffers included."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install-dev installs it)")
+    common = ["--max_steps", "3", "--log_every", "1", "--sample_every", "100", *EXACT_VQ]
+    single, ds = tmp_path / "single", tmp_path / "ds"
+    run_cmd([*VAE, "--output", single, "--batch_size", "8", *common])
+    proc = run_cmd(
+        launch_2_ranks("deepspeed", "train_vae.py", *TINY, "--output", ds, "--batch_size", "4",
+                       "--deepspeed", "--zero_stage", "2", *common)
+    )  # fmt: skip
+    assert "weights identical on all 2 ranks: yes" in proc.stdout
+    assert json.loads((ds / "final" / "meta.json").read_text())["engine"]["backend"] == "deepspeed"
+    a, b = load_file(single / "final" / "model.safetensors"), load_file(ds / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.endswith("embed_avg") for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
 def test_bf16_vae_training_resumes_exactly(tmp_path):
     """--bf16 (channels-last VAE, bf16 autocast): 4 steps equal 2 + 2 resumed, and the weights load as any."""
     flags = ["--quantizer", "vq", "--num_tokens", "32", "--bf16", "--save_every_n_steps", "2"]

@@ -6,8 +6,9 @@ every engine trains them as it trains anything. One forward computes the VAE's l
 ``perceptual_weight`` x LPIPS (the "reconstruction" side), the generator's adversarial loss through the
 discriminator's detached weights (its gradient reaches only the VAE) scaled by the adaptive weight, and the
 discriminator's hinge loss on the real pictures and the detached reconstructions (its gradient reaches
-only the discriminator). Before ``start`` both adversarial terms are multiplied by 0: the discriminator
-still runs, so data-parallel engines see every parameter used, and Adam moves nothing on zero gradients.
+only the discriminator). Before ``start`` the discriminator's loss is multiplied by 0 (it still runs, so
+data-parallel engines see every parameter used, and Adam moves nothing on zero gradients) and the
+generator's term, which would be multiplied by 0 too, is not computed.
 """
 
 from __future__ import annotations
@@ -63,17 +64,17 @@ class VQGANObjective(nn.Module):
             vae_loss = vae_loss + self.perceptual_weight * lpips
         if self.discriminator is None or not self.training:  # validation: the VAE's side only
             return vae_loss, parts
-        on = step >= self.start
+        d_loss = hinge_discriminator_loss(self.discriminator(real), self.discriminator(recons.detach()))
+        parts |= {"vae_loss": vae_loss.detach(), "d_loss": d_loss.detach()}
+        if step < self.start:  # the generator's term would be x 0: skip its discriminator pass
+            return vae_loss + 0.0 * d_loss, {**parts, "gan_weight": torch.zeros((), device=images.device)}
         g_loss = generator_loss(self.discriminator.frozen(recons))
-        if on and torch.is_grad_enabled():
+        if torch.is_grad_enabled():
             balance = adaptive_weight(vae_loss, g_loss, self.vae.last_layer) * self.weight
         else:
             balance = torch.zeros((), device=images.device)
-        d_loss = hinge_discriminator_loss(self.discriminator(real), self.discriminator(recons.detach()))
-        factor = 1.0 if on else 0.0
-        loss = vae_loss + factor * balance * g_loss + factor * d_loss
-        parts |= {"vae_loss": vae_loss.detach(), "g_loss": g_loss.detach(), "d_loss": d_loss.detach()}
-        return loss, {**parts, "gan_weight": balance * factor}
+        loss = vae_loss + balance * g_loss + d_loss
+        return loss, {**parts, "g_loss": g_loss.detach(), "gan_weight": balance}
 
     def split_weights(
         self, weights: dict[str, Tensor]
