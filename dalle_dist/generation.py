@@ -32,7 +32,7 @@ from .cli import (
     unit_interval,
 )
 from .data import image_grid, label_image, load_image
-from .devices import pick_device
+from .devices import cpu_computes_bf16, pick_device
 from .errors import UserError
 from .evaluation.clip_score import clip_scores, load_scoring_clip
 from .text import CaptionTooLongError
@@ -123,6 +123,12 @@ def build_parser() -> Parser:
         help="sample in bf16: a DALL-E's transformer weights and cache in bf16 (decoding reads every weight "
         "and cached key per token: half the bytes; the VAE decodes in fp32); a DALL-E 2's prior and "
         "decoder under bf16 autocast (weights stay fp32)",
+    )
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="--bf16 where this device computes bf16 (a GPU with bf16, a CPU with AVX512-BF16 or AMX), fp32 "
+        "elsewhere (CPUs that emulate bf16 run it many times slower)",
     )
     return parser
 
@@ -260,6 +266,14 @@ def main(argv: list[str] | None = None) -> None:
             "separates several), or add --gentxt to let the model write the text"
         )
     device = pick_device(args.device)
+    if args.amp and not args.bf16:
+        args.bf16 = cpu_computes_bf16() if device.type == "cpu" else torch.cuda.is_bf16_supported()
+    elif args.bf16 and device.type == "cpu" and not cpu_computes_bf16():
+        print(
+            "--bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX) and emulates it, several times "
+            "slower than fp32: drop --bf16 unless bf16 is the point",
+            flush=True,
+        )
     model = _dalle2(args, device) if two else _dalle1(args, device)
     tokenizer = model.tokenizer
     check_tokenizer_flags(tokenizer, args, "generate.py")

@@ -47,7 +47,7 @@ main() {
   # bench/ranking_depth.py; RESULTS, "Ranking deeper, and the prior beside the autoencoder")
   "$PY" generate.py --prior_path "$RUN/prior" --decoder_path "$RUN/decoder" --text "$PROMPTS" --num_images 16 \
     --num_candidates 48 --keep 16 --clip_path "$RUN/clip" --batch_size 16 --cf_guidance_scale 3 --steps 25 \
-    --prior_steps 64 --bf16 --seed 0 --outputs_dir "$RUN/outputs"
+    --prior_steps 64 --amp --seed 0 --outputs_dir "$RUN/outputs"
   echo "== scoring the images with the shapes judge"
   "$PY" -m dalle_dist.evaluation.score_outputs "$RUN/outputs" --holdout "$HOLDOUT" --json "$RUN/scores.json"
   echo "demo finished in $(( $(date +%s) - start )) s (training and generation; installs not included)"

@@ -310,11 +310,13 @@ def test_deepspeed_flags_and_bad_input(tmp_path, vae_run):
 
 @pytest.mark.slow
 def test_vae_amp_and_cpu_offload(tmp_path):
-    """train_vae.py under DeepSpeed with --amp (DeepSpeed's torch_autocast section) and ZeRO-2 with the
+    """train_vae.py under DeepSpeed with --amp --bf16 (DeepSpeed's torch_autocast section) and ZeRO-2 with the
     optimizer state offloaded to CPU memory: trains, ranks identical, resumable portable result."""
     out = tmp_path / "vae"
     flags = ["--output", out, "--max_steps", "4", *TINY_VAE.split(), "--batch_size", "4", "--deepspeed"]
-    proc = run(deepspeed_launch("train_vae.py", *flags, "--amp", "--zero_stage", "2", "--cpu_offload"))
+    proc = run(
+        deepspeed_launch("train_vae.py", *flags, "--amp", "--bf16", "--zero_stage", "2", "--cpu_offload")
+    )
     assert "weights identical on all 2 ranks: yes" in proc.stdout
     meta = json.loads((out / "final" / "meta.json").read_text())
     assert meta["engine"]["precision"] == "bf16" and meta["kind"] == "vae"

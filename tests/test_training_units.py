@@ -139,10 +139,19 @@ def test_prompt_folder_follows_dalle_pytorch(tmp_path):
 def test_precision_flags():
     from dalle_dist.distributed import Precision
 
-    cpu = torch.device("cpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert Precision.from_flags(cpu).name == "fp32"
-    assert Precision.from_flags(cpu, amp=True).name == "bf16"
-    assert Precision.from_flags(cpu, bf16=True).dtype == torch.bfloat16
+    # --amp is mixed precision where it pays: bf16 on a CPU with bf16 arithmetic, fp32 (noted) elsewhere
+    native = Precision.from_flags(cpu, amp=True, cpu_bf16=True)
+    assert (native.name, native.amp, native.note) == ("bf16", True, "")
+    emulated = Precision.from_flags(cpu, amp=True, cpu_bf16=False)
+    assert (emulated.name, emulated.amp) == ("fp32", False) and "--amp: this CPU has no bf16" in emulated.note
+    assert Precision.from_flags(cuda, amp=True, cpu_bf16=False).name == "fp16"
+    # an explicit --bf16 is kept, with a note where it is emulated
+    assert Precision.from_flags(cpu, bf16=True, cpu_bf16=True).note == ""
+    forced = Precision.from_flags(cpu, bf16=True, cpu_bf16=False)
+    assert forced.dtype == torch.bfloat16 and "drop --bf16" in forced.note
+    assert Precision.from_flags(cuda, bf16=True, cpu_bf16=False).note == ""
     with pytest.raises(UserError, match=r"--fp16 needs a CUDA GPU.*--bf16"):
         Precision.from_flags(cpu, fp16=True)
 

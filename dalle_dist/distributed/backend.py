@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..devices import cpu_computes_bf16
 from ..errors import UserError
 
 TORCH_FORMAT = "torch"  # optimizer state saved as torch state dicts (single, DDP, Horovod: interchangeable)
@@ -54,32 +55,53 @@ class BackendConfig:
 @dataclass(frozen=True)
 class Precision:
     """``fp32``, ``bf16`` or ``fp16`` on ``device``; ``amp`` when asked for as ``--amp`` (engines with a
-    mode of their own, like DeepSpeed's bf16, use it for ``--bf16`` / ``--fp16`` and autocast for amp)."""
+    mode of their own, like DeepSpeed's bf16, use it for ``--bf16`` / ``--fp16`` and autocast for amp).
+    ``note``: a line for the log when the choice is not what the flags seem to say."""
 
     name: str
     device: torch.device
     amp: bool = False
+    note: str = ""
 
     @staticmethod
     def from_flags(
-        device: torch.device, *, fp16: bool = False, bf16: bool = False, amp: bool = False
+        device: torch.device,
+        *,
+        fp16: bool = False,
+        bf16: bool = False,
+        amp: bool = False,
+        cpu_bf16: bool | None = None,
     ) -> Precision:
-        """DALLE-pytorch's ``--fp16`` and ``--amp`` plus ``--bf16``: amp means bf16 on CPU, fp16 on CUDA."""
+        """DALLE-pytorch's ``--fp16`` and ``--amp`` plus ``--bf16``. ``--amp`` is mixed precision where it
+        pays: fp16 on CUDA, bf16 on a CPU with bf16 arithmetic (``cpu_bf16``, probed when None), fp32 on
+        other CPUs, which emulate bf16 many times slower (an explicit ``--bf16`` there is kept, noted)."""
         if fp16 and bf16:
             raise UserError(
                 "--fp16 and --bf16 are both given: choose one (--bf16 on CPU and on Ampere or newer GPUs, "
                 "--fp16 on older GPUs)"
             )
-        name = "bf16" if bf16 else "fp16" if fp16 else "fp32"
-        if amp and name == "fp32":
-            name = "fp16" if device.type == "cuda" else "bf16"
-        elif amp:
-            amp = True  # --amp --bf16: autocast in bf16
-        if name == "fp16" and device.type != "cuda":
+        if fp16 and device.type != "cuda":
             raise UserError(
                 f"--fp16 needs a CUDA GPU (this run is on {device.type}): use --bf16 or --amp on CPU"
             )
-        return Precision(name, device, amp=amp)
+        name = "bf16" if bf16 else "fp16" if fp16 else "fp32"
+        emulated = device.type == "cpu" and name != "fp16" and (bf16 or amp)
+        emulated = emulated and not (cpu_computes_bf16() if cpu_bf16 is None else cpu_bf16)
+        if amp and name == "fp32":
+            if emulated:
+                note = (
+                    "--amp: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), so training runs in fp32, "
+                    "its fastest precision here (--bf16 forces bf16)"
+                )
+                return Precision("fp32", device, note=note)
+            name = "fp16" if device.type == "cuda" else "bf16"
+        note = ""
+        if emulated:
+            note = (
+                "--bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX) and emulates it, several times "
+                "slower than fp32: drop --bf16 (or use --amp, which picks fp32 here) unless bf16 is the point"
+            )
+        return Precision(name, device, amp=amp, note=note)
 
     @property
     def dtype(self) -> torch.dtype:

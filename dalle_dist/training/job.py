@@ -233,6 +233,8 @@ def run_training(
     # "Executor choices on the CPU"), and changing it changes the arithmetic that resumes reproduce
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, betas=(0.9, args.adam_beta2))
     precision = Precision.from_flags(backend.device, fp16=config.fp16, bf16=config.bf16, amp=config.amp)
+    if precision.note and backend.is_root:
+        print(precision.note, flush=True)
     engine = backend.distribute(
         task.model,
         optimizer,

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..checkpoint import Checkpoint, describe_vae, load_vae, load_weights
 from ..cli import cli
 from ..data import image_grid
+from ..distributed import Precision
 from ..errors import UserError
 from ..models import DiscreteVAE
 from ..models.discriminator import PatchDiscriminator
@@ -298,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     temperature = Temperature(args.starting_temp, args.temp_min, args.anneal_rate)
     task = VAETask(vae, dataset.describe(), temperature, args.num_images_save, objective)
     task.model.to(backend.device)
-    if (args.bf16 or args.fp16 or args.amp) and backend.name != "deepspeed":
+    half = Precision.from_flags(backend.device, fp16=args.fp16, bf16=args.bf16, amp=args.amp).name != "fp32"
+    if half and backend.name != "deepspeed":
         # half-precision convolutions run faster channels-last (bench/RESULTS.md); DeepSpeed broadcasts and
         # flattens parameters as contiguous bytes, which channels-last weights are not
         task.model.to(memory_format=torch.channels_last)
