@@ -74,11 +74,14 @@ class GumbelQuantizer(nn.Embedding):
             logits, tau=temperature or self.temperature, dim=1, hard=self.straight_through
         )
         codes = torch.einsum("bnhw,nd->bdhw", soft, self.weight)
+        ids = logits.detach().argmax(dim=1)
+        if self.kl_div_loss_weight == 0:  # DALLE-pytorch's default: skip a log-softmax, its backward, x 0
+            return Quantized(codes, ids, logits.new_zeros((), dtype=torch.float32))
         log_qy = F.log_softmax(logits, dim=1).permute(0, 2, 3, 1).reshape(-1, self.num_codes)
         log_uniform = torch.full_like(log_qy, -math.log(self.num_codes))
         # KL(q || uniform), averaged over code positions
         kl = F.kl_div(log_uniform, log_qy, log_target=True, reduction="batchmean")
-        return Quantized(codes, logits.detach().argmax(dim=1), self.kl_div_loss_weight * kl)
+        return Quantized(codes, ids, self.kl_div_loss_weight * kl)
 
     def indices(self, logits: Tensor) -> Tensor:
         return logits.argmax(dim=1)
