@@ -346,8 +346,14 @@ def build_vae(description: dict[str, Any]) -> nn.Module:
             raise UserError(f"the checkpoint's pretrained VAE description is damaged: {e}") from None
     if kind not in VAE_CLASSES:
         raise UserError(f"unknown VAE kind {kind!r} in checkpoint (known: {', '.join(VAE_CLASSES)})")
+    config = dict(description["config"])
+    if config.get("quantizer") == "fsq" and "fsq_symmetric" not in config:
+        config |= {
+            "fsq_symmetric": False,
+            "fsq_noise_dropout": 0.0,
+        }  # written before these options: plain FSQ
     with _described("VAE"):
-        return VAE_CLASSES[kind](**description["config"])
+        return VAE_CLASSES[kind](**config)
 
 
 @contextlib.contextmanager

@@ -97,6 +97,15 @@ def test_train_vae_reads_shards(tmp_path):
         (["--quantizer", "lfq", "--num_tokens", "100"], "power-of-2 num_tokens"),
         (["--quantizer", "fsq", "--fsq_levels", "8,x"], "expected comma-separated integers"),
         (["--quantizer", "fsq", "--fsq_levels", "8,2"], "integers >= 3"),
+        (
+            ["--quantizer", "fsq", "--no-fsq_symmetric", "--fsq_noise_dropout", "0.5"],
+            "needs symmetric levels",
+        ),
+        (
+            ["--quantizer", "vq", "--fsq_noise_dropout", "0"],
+            "--fsq_noise_dropout does not apply to --quantizer vq",
+        ),
+        (["--quantizer", "fsq", "--fsq_noise_dropout", "1"], "--fsq_noise_dropout"),
     ],
 )
 def test_bad_quantizer_flags_are_one_line(tmp_path, flags, message):

@@ -156,6 +156,33 @@ def test_save_and_load_identical(quantizer, tmp_path):
     assert torch.equal(loaded.decode(ids), vae.decode(ids))
 
 
+def test_fsq_noise_dropout_and_symmetric_levels(tmp_path):
+    """Noise dropout perturbs the codes the decoder reads in training only, never the ids; a checkpoint
+    written before the two options existed loads as the plain FSQ it was trained as."""
+    vae = make_vae("fsq", fsq_noise_dropout=0.5)
+    img = images()
+    z = vae.encoder(vae.norm(img))
+    vae.train()
+    noisy = vae.codebook(z)
+    assert torch.equal(noisy.indices, vae.codebook(z).indices)
+    vae.eval()
+    clean = vae.codebook(z)
+    assert torch.equal(noisy.indices, clean.indices) and torch.equal(clean.codes, vae.codebook(z).codes)
+    assert not torch.allclose(noisy.codes, clean.codes), "training codes carry noise"
+    assert torch.equal(vae.codebook.lookup(clean.indices), clean.codes)
+    # the symmetric grid and the plain one place their levels differently: the same ids decode otherwise
+    plain = make_vae("fsq", fsq_symmetric=False, fsq_noise_dropout=0.0)
+    plain.load_state_dict(vae.state_dict())
+    assert not torch.equal(plain.codebook.lookup(clean.indices), clean.codes)
+    old = {k: v for k, v in plain.config().items() if k not in ("fsq_symmetric", "fsq_noise_dropout")}
+    meta = {"vae": {"kind": "discrete", "config": old}, "data": {}}
+    path = save_checkpoint(tmp_path / "old", module=plain, kind="vae", meta=meta)
+    loaded, _ = load_vae(path)
+    assert loaded.config() == plain.config()
+    with pytest.raises(ValueError, match="noise dropout needs symmetric levels"):
+        make_vae("fsq", fsq_symmetric=False, fsq_noise_dropout=0.3)
+
+
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
 def test_dalle_trains_and_samples(quantizer):
     vae = make_vae(quantizer)

@@ -189,14 +189,30 @@ class _CountingExpiry:
 
 class FiniteScalarQuantizer(_Library):
     """FSQ: ``len(levels)`` channels (projected from ``dim``) each bounded and rounded to its level count;
-    ``prod(levels)`` codes, no codebook and no auxiliary loss."""
+    ``prod(levels)`` codes, no codebook and no auxiliary loss.
+
+    ``symmetric``: levels placed symmetrically about 0 (an even count has no level at 0); ``noise_dropout``:
+    the share of training values that get uniform noise of one level's width instead of rounding, so the
+    decoder learns from the whole box, not only the grid points the encoder already reaches (both from
+    Hansen-Estruch et al. 2025, "Learnings from Scaling Visual Tokenizers"; it needs ``symmetric``).
+    Plain FSQ is ``symmetric=False, noise_dropout=0``."""
 
     kind = "fsq"
 
-    def __init__(self, dim: int, levels: list[int]) -> None:
+    def __init__(
+        self, dim: int, levels: list[int], symmetric: bool = False, noise_dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        if noise_dropout and not symmetric:
+            raise ValueError(
+                "FSQ noise dropout needs symmetric levels: set fsq_symmetric or no noise dropout"
+            )
+        if not 0 <= noise_dropout < 1:
+            raise ValueError(f"fsq_noise_dropout must be in [0, 1), got {noise_dropout}")
         self.in_channels, self.num_codes = dim, math.prod(levels)
-        self.module = _library().FSQ(levels=list(levels), dim=dim)
+        self.module = _library().FSQ(
+            levels=list(levels), dim=dim, preserve_symmetry=symmetric, noise_dropout=noise_dropout
+        )
 
     def _run(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         codes, ids = self.module(z)

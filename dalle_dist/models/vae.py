@@ -25,7 +25,7 @@ DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5, 0.0), (0.5, 0.5, 0.5, 1.0))
 QUANTIZER_OPTIONS = {
     "gumbel": (),
     "vq": ("vq_codebook_dim", "vq_decay", "kmeans_init", "dead_code_threshold", "commitment_weight"),
-    "fsq": ("fsq_levels",),
+    "fsq": ("fsq_levels", "fsq_symmetric", "fsq_noise_dropout"),
     "lfq": ("lfq_bits", "entropy_loss_weight", "commitment_weight"),
 }
 
@@ -62,9 +62,10 @@ class DiscreteVAE(nn.Module):
     ``quantizer`` "gumbel" (the default, DALLE-pytorch's): Gumbel-softmax over ``num_tokens`` code logits
     mixing a ``codebook_dim``-wide codebook. "vq": cosine-similarity VQ in a ``vq_codebook_dim``-wide
     projection, EMA updates (``vq_decay``), k-means init, dead-code restarts under ``dead_code_threshold``.
-    "fsq": ``fsq_levels`` (codes: their product). "lfq": ``lfq_bits`` sign bits with an entropy loss. For
-    fsq / lfq ``num_tokens`` (default 512, or 1 024 for them) picks the levels / bits when those are left
-    out. ``commitment_weight`` is vq's and lfq's; the others keep their DALLE-pytorch meaning."""
+    "fsq": ``fsq_levels`` (codes: their product), levels symmetric about 0 (``fsq_symmetric``, on: it lifts
+    the codes used) and optional noise dropout (``fsq_noise_dropout``). "lfq": ``lfq_bits`` sign bits with an
+    entropy loss. For fsq / lfq ``num_tokens`` (default 512, or 1 024 for them) picks the levels / bits when
+    those are left out. ``commitment_weight`` is vq's and lfq's; the rest mean what DALLE-pytorch's do."""
 
     def __init__(
         self,
@@ -88,6 +89,8 @@ class DiscreteVAE(nn.Module):
         dead_code_threshold: float = 0.1,
         commitment_weight: float = 0.25,
         fsq_levels: list[int] | None = None,
+        fsq_symmetric: bool = True,
+        fsq_noise_dropout: float = 0.0,
         lfq_bits: int | None = None,
         entropy_loss_weight: float = 0.1,
     ) -> None:
@@ -130,6 +133,8 @@ class DiscreteVAE(nn.Module):
             dead_code_threshold=dead_code_threshold,
             commitment_weight=commitment_weight,
             fsq_levels=fsq_levels,
+            fsq_symmetric=fsq_symmetric,
+            fsq_noise_dropout=fsq_noise_dropout,
             lfq_bits=lfq_bits,
             entropy_loss_weight=entropy_loss_weight,
         )
@@ -172,7 +177,7 @@ class DiscreteVAE(nn.Module):
                 dead_code_threshold,
             )
         elif quantizer == "fsq":
-            self.codebook = FiniteScalarQuantizer(codebook_dim, fsq_levels)
+            self.codebook = FiniteScalarQuantizer(codebook_dim, fsq_levels, fsq_symmetric, fsq_noise_dropout)
         else:
             self.codebook = LookupFreeQuantizer(
                 codebook_dim, lfq_bits, entropy_loss_weight, commitment_weight

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ..cli import (
@@ -91,6 +92,18 @@ def build_parser() -> Parser:
         "about --num_tokens codes, 8,5,5,5 without it)",
     )
     q.add_argument(
+        "--fsq_symmetric",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fsq: levels symmetric about 0 (--no-fsq_symmetric: plain FSQ, with --fsq_noise_dropout 0)",
+    )
+    q.add_argument(
+        "--fsq_noise_dropout",
+        type=fraction,
+        default=0.0,
+        help="fsq: share of training values given uniform noise instead of rounding (needs symmetric levels)",
+    )
+    q.add_argument(
         "--lfq_bits", type=positive_int, default=None, help="lfq: bits a code (2**bits codes; default 10)"
     )
     q.add_argument("--entropy_loss_weight", type=nonneg_float, default=0.1, help="lfq: entropy loss weight")
@@ -140,6 +153,8 @@ FLAG_QUANTIZERS = {
     "no_kmeans_init": ("vq",),
     "commitment_weight": ("vq", "lfq"),
     "fsq_levels": ("fsq",),
+    "fsq_symmetric": ("fsq",),
+    "fsq_noise_dropout": ("fsq",),
     "lfq_bits": ("lfq",),
     "entropy_loss_weight": ("lfq",),
 }
@@ -162,6 +177,8 @@ FLAG_OF_CONFIG = {
     "dead_code_threshold": "dead_code_threshold",
     "commitment_weight": "commitment_weight",
     "fsq_levels": "fsq_levels",
+    "fsq_symmetric": "fsq_symmetric",
+    "fsq_noise_dropout": "fsq_noise_dropout",
     "lfq_bits": "lfq_bits",
     "entropy_loss_weight": "entropy_loss_weight",
 }

@@ -234,6 +234,10 @@ def build_vae(args: argparse.Namespace, image_size: int) -> DiscreteVAE:
             f"{', '.join(foreign)} {'do' if len(foreign) > 1 else 'does'} not apply to --quantizer {kind}: "
             "drop it or pick the quantizer it belongs to (train_vae.py --help)"
         )
+    if kind == "fsq" and args.fsq_noise_dropout and not args.fsq_symmetric:
+        raise UserError(
+            "--fsq_noise_dropout needs symmetric levels: drop --no-fsq_symmetric or add --fsq_noise_dropout 0"
+        )
     # fsq / lfq take their codebook size from their levels / bits unless --num_tokens is given
     num_tokens = args.num_tokens if kind in ("gumbel", "vq") or args.given("num_tokens") else None
     try:
@@ -259,6 +263,8 @@ def build_vae(args: argparse.Namespace, image_size: int) -> DiscreteVAE:
             dead_code_threshold=args.dead_code_threshold,
             commitment_weight=args.commitment_weight,
             fsq_levels=args.fsq_levels,
+            fsq_symmetric=args.fsq_symmetric,
+            fsq_noise_dropout=args.fsq_noise_dropout,
             lfq_bits=args.lfq_bits,
             entropy_loss_weight=args.entropy_loss_weight,
         )
