@@ -253,6 +253,41 @@ def test_judge_cli_with_an_exported_classifier(tmp_path):
     assert done.stderr.strip().startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_reconstruct_writes_the_tokenizers_pictures_in_the_same_layout(tmp_path):
+    """reconstruct.py: every numbered picture through the VAE's hard codes, captions beside them; what it
+    writes is what the VAE decodes from the picture's tokens (up to 8-bit rounding)."""
+    from conftest import train_tiny_vae
+
+    from dalle_dist.checkpoint import load_vae
+    from dalle_dist.data.transforms import load_image
+
+    vae_run = train_tiny_vae(tmp_path / "vae")
+    images, out = tmp_path / "reference", tmp_path / "reconstructed"
+    write_outputs(images, {"a photo of a bag": [8, 8], "a photo of a coat": [4]})
+    done = run_cmd([sys.executable, EXAMPLE / "reconstruct.py", "--vae_path", vae_run, "--images", images,
+                    "--out", out])  # fmt: skip
+    assert "3 pictures through the tokenizer" in done.stdout
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == [
+        "a_photo_of_a_bag/0.png", "a_photo_of_a_bag/1.png", "a_photo_of_a_bag/caption.txt",
+        "a_photo_of_a_coat/0.png", "a_photo_of_a_coat/caption.txt",
+    ]  # fmt: skip
+    assert (out / "a_photo_of_a_coat" / "caption.txt").read_text() == "a photo of a coat\n"
+    vae, _ = load_vae(vae_run)
+    vae.eval()
+    picture = load_image(images / "a_photo_of_a_coat" / "0.png", vae.image_size)[None]
+    with torch.no_grad():
+        expected = vae.denormalize(vae.decode(vae.get_codebook_indices(picture))).clamp(0, 1)[0]
+    got = torch.from_numpy(np.asarray(Image.open(out / "a_photo_of_a_coat" / "0.png"), dtype=np.float32))
+    assert got.shape == (vae.image_size, vae.image_size, 3)
+    torch.testing.assert_close(got.permute(2, 0, 1) / 255, expected, atol=0.5 / 255 + 1e-6, rtol=0)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cmd([sys.executable, EXAMPLE / "reconstruct.py", "--vae_path", vae_run, "--images", empty,
+                    "--out", out], expect=2)  # fmt: skip
+    assert "holds no .png pictures" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_summarize_reads_what_run_sh_writes(tmp_path):
     import summarize as fm_summarize
 
@@ -277,8 +312,15 @@ def test_summarize_reads_what_run_sh_writes(tmp_path):
     (run / "eval_ranked.json").write_text(
         json.dumps({**evaluation, "real_clip_score": {**score, "images": 10}})
     )
+    (run / "eval_reconstructed.json").write_text(
+        json.dumps({**evaluation, "frechet": [{"value": 0.1}, {"value": 4.5}]})
+    )
     done = run_cmd([sys.executable, EXAMPLE / "summarize.py", run])
     text = done.stdout
+    assert (
+        "| reference through the VAE's tokens (the tokenizer's floor) | 3 | 0.8000 | 0.0100 | 0.1000 "
+        "| 4.5000 |" in text
+    )
     assert "| train_clip | 5 min 00 s | alongside the main chain |" in text
     assert "**92.00%** test accuracy" in text
     assert "| a photo of a bag | 67% of 3 |" in text and "| overall | **66.7%** of 3 |" in text

@@ -158,6 +158,9 @@ if [[ $MODEL == dalle ]]; then
   wait "$side"
   trap - EXIT
   MODEL_FLAGS=(--dalle_path "$RUN/dalle")
+  # the tokenizer's floor: the reference pictures through the VAE's tokens and back (evaluated below)
+  stage reconstruct main "$PY" "$HERE/reconstruct.py" --vae_path "$RUN/vae" --images "$DATA/reference" \
+    --out "$RUN/outputs_reconstructed"
 else
   echo "== classifier, then the autoencoder, alongside train_clip; then the prior alongside the decoder" \
     "(logs: $RUN/logs/)"
@@ -198,8 +201,11 @@ for set in ranked plain; do
     --outputs "$RUN/outputs_$set" --json "$RUN/judge_$set.json"
 done
 # CLIP-score + Fréchet distances (CLIP latents; the classifier's 128 penultimate features) against the
-# real test split; the reference set (IMAGES real training images per class) gives the real-image level
-for set in ranked plain reference; do
+# real test split; the reference set (IMAGES real training images per class) gives the real-image level, its
+# reconstructions (DALL-E) the tokenizer's floor
+SETS=(ranked plain reference)
+[[ $MODEL == dalle ]] && SETS+=(reconstructed)
+for set in "${SETS[@]}"; do
   generated=$RUN/outputs_$set
   [[ $set == reference ]] && generated=$DATA/reference
   stage "evaluate_$set" main "$PY" evaluate.py --clip_path "$RUN/clip" --generated "$generated" \

@@ -4,7 +4,7 @@
     python examples/fashion_mnist/summarize.py runs/fashion_mnist
 
 Reads RUN/times.tsv, machine.txt, command.txt, classifier/classifier.json, judge_{ranked,plain}.json,
-eval_{ranked,plain,reference}.json and the trainers' metrics.jsonl; a missing file leaves its lines out.
+eval_{ranked,plain,reference,reconstructed}.json and the trainers' metrics.jsonl; a missing file leaves its lines out.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ SETS = {
     "ranked": "generated, CLIP-ranked",
     "plain": "generated, not ranked",
     "reference": "real training images (reference)",
+    "reconstructed": "reference through the VAE's tokens (the tokenizer's floor)",
 }
 
 
