@@ -173,14 +173,14 @@ class Model:
     dalle: Any = None  # DALL-E 1 (its --gentxt)
 
 
-def _dalle1(args: Any, device: torch.device) -> Model:
+def _dalle1(args: Any, device: torch.device, bf16: bool) -> Model:
     refuse_given(args, DALLE2_ONLY, "DALL-E 2 sampling flags; a DALL-E (--dalle_path) takes --top_k, "
                  "--top_p, --temperature and --cond_scale")  # fmt: skip
     if args.compile and args.no_cache:
         raise UserError("--compile compiles the cached decode step: drop --no_cache (or --compile)")
     dalle, tokenizer, ckpt = load_dalle(args.dalle_path)
     dalle.to(device).eval()
-    if args.bf16:
+    if bf16:
         dalle.to(torch.bfloat16).vae.float()
     prime = None
     if args.img is not None:
@@ -210,7 +210,7 @@ def _dalle1(args: Any, device: torch.device) -> Model:
     return Model(tokenizer, dalle.text_seq_len, f"loaded {ckpt.path} (step {ckpt.step})", images, dalle)
 
 
-def _dalle2(args: Any, device: torch.device) -> Model:
+def _dalle2(args: Any, device: torch.device, bf16: bool) -> Model:
     from .models import DALLE2
 
     if args.prior_path is None or args.decoder_path is None:
@@ -232,7 +232,7 @@ def _dalle2(args: Any, device: torch.device) -> Model:
         raise UserError(f"--prior_path / --decoder_path: {e}") from None
 
     def images(text: torch.Tensor, n: int) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = dalle2(
                 text=text.expand(n, -1),
                 cf_guidance_scale=args.cond_scale,
@@ -266,15 +266,16 @@ def main(argv: list[str] | None = None) -> None:
             "separates several), or add --gentxt to let the model write the text"
         )
     device = pick_device(args.device)
-    if args.amp and not args.bf16:
-        args.bf16 = cpu_computes_bf16() if device.type == "cpu" else torch.cuda.is_bf16_supported()
-    elif args.bf16 and device.type == "cpu" and not cpu_computes_bf16():
+    bf16 = args.bf16
+    if args.amp and not bf16:
+        bf16 = cpu_computes_bf16() if device.type == "cpu" else torch.cuda.is_bf16_supported()
+    elif bf16 and device.type == "cpu" and not cpu_computes_bf16():
         print(
             "--bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX) and emulates it, several times "
             "slower than fp32: drop --bf16 unless bf16 is the point",
             flush=True,
         )
-    model = _dalle2(args, device) if two else _dalle1(args, device)
+    model = _dalle2(args, device, bf16) if two else _dalle1(args, device, bf16)
     tokenizer = model.tokenizer
     check_tokenizer_flags(tokenizer, args, "generate.py")
     if args.seed is not None:

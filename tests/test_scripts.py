@@ -358,11 +358,31 @@ def test_flops_profiler_prints_tables_and_stops(tmp_path, vae_run):
 
 
 def test_generate_in_bf16(tmp_path, dalle_run):
-    """--bf16 samples with bf16 weights and cache (the VAE stays fp32) and writes the same layout."""
-    out = tmp_path / "outputs"
-    flags = ["--num_images", "2", "--outputs_dir", out, "--seed", "1", "--bf16", "--cond_scale", "2"]
-    run("generate.py", "--dalle_path", dalle_run, "--text", "a red circle", *flags)
-    assert Image.open(out / "a_red_circle" / "1.png").size == (16, 16)
+    """--bf16 samples with bf16 weights and cache (the VAE stays fp32) and writes the same layout; --amp
+    samples as --bf16 does on a CPU with bf16 arithmetic and as fp32 on one that would emulate it."""
+    from dalle_dist.devices import cpu_computes_bf16
+
+    images = {}
+    for precision in ("--bf16", "--amp", None):
+        out = tmp_path / f"outputs{precision}"
+        flags = ["--num_images", "2", "--outputs_dir", out, "--seed", "1", "--cond_scale", "2"]
+        proc = run(
+            "generate.py",
+            "--dalle_path",
+            dalle_run,
+            "--text",
+            "a red circle",
+            *flags,
+            *[precision] * bool(precision),
+        )
+        assert Image.open(out / "a_red_circle" / "1.png").size == (16, 16)
+        images[precision] = [np.asarray(Image.open(out / "a_red_circle" / f"{i}.png")) for i in range(2)]
+        assert ("--bf16: this CPU has no bf16 arithmetic" in proc.stdout) == (
+            precision == "--bf16" and not cpu_computes_bf16()
+        )
+    assert any(not np.array_equal(a, b) for a, b in zip(images["--bf16"], images[None], strict=True))
+    same_as = images["--bf16"] if cpu_computes_bf16() else images[None]
+    assert all(np.array_equal(a, b) for a, b in zip(images["--amp"], same_as, strict=True))
 
 
 @pytest.mark.slow
