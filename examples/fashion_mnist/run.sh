@@ -3,7 +3,7 @@
 # and plain) -> class accuracy, CLIP-score, Fréchet distances -> summary. examples/fashion_mnist/README.md.
 #
 #   sudo apt-get install dataset-fashion-mnist   # the data (Debian / Ubuntu; MIT licence)
-#   examples/fashion_mnist/run.sh [RUN_DIR]      # default runs/fashion_mnist; 31 min measured on a 2-core CPU
+#   examples/fashion_mnist/run.sh [RUN_DIR]      # default runs/fashion_mnist; 31 min on a 2-core AMX (bf16) CPU
 #   QUICK=1 examples/fashion_mnist/run.sh runs/fm_quick   # a few minutes: tiny steps, for checking the pipeline
 #
 # Settings come from the environment (defaults sized for a shared 2-core CPU within an hour):
