@@ -348,10 +348,8 @@ def build_vae(description: dict[str, Any]) -> nn.Module:
         raise UserError(f"unknown VAE kind {kind!r} in checkpoint (known: {', '.join(VAE_CLASSES)})")
     config = dict(description["config"])
     if config.get("quantizer") == "fsq" and "fsq_symmetric" not in config:
-        config |= {
-            "fsq_symmetric": False,
-            "fsq_noise_dropout": 0.0,
-        }  # written before these options: plain FSQ
+        # written before FSQ had these options (their defaults now differ): it was trained as plain FSQ
+        config |= {"fsq_symmetric": False, "fsq_noise_dropout": 0.0}
     with _described("VAE"):
         return VAE_CLASSES[kind](**config)
 
