@@ -4,7 +4,8 @@
     python examples/fashion_mnist/summarize.py runs/fashion_mnist
 
 Reads RUN/times.tsv, machine.txt, command.txt, classifier/classifier.json, judge_{ranked,plain}.json,
-eval_{ranked,plain,reference,reconstructed}.json and the trainers' metrics.jsonl; a missing file leaves its lines out.
+eval_{ranked,plain,reference,reconstructed}.json and the trainers' metrics.jsonl; a missing file leaves its
+lines out.
 """
 
 from __future__ import annotations
