@@ -32,3 +32,10 @@ def test_sparse_patterns_are_credited_with_less_work(vae):
 def test_matmul_peak_is_a_rate():
     peak = matmul_peak(torch.device("cpu"), torch.float32, seconds=0.05)
     assert 1e8 < peak < 1e14
+
+
+def test_matmul_peak_in_bf16_is_a_rate_on_any_cpu():
+    """bf16 too, also where the CPU emulates it (no AVX512-BF16 or AMX): the matrices stay small enough
+    that a job's start-up does not wait minutes for this figure."""
+    peak = matmul_peak(torch.device("cpu"), torch.bfloat16, seconds=0.05)
+    assert 1e7 < peak < 1e14

@@ -328,7 +328,7 @@ class TrainingLoop:
             self.peak = matmul_peak(device, precision.dtype)
             self.log(
                 f"model: {self.flops / 1e9:.2f} GFLOP per training sample; {device} {precision.name} "
-                f"matmul peak {self.peak / 1e9:.0f} GFLOP/s (MFU is measured against it)"
+                f"matmul peak {_gflops(self.peak)} GFLOP/s (MFU is measured against it)"
             )
 
     def _train_step(
@@ -595,6 +595,12 @@ def format_duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _gflops(flops_per_s: float) -> str:
+    """GFLOP/s to the unit (``1503``), or to two decimals below 10 (an emulated dtype's ``0.15``)."""
+    gflops = flops_per_s / 1e9
+    return f"{gflops:.0f}" if gflops >= 10 else f"{gflops:.2f}"
 
 
 def memory_gb(device: torch.device) -> dict[str, float]:

@@ -34,18 +34,34 @@ def dalle_flops_per_sample(dalle: nn.Module) -> float:
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
-    """FLOP/s of large square matmuls on ``device`` in ``dtype`` (best of a short run): the 100 % of MFU."""
-    size = 2048 if device.type == "cpu" else 8192
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best, deadline = 0.0, time.perf_counter() + seconds
-    a @ b  # warm-up (allocations, kernel choice)
-    while time.perf_counter() < deadline or best == 0.0:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    """FLOP/s of large square matmuls on ``device`` in ``dtype`` (best of a short run): the 100 % of MFU.
+
+    The matrices grow from 256 to 2 048 (CPU) or 8 192 (GPU) while the next product would take under a
+    second: where ``dtype`` is emulated (bf16 on a CPU without AVX512-BF16 or AMX, ~100x slower than
+    fp32) a 2 048 product takes about two minutes, and every rank of a job would wait for it at start-up.
+    """
+    largest = 2048 if device.type == "cpu" else 8192
+    size = 256
+    while True:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        a @ b  # warm-up (allocations, kernel choice)
+        elapsed = _timed_matmul(a, b)
+        if size >= largest or 8 * elapsed > 1.0:  # the next size costs 8x this one
+            break
+        size *= 2
+    best, deadline = 2 * size**3 / elapsed, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        best = max(best, 2 * size**3 / _timed_matmul(a, b))
     return best
+
+
+def _timed_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Seconds one ``a @ b`` takes (synchronised on CUDA)."""
+    if a.device.type == "cuda":
+        torch.cuda.synchronize(a.device)
+    start = time.perf_counter()
+    a @ b
+    if a.device.type == "cuda":
+        torch.cuda.synchronize(a.device)
+    return time.perf_counter() - start
