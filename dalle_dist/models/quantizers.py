@@ -222,15 +222,26 @@ class FiniteScalarQuantizer(_Library):
 class LookupFreeQuantizer(_Library):
     """LFQ: ``bits`` channels (projected from ``dim``), each quantized to its sign; ``2**bits`` codes. The
     entropy loss (weight ``entropy_loss_weight``) asks each code to be confident and the batch to use many
-    codes; the commitment loss keeps the encoder near its codes."""
+    codes; the commitment loss keeps the encoder near its codes.
+
+    The entropy reads code probabilities softmax(2 x . c / ``temperature``). An untrained encoder's
+    projected values are ~0.02-0.2, and some bits have one sign on every position; at
+    vector-quantize-pytorch's temperature 0.01 flipping such a bit costs ~400 |x| in logits, so the batch
+    term's gradient on it is nil, it never flips, and half the codebook stays unused in some seeds
+    (bench/RESULTS.md). At 0.1 (the default here) that gradient is alive until the bits are balanced."""
 
     kind = "lfq"
 
     def __init__(
-        self, dim: int, bits: int, entropy_loss_weight: float = 0.1, commitment_weight: float = 0.25
+        self,
+        dim: int,
+        bits: int,
+        entropy_loss_weight: float = 0.15,
+        commitment_weight: float = 0.25,
+        temperature: float = 0.1,
     ) -> None:
         super().__init__()
-        self.in_channels, self.num_codes = dim, 2**bits
+        self.in_channels, self.num_codes, self.temperature = dim, 2**bits, temperature
         self.module = _library().LFQ(
             dim=dim,
             codebook_size=2**bits,
@@ -239,7 +250,7 @@ class LookupFreeQuantizer(_Library):
         )
 
     def _run(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        codes, ids, loss = self.module(z)
+        codes, ids, loss = self.module(z, inv_temperature=1.0 / self.temperature)
         return codes, ids, loss.reshape(())
 
 

@@ -26,7 +26,7 @@ QUANTIZER_OPTIONS = {
     "gumbel": (),
     "vq": ("vq_codebook_dim", "vq_decay", "kmeans_init", "dead_code_threshold", "commitment_weight"),
     "fsq": ("fsq_levels", "fsq_symmetric", "fsq_noise_dropout"),
-    "lfq": ("lfq_bits", "entropy_loss_weight", "commitment_weight"),
+    "lfq": ("lfq_bits", "entropy_loss_weight", "lfq_temperature", "commitment_weight"),
 }
 
 
@@ -92,7 +92,8 @@ class DiscreteVAE(nn.Module):
         fsq_symmetric: bool = True,
         fsq_noise_dropout: float = 0.0,
         lfq_bits: int | None = None,
-        entropy_loss_weight: float = 0.1,
+        entropy_loss_weight: float = 0.15,
+        lfq_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -137,6 +138,7 @@ class DiscreteVAE(nn.Module):
             fsq_noise_dropout=fsq_noise_dropout,
             lfq_bits=lfq_bits,
             entropy_loss_weight=entropy_loss_weight,
+            lfq_temperature=lfq_temperature,
         )
         # only the chosen quantizer's options: a Gumbel dVAE's config is what it was before quantizers
         options = {key: chosen[key] for key in QUANTIZER_OPTIONS[quantizer]}
@@ -180,7 +182,7 @@ class DiscreteVAE(nn.Module):
             self.codebook = FiniteScalarQuantizer(codebook_dim, fsq_levels, fsq_symmetric, fsq_noise_dropout)
         else:
             self.codebook = LookupFreeQuantizer(
-                codebook_dim, lfq_bits, entropy_loss_weight, commitment_weight
+                codebook_dim, lfq_bits, entropy_loss_weight, commitment_weight, lfq_temperature
             )
         enc, dec = [], []
         enc_in = channels

@@ -106,7 +106,19 @@ def build_parser() -> Parser:
     q.add_argument(
         "--lfq_bits", type=positive_int, default=None, help="lfq: bits a code (2**bits codes; default 10)"
     )
-    q.add_argument("--entropy_loss_weight", type=nonneg_float, default=0.1, help="lfq: entropy loss weight")
+    q.add_argument(
+        "--entropy_loss_weight",
+        type=nonneg_float,
+        default=0.15,
+        help="lfq: entropy loss weight",
+    )
+    q.add_argument(
+        "--lfq_temperature",
+        type=positive_float,
+        default=0.1,
+        help="lfq: temperature of the code probabilities the entropy loss reads (vector-quantize-pytorch's "
+        "0.01 saturates them: a sign bit can stay stuck, half the codes unused)",
+    )
     a = parser.add_argument_group("VQGAN's objective (any quantizer)")
     a.add_argument(
         "--gan",
@@ -157,6 +169,7 @@ FLAG_QUANTIZERS = {
     "fsq_noise_dropout": ("fsq",),
     "lfq_bits": ("lfq",),
     "entropy_loss_weight": ("lfq",),
+    "lfq_temperature": ("lfq",),
 }
 
 
@@ -181,4 +194,5 @@ FLAG_OF_CONFIG = {
     "fsq_noise_dropout": "fsq_noise_dropout",
     "lfq_bits": "lfq_bits",
     "entropy_loss_weight": "entropy_loss_weight",
+    "lfq_temperature": "lfq_temperature",
 }

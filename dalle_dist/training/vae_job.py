@@ -267,6 +267,7 @@ def build_vae(args: argparse.Namespace, image_size: int) -> DiscreteVAE:
             fsq_noise_dropout=args.fsq_noise_dropout,
             lfq_bits=args.lfq_bits,
             entropy_loss_weight=args.entropy_loss_weight,
+            lfq_temperature=args.lfq_temperature,
         )
     except ValueError as e:
         raise UserError(f"--image_size / --num_layers: {e}") from None
