@@ -1,4 +1,5 @@
-"""The GPU checks of issue [5/8], for a session that is lent a CUDA machine (they cannot run on a CPU).
+"""The GPU checks of the attention-kernel issue (an earlier batch's [5/8]) and of issue [4/6], for a
+session that is lent a CUDA machine (they cannot run on a CPU).
 
 1. FlexAttention (compiled to Triton) for every pattern, forward and backward, against the dense fp64
    reference: the largest absolute error of the output and of dq / dk / dv.

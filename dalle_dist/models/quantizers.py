@@ -228,7 +228,8 @@ class LookupFreeQuantizer(_Library):
     projected values are ~0.02-0.2, and some bits have one sign on every position; at
     vector-quantize-pytorch's temperature 0.01 flipping such a bit costs ~400 |x| in logits, so the batch
     term's gradient on it is nil, it never flips, and half the codebook stays unused in some seeds
-    (bench/RESULTS.md). At 0.1 (the default here) that gradient is alive until the bits are balanced."""
+    (bench/RESULTS.md). At 0.3 (the default here) that gradient stays alive until the bits are balanced;
+    0.1 still left a bit stuck in one seed, 1.0 makes codes less confident (fewer used)."""
 
     kind = "lfq"
 
@@ -238,7 +239,7 @@ class LookupFreeQuantizer(_Library):
         bits: int,
         entropy_loss_weight: float = 0.15,
         commitment_weight: float = 0.25,
-        temperature: float = 0.1,
+        temperature: float = 0.3,
     ) -> None:
         super().__init__()
         self.in_channels, self.num_codes, self.temperature = dim, 2**bits, temperature

@@ -93,7 +93,7 @@ class DiscreteVAE(nn.Module):
         fsq_noise_dropout: float = 0.0,
         lfq_bits: int | None = None,
         entropy_loss_weight: float = 0.15,
-        lfq_temperature: float = 0.1,
+        lfq_temperature: float = 0.3,
     ) -> None:
         super().__init__()
         if num_layers < 1:

@@ -115,7 +115,7 @@ def build_parser() -> Parser:
     q.add_argument(
         "--lfq_temperature",
         type=positive_float,
-        default=0.1,
+        default=0.3,
         help="lfq: temperature of the code probabilities the entropy loss reads (vector-quantize-pytorch's "
         "0.01 saturates them: a sign bit can stay stuck, half the codes unused)",
     )
