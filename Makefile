@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # On a GPU machine: make install TORCH_SPEC='torch==2.13.0 --index-url <your CUDA index>'
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
+# the versions `make test` last passed with (constraints.txt): a release tomorrow cannot break an install
+CONSTRAINTS := -c constraints.txt
 
 .PHONY: install install-dev test test-fast lint demo demo-dalle2 docker bench-compare clean
 
@@ -17,7 +19,7 @@ $(VENV)/.torch: | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.torch
-	$(PIP) install -q -e .
+	$(PIP) install -q $(CONSTRAINTS) -e .
 
 # The engines need special build settings, so scripts install them (an extra only declares requirements):
 # Horovod builds from source against the installed torch (~2-3 min once, then pip's wheel cache);
@@ -36,8 +38,8 @@ $(VENV)/.yttm: | $(BIN)/python
 	touch $@
 
 # a stamp, not a pip run on every call: `make test` in the image (whose venv is root's) installs nothing
-$(VENV)/.dev: $(VENV)/.torch $(VENV)/.horovod $(VENV)/.deepspeed $(VENV)/.yttm setup.py pyproject.toml
-	$(PIP) install -q -e '.[dev]'
+$(VENV)/.dev: $(VENV)/.torch $(VENV)/.horovod $(VENV)/.deepspeed $(VENV)/.yttm setup.py pyproject.toml constraints.txt
+	$(PIP) install -q $(CONSTRAINTS) -e '.[dev]'
 	touch $@
 
 install-dev: $(VENV)/.dev

@@ -46,7 +46,9 @@ setup(
         "webdataset>=0.2.90,<2",  # shards: gopen, tar member naming, ShardWriter (braceexpand comes with it)
         "scipy>=1.10",  # evaluate.py: the matrix square root of the Fréchet distance
         "diffusers>=0.30",  # DALL-E 2: the noise schedules and samplers, and the decoder's UNet
-        "vector-quantize-pytorch>=1.20,<2",  # train_vae.py --quantizer vq / fsq / lfq
+        # train_vae.py --quantizer vq / fsq / lfq; 1.34 made the dead-code threshold a ratio of the mean
+        # cluster size (our restart counting and checkpoints' dead_code_threshold mean an absolute count)
+        "vector-quantize-pytorch>=1.20,<1.33",
     ],
     extras_require=EXTRAS,
     license="MIT",

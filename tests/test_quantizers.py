@@ -277,3 +277,20 @@ def test_channels_last_vae_reads_its_inputs_so_and_agrees(quantizer):
     a = vae(img, return_loss=True)
     torch.manual_seed(3)
     torch.testing.assert_close(fast(img, return_loss=True), a, rtol=1e-5, atol=1e-6)
+
+
+def test_a_library_that_changed_dead_code_restarts_is_refused(monkeypatch):
+    # vector-quantize-pytorch 1.34 reads the dead-code threshold as a ratio of the mean cluster size; built on
+    # it, our restart counting would crash mid-training and old checkpoints would restart other codes
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata,
+        "version",
+        lambda name: "1.34.1" if name == "vector-quantize-pytorch" else real(name),
+    )
+    with pytest.raises(ImportError, match=r"vector-quantize-pytorch 1\.34\.1 .*<1\.33"):
+        VectorQuantizer(dim=8, num_codes=16, codebook_dim=4)
+    monkeypatch.undo()
+    assert VectorQuantizer(dim=8, num_codes=16, codebook_dim=4).num_codes == 16

@@ -24,6 +24,7 @@ the quantizer is built (``sync_codebook``): build the model after the process gr
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from typing import Any, NamedTuple
 
@@ -114,9 +115,19 @@ class _Library(nn.Module):
         raise NotImplementedError
 
 
+SUPPORTED_LIBRARY = (1, 33)  # vector-quantize-pytorch below this; see setup.py
+
+
 def _library() -> Any:
     import vector_quantize_pytorch
     from loguru import logger
+
+    installed = importlib.metadata.version("vector-quantize-pytorch")
+    if tuple(int(part) for part in installed.split(".")[:2]) >= SUPPORTED_LIBRARY:
+        raise ImportError(
+            f"vector-quantize-pytorch {installed} changed how dead codes are restarted; "
+            "install the supported one: pip install 'vector-quantize-pytorch<1.33' (or pip install -e .)"
+        )
 
     # its k-means warns (through loguru, on stderr) when a batch holds fewer vectors than codes; a small
     # first batch is expected here, and the codes it duplicates are restarted as dead codes later
