@@ -143,6 +143,22 @@ def test_ddp_vq_equals_single_process(tmp_path):
     assert [r["codes_restarted"] for r in records(restarts) if "codes_restarted" in r][-1] > 0
 
 
+def test_ddp_fsq_entropy_equals_single_process(tmp_path):
+    """FSQ's entropy term reads the batch's mean code distribution: under DDP it is averaged over the ranks
+    (with its gradient), so 2 ranks x batch 4 train as 1 process x batch 8 does."""
+    common = ["--max_steps", "3", "--log_every", "1", "--sample_every", "100", "--quantizer", "fsq"]
+    common += ["--fsq_levels", "4,4,3", "--fsq_entropy_weight", "1.0", "--learning_rate", "0.01"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    run_cmd([*VAE, "--output", single, "--batch_size", "8", *common])
+    proc = run_cmd(
+        launch_2_ranks("torchrun", "train_vae.py", *TINY, "--output", ddp, "--batch_size", "4", *common)
+    )
+    assert "weights identical on all 2 ranks: yes" in proc.stdout
+    a, b = load_file(single / "final" / "model.safetensors"), load_file(ddp / "final" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
 @pytest.mark.slow
 def test_deepspeed_vq_equals_single_process(tmp_path):
     """Under the deepspeed launcher (which starts torch.distributed) the EMA codebook is summed over the

@@ -10,7 +10,7 @@ import torch
 from conftest import small_dalle
 
 from dalle_dist.checkpoint import describe_vae, load_vae, save_checkpoint
-from dalle_dist.models.quantizers import QUANTIZERS, VectorQuantizer
+from dalle_dist.models.quantizers import QUANTIZERS, FiniteScalarQuantizer, VectorQuantizer
 from dalle_dist.models.vae import QUANTIZER_OPTIONS, DiscreteVAE
 from dalle_dist.training.codebook import CodebookUsage
 
@@ -207,6 +207,39 @@ def test_lfq_entropy_gradient_reaches_a_one_sided_bit(tmp_path):
     meta = {"vae": {"kind": "discrete", "config": old}, "data": {}}
     loaded, _ = load_vae(save_checkpoint(tmp_path / "old", module=vae, kind="vae", meta=meta))
     assert loaded.config() == {**vae.config(), "lfq_temperature": 0.01}
+
+
+def test_fsq_entropy_reads_the_librarys_grid_and_spreads_the_codes(tmp_path):
+    """The entropy term's level coordinates round to the library's own ids (symmetric and plain levels);
+    descending it moves positions that all share one code onto many; it is off by default, zero outside
+    training, and an FSQ checkpoint written before it loads without it."""
+    z = 2 * torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    for symmetric in (True, False):
+        q = FiniteScalarQuantizer(8, [8, 5, 4], symmetric=symmetric, entropy_weight=0.1)
+        u = q.level_coordinates(z)
+        levels = (u + 0.5).floor() if symmetric else u.round()
+        ids = (levels.long() * q.module._basis.long()).sum(-1)
+        assert torch.equal(ids, q(z).indices.flatten())
+    torch.manual_seed(0)
+    q = FiniteScalarQuantizer(8, [4, 4, 4], symmetric=True, entropy_weight=1.0).train()
+    leaf = (0.3 + 0.05 * torch.randn(4, 8, 4, 4)).requires_grad_()
+    opt = torch.optim.SGD([leaf], lr=1.0)
+    assert q(leaf).indices.unique().numel() == 1
+    for _ in range(100):
+        opt.zero_grad()
+        q(leaf).loss.backward()
+        opt.step()
+    assert q(leaf).indices.unique().numel() >= 8
+    q.eval()
+    assert float(q(leaf).loss) == 0.0
+    vae = make_vae("fsq")
+    assert vae.codebook.entropy_weight == 0.0 and vae(images(), return_loss=True).item() > 0
+    old = {k: v for k, v in vae.config().items() if not k.startswith("fsq_entropy")}
+    meta = {"vae": {"kind": "discrete", "config": old}, "data": {}}
+    loaded, _ = load_vae(save_checkpoint(tmp_path / "old", module=vae, kind="vae", meta=meta))
+    assert loaded.config() == vae.config()
+    with pytest.raises(ValueError, match="works up to 16384 codes"):
+        make_vae("fsq", fsq_levels=[8, 8, 8, 8, 8], fsq_entropy_weight=0.1)
 
 
 @pytest.mark.parametrize("quantizer", QUANTIZERS)

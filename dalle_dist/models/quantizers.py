@@ -200,18 +200,33 @@ class _CountingExpiry:
 
 class FiniteScalarQuantizer(_Library):
     """FSQ: ``len(levels)`` channels (projected from ``dim``) each bounded and rounded to its level count;
-    ``prod(levels)`` codes, no codebook and no auxiliary loss.
+    ``prod(levels)`` codes, no codebook.
 
     ``symmetric``: levels placed symmetrically about 0 (an even count has no level at 0); ``noise_dropout``:
     the share of training values that get uniform noise of one level's width instead of rounding, so the
     decoder learns from the whole box, not only the grid points the encoder already reaches (both from
     Hansen-Estruch et al. 2025, "Learnings from Scaling Visual Tokenizers"; it needs ``symmetric``).
-    Plain FSQ is ``symmetric=False, noise_dropout=0``."""
+    Plain FSQ is ``symmetric=False, noise_dropout=0``.
+
+    ``entropy_weight`` (ours; vector-quantize-pytorch's FSQ has no loss): the entropy loss LFQ uses
+    (MAGVIT-v2), read on FSQ's grid. Each channel's distance to its levels gives soft level probabilities
+    (softmax of -distance^2 / ``entropy_temperature``), a code's probability is their product, and the loss
+    is the mean per-position entropy minus the entropy of the batch's mean code distribution: confident codes,
+    many of them. FSQ cannot collapse, but on simple pictures (the built-in shapes) the encoder packs the
+    patches into few grid cells; this term spreads them. The batch distribution is averaged over every rank
+    under torch.distributed, as one process would see the global batch."""
 
     kind = "fsq"
+    MAX_ENTROPY_CODES = 2**14  # the batch distribution holds positions x codes probabilities
 
     def __init__(
-        self, dim: int, levels: list[int], symmetric: bool = False, noise_dropout: float = 0.0
+        self,
+        dim: int,
+        levels: list[int],
+        symmetric: bool = False,
+        noise_dropout: float = 0.0,
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.5,
     ) -> None:
         super().__init__()
         if noise_dropout and not symmetric:
@@ -220,14 +235,61 @@ class FiniteScalarQuantizer(_Library):
             )
         if not 0 <= noise_dropout < 1:
             raise ValueError(f"fsq_noise_dropout must be in [0, 1), got {noise_dropout}")
+        if entropy_weight < 0 or entropy_temperature <= 0:
+            raise ValueError("fsq_entropy_weight must be >= 0 and its temperature > 0")
+        if entropy_weight and math.prod(levels) > self.MAX_ENTROPY_CODES:
+            raise ValueError(
+                f"fsq_entropy_weight works up to {self.MAX_ENTROPY_CODES} codes, fsq_levels {levels} make "
+                f"{math.prod(levels)}: use fewer levels or fsq_entropy_weight 0"
+            )
         self.in_channels, self.num_codes = dim, math.prod(levels)
+        self.symmetric, self.entropy_weight, self.entropy_temperature = (
+            symmetric,
+            entropy_weight,
+            entropy_temperature,
+        )
         self.module = _library().FSQ(
             levels=list(levels), dim=dim, preserve_symmetry=symmetric, noise_dropout=noise_dropout
         )
 
     def _run(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         codes, ids = self.module(z)
-        return codes, ids.long(), z.new_zeros((), dtype=torch.float32)
+        if self.entropy_weight and self.module.training and torch.is_grad_enabled():
+            loss = self.entropy_weight * self.entropy_loss(z)
+        else:
+            loss = z.new_zeros((), dtype=torch.float32)
+        return codes, ids.long(), loss
+
+    def level_coordinates(self, z: Tensor) -> Tensor:
+        """``[positions, channels]``: each projected channel's place on its levels' scale (level i at i), the
+        value the library rounds to pick a level."""
+        m = self.module
+        x = m.project_in(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])).float()
+        levels = m._levels.to(x)
+        if self.symmetric:  # the library's floor((L - 1)(tanh x + 1) / 2 + 1/2)
+            return (levels - 1) * (torch.tanh(x) + 1) / 2
+        half = (levels - 1) * (1 + 1e-3) / 2  # the library's bound, shifted so that its levels are 0..L-1
+        offset = torch.where(m._levels % 2 == 0, 0.5, 0.0).to(x)
+        return torch.tanh(x + torch.atanh(offset / half)) * half - offset + torch.div(levels, 2).floor()
+
+    def entropy_loss(self, z: Tensor) -> Tensor:
+        """Mean per-position code entropy minus the entropy of the mean code distribution (nats)."""
+        u = self.level_coordinates(z)
+        per_position, joint = u.new_zeros(()), None
+        for channel, count in enumerate(self.module._levels.tolist()):
+            grid = torch.arange(count, device=u.device, dtype=u.dtype)
+            logits = -((u[:, channel, None] - grid) ** 2) / self.entropy_temperature
+            probs = logits.softmax(-1)
+            per_position = per_position - (probs * logits.log_softmax(-1)).sum(-1).mean()
+            # a code's probability: the product of its channels' (their order is the entropy's no matter)
+            joint = probs if joint is None else (joint[:, :, None] * probs[:, None, :]).flatten(1)
+        average = joint.mean(0)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            if world > 1:
+                average = torch.distributed.nn.functional.all_reduce(average) / world
+        batch = -(average * average.clamp_min(1e-12).log()).sum()
+        return per_position - batch
 
 
 class LookupFreeQuantizer(_Library):

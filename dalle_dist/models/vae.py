@@ -25,7 +25,13 @@ DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5, 0.0), (0.5, 0.5, 0.5, 1.0))
 QUANTIZER_OPTIONS = {
     "gumbel": (),
     "vq": ("vq_codebook_dim", "vq_decay", "kmeans_init", "dead_code_threshold", "commitment_weight"),
-    "fsq": ("fsq_levels", "fsq_symmetric", "fsq_noise_dropout"),
+    "fsq": (
+        "fsq_levels",
+        "fsq_symmetric",
+        "fsq_noise_dropout",
+        "fsq_entropy_weight",
+        "fsq_entropy_temperature",
+    ),
     "lfq": ("lfq_bits", "entropy_loss_weight", "lfq_temperature", "commitment_weight"),
 }
 
@@ -63,7 +69,8 @@ class DiscreteVAE(nn.Module):
     mixing a ``codebook_dim``-wide codebook. "vq": cosine-similarity VQ in a ``vq_codebook_dim``-wide
     projection, EMA updates (``vq_decay``), k-means init, dead-code restarts under ``dead_code_threshold``.
     "fsq": ``fsq_levels`` (codes: their product), levels symmetric about 0 (``fsq_symmetric``, on: it lifts
-    the codes used) and optional noise dropout (``fsq_noise_dropout``). "lfq": ``lfq_bits`` sign bits with an
+    the codes used), optional noise dropout (``fsq_noise_dropout``) and an entropy loss that spreads the codes
+    (``fsq_entropy_weight`` at ``fsq_entropy_temperature``). "lfq": ``lfq_bits`` sign bits with an
     entropy loss. For fsq / lfq ``num_tokens`` (default 512, or 1 024 for them) picks the levels / bits when
     those are left out. ``commitment_weight`` is vq's and lfq's; the rest mean what DALLE-pytorch's do."""
 
@@ -91,6 +98,8 @@ class DiscreteVAE(nn.Module):
         fsq_levels: list[int] | None = None,
         fsq_symmetric: bool = True,
         fsq_noise_dropout: float = 0.0,
+        fsq_entropy_weight: float = 0.0,
+        fsq_entropy_temperature: float = 0.5,
         lfq_bits: int | None = None,
         entropy_loss_weight: float = 0.15,
         lfq_temperature: float = 0.3,
@@ -136,6 +145,8 @@ class DiscreteVAE(nn.Module):
             fsq_levels=fsq_levels,
             fsq_symmetric=fsq_symmetric,
             fsq_noise_dropout=fsq_noise_dropout,
+            fsq_entropy_weight=fsq_entropy_weight,
+            fsq_entropy_temperature=fsq_entropy_temperature,
             lfq_bits=lfq_bits,
             entropy_loss_weight=entropy_loss_weight,
             lfq_temperature=lfq_temperature,
@@ -179,7 +190,14 @@ class DiscreteVAE(nn.Module):
                 dead_code_threshold,
             )
         elif quantizer == "fsq":
-            self.codebook = FiniteScalarQuantizer(codebook_dim, fsq_levels, fsq_symmetric, fsq_noise_dropout)
+            self.codebook = FiniteScalarQuantizer(
+                codebook_dim,
+                fsq_levels,
+                fsq_symmetric,
+                fsq_noise_dropout,
+                fsq_entropy_weight,
+                fsq_entropy_temperature,
+            )
         else:
             self.codebook = LookupFreeQuantizer(
                 codebook_dim, lfq_bits, entropy_loss_weight, commitment_weight, lfq_temperature

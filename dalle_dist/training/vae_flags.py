@@ -104,6 +104,18 @@ def build_parser() -> Parser:
         help="fsq: share of training values given uniform noise instead of rounding (needs symmetric levels)",
     )
     q.add_argument(
+        "--fsq_entropy_weight",
+        type=nonneg_float,
+        default=0.0,
+        help="fsq: weight of an entropy loss on FSQ's grid (LFQ's, ours): spreads the codes the encoder uses",
+    )
+    q.add_argument(
+        "--fsq_entropy_temperature",
+        type=positive_float,
+        default=0.5,
+        help="fsq: temperature of the soft level probabilities that entropy loss reads (in squared levels)",
+    )
+    q.add_argument(
         "--lfq_bits", type=positive_int, default=None, help="lfq: bits a code (2**bits codes; default 10)"
     )
     q.add_argument(
@@ -167,6 +179,8 @@ FLAG_QUANTIZERS = {
     "fsq_levels": ("fsq",),
     "fsq_symmetric": ("fsq",),
     "fsq_noise_dropout": ("fsq",),
+    "fsq_entropy_weight": ("fsq",),
+    "fsq_entropy_temperature": ("fsq",),
     "lfq_bits": ("lfq",),
     "entropy_loss_weight": ("lfq",),
     "lfq_temperature": ("lfq",),
@@ -192,6 +206,8 @@ FLAG_OF_CONFIG = {
     "fsq_levels": "fsq_levels",
     "fsq_symmetric": "fsq_symmetric",
     "fsq_noise_dropout": "fsq_noise_dropout",
+    "fsq_entropy_weight": "fsq_entropy_weight",
+    "fsq_entropy_temperature": "fsq_entropy_temperature",
     "lfq_bits": "lfq_bits",
     "entropy_loss_weight": "entropy_loss_weight",
     "lfq_temperature": "lfq_temperature",

@@ -21,7 +21,7 @@ from ..models import DiscreteVAE
 from ..models.discriminator import PatchDiscriminator
 from ..models.perceptual import Perceptual
 from ..models.pretrained import trainable_vqgan
-from ..models.quantizers import GumbelQuantizer, Quantized, resolve_codebook
+from ..models.quantizers import FiniteScalarQuantizer, GumbelQuantizer, Quantized, resolve_codebook
 from ..models.vqgan import VQGAN
 from .codebook import CodebookUsage
 from .flags import backend_config, data_config, refuse_changed_flags
@@ -241,9 +241,14 @@ def build_vae(args: argparse.Namespace, image_size: int) -> DiscreteVAE:
     # fsq / lfq take their codebook size from their levels / bits unless --num_tokens is given
     num_tokens = args.num_tokens if kind in ("gumbel", "vq") or args.given("num_tokens") else None
     try:
-        resolve_codebook(kind, num_tokens, args.fsq_levels, args.lfq_bits)
+        codes = resolve_codebook(kind, num_tokens, args.fsq_levels, args.lfq_bits)[0]
     except ValueError as e:
         raise UserError(f"train_vae.py: {e}") from None
+    if kind == "fsq" and args.fsq_entropy_weight and codes > FiniteScalarQuantizer.MAX_ENTROPY_CODES:
+        raise UserError(
+            f"--fsq_entropy_weight works up to {FiniteScalarQuantizer.MAX_ENTROPY_CODES} codes, not {codes}: "
+            "give fewer --fsq_levels or --fsq_entropy_weight 0"
+        )
     try:
         return DiscreteVAE(
             image_size=image_size,
@@ -265,6 +270,8 @@ def build_vae(args: argparse.Namespace, image_size: int) -> DiscreteVAE:
             fsq_levels=args.fsq_levels,
             fsq_symmetric=args.fsq_symmetric,
             fsq_noise_dropout=args.fsq_noise_dropout,
+            fsq_entropy_weight=args.fsq_entropy_weight,
+            fsq_entropy_temperature=args.fsq_entropy_temperature,
             lfq_bits=args.lfq_bits,
             entropy_loss_weight=args.entropy_loss_weight,
             lfq_temperature=args.lfq_temperature,
