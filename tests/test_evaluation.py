@@ -334,6 +334,25 @@ def _not_torchscript(tmp: Path) -> Path:
     return tmp / "weights.pt"
 
 
+def test_a_feature_model_alone_needs_no_clip(inputs, tmp_path, capsys):
+    """Without --clip_path: the feature model's distance alone, the same figure as with a CLIP; with neither,
+    one line that says what to give."""
+    out = tmp_path / "scores.json"
+    argv = ["--generated", inputs["generated"], "--real", inputs["real"], "--feature_image_size", "16"]
+    proc = run_cmd(
+        [sys.executable, ROOT / "evaluate.py", *argv, "--feature_model", inputs["encoder"], "--json", out]
+    )
+    scores = json.loads(out.read_text())
+    assert scores["clip"] is None and scores["clip_score"] is None and scores["real_clip_score"] is None
+    (fd,) = scores["frechet"]
+    full = evaluation.evaluate(inputs["clip"], inputs["generated"], inputs["real"], inputs["encoder"], 16)
+    assert fd == full["frechet"][1]
+    assert "CLIP: none given" in proc.stdout and "CLIP-score," not in proc.stdout
+    assert evaluation.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: nothing to score") and "--feature_model" in err and "\n" not in err
+
+
 BAD = [
     ("generated_missing", {"--generated": lambda t: t / "nope"}, ["--generated", "does not exist"]),
     ("generated_empty", {"--generated": _empty}, ["holds no generated images", "no caption.txt"]),

@@ -3,12 +3,14 @@
     python evaluate.py --clip_path RUN --generated OUTPUTS_DIR --real IMAGE_DIR
     python evaluate.py --clip_path hf:openai/clip-vit-base-patch32 ...  # OpenAI's CLIP, the papers' scorer
                        [--feature_model encoder.pt] [--json scores.json]
+    python evaluate.py --feature_model encoder.pt --generated OUTPUTS_DIR --real IMAGE_DIR  # FD alone
 
 * CLIP-score of the generated images with their prompts (mean cosine similarity, see ``clip_score``),
   beside its chance level (the same images with the other prompts) and, when the real images have
   captions, the score of real images with their own captions: a CLIP-score means little without both.
 * The Fréchet distance between Gaussians fitted to the generated and the real images' features: in the
   CLIP image tower's latent space, and with ``--feature_model`` in that TorchScript encoder's space.
+  Without ``--clip_path`` only the feature model's distance is computed (no CLIP-score).
   FD depends on the image counts (it is biased upward for small sets, and a covariance of fewer images
   than feature dimensions is singular): compare figures computed from the same counts only.
 
@@ -64,9 +66,9 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--clip_path",
         type=Path,
-        required=True,
+        default=None,
         help="train_clip.py run directory or checkpoint, or a Hugging Face CLIP "
-        "(hf:openai/clip-vit-base-patch32, hf:DIR)",
+        "(hf:openai/clip-vit-base-patch32, hf:DIR); optional with --feature_model (its distance alone)",
     )
     parser.add_argument(
         "--generated",
@@ -219,7 +221,7 @@ def _frechet(features: str, generated: np.ndarray, real: np.ndarray) -> dict[str
 
 
 def evaluate(
-    clip_path: Path,
+    clip_path: Path | None,
     generated_dir: Path,
     real_dir: Path,
     feature_model: Path | None = None,
@@ -227,16 +229,26 @@ def evaluate(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Every figure of ``evaluate.py`` as a JSON-serialisable dict (inputs are checked before any work)."""
+    """Every figure of ``evaluate.py`` as a JSON-serialisable dict (inputs are checked before any work).
+    Without ``clip_path`` the CLIP figures are ``None`` and only the feature model's distance is computed."""
+    if clip_path is None and feature_model is None:
+        raise UserError(
+            "nothing to score: give --clip_path (CLIP-score and FD in CLIP latents), --feature_model (FD in "
+            "its features), or both"
+        )
     generated, real = read_generated(generated_dir), read_real(real_dir)
     _check_counts(generated, real)
-    clip, tokenizer, record = load_scoring_clip(clip_path)
-    clip.to(device).eval()
     encoder = load_feature_model(feature_model, device) if feature_model is not None else None
-    gen_latents = image_embeddings(clip, generated.images, batch_size, device)
-    real_latents = image_embeddings(clip, real.images, batch_size, device)
-    tower = f"CLIP image-tower latents ({record['path']}, unit-norm)"
-    frechet = [_frechet(tower, gen_latents.double().numpy(), real_latents.double().numpy())]
+    record, clip_score, real_clip_score, frechet = None, None, None, []
+    if clip_path is not None:
+        clip, tokenizer, record = load_scoring_clip(clip_path)
+        clip.to(device).eval()
+        gen_latents = image_embeddings(clip, generated.images, batch_size, device)
+        real_latents = image_embeddings(clip, real.images, batch_size, device)
+        tower = f"CLIP image-tower latents ({record['path']}, unit-norm)"
+        frechet.append(_frechet(tower, gen_latents.double().numpy(), real_latents.double().numpy()))
+        clip_score = _score(clip, tokenizer, gen_latents, generated, batch_size, device)
+        real_clip_score = _score(clip, tokenizer, real_latents, real, batch_size, device)
     if encoder is not None:
         name = f"feature model {feature_model} ({feature_image_size} px input)"
         features = [
@@ -252,14 +264,13 @@ def evaluate(
             "images": len(real.images),
             "with_captions": sum(bool(c) for c in real.captions),
         },
-        "clip_score": _score(clip, tokenizer, gen_latents, generated, batch_size, device),
-        "real_clip_score": _score(clip, tokenizer, real_latents, real, batch_size, device),
+        "clip_score": clip_score,
+        "real_clip_score": real_clip_score,
         "frechet": frechet,
     }
 
 
-def report_lines(results: dict[str, Any]) -> list[str]:
-    """The figures of ``results`` as the lines ``evaluate.py`` prints, each naming features and counts."""
+def _clip_lines(results: dict[str, Any]) -> list[str]:
     clip = results["clip"]
     lines = [f"CLIP: {clip['path']}" + (f" (step {clip['step']})" if clip.get("step") is not None else "")]
     score = results["clip_score"]
@@ -285,6 +296,12 @@ def report_lines(results: dict[str, Any]) -> list[str]:
             f"{real['pairs']} captions"
             + (f"; vs the other captions: {chance:.4f})" if chance is not None else ")")
         )
+    return lines
+
+
+def report_lines(results: dict[str, Any]) -> list[str]:
+    """The figures of ``results`` as the lines ``evaluate.py`` prints, each naming features and counts."""
+    lines = _clip_lines(results) if results["clip"] is not None else ["CLIP: none given (no CLIP-score)"]
     for fd in results["frechet"]:
         lines.append(
             f"Fréchet distance, generated vs real, in {fd['features']}, dim {fd['dim']}: {fd['value']:.4f} "
