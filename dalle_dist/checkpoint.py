@@ -350,6 +350,8 @@ def build_vae(description: dict[str, Any]) -> nn.Module:
     if config.get("quantizer") == "fsq" and "fsq_symmetric" not in config:
         # written before FSQ had these options (their defaults now differ): it was trained as plain FSQ
         config |= {"fsq_symmetric": False, "fsq_noise_dropout": 0.0}
+    if config.get("quantizer") == "fsq" and "fsq_entropy_weight" not in config:
+        config["fsq_entropy_weight"] = 0.0  # written before FSQ's entropy term: trained without it
     if config.get("quantizer") == "lfq" and "lfq_temperature" not in config:
         config["lfq_temperature"] = 0.01  # written before the option: trained at the library's default
     with _described("VAE"):
