@@ -281,13 +281,15 @@ class FiniteScalarQuantizer(_Library):
             logits = -((u[:, channel, None] - grid) ** 2) / self.entropy_temperature
             probs = logits.softmax(-1)
             per_position = per_position - (probs * logits.log_softmax(-1)).sum(-1).mean()
-            # a code's probability: the product of its channels' (their order is the entropy's no matter)
+            # a code's probability: the product of its channels' (the entropy ignores the codes' order)
             joint = probs if joint is None else (joint[:, :, None] * probs[:, None, :]).flatten(1)
         average = joint.mean(0)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             world = torch.distributed.get_world_size()
-            if world > 1:
-                average = torch.distributed.nn.functional.all_reduce(average) / world
+            if world > 1:  # the autograd-aware all-reduce: each rank's gradient reaches every rank's share
+                import torch.distributed.nn.functional as dist_fn
+
+                average = dist_fn.all_reduce(average) / world
         batch = -(average * average.clamp_min(1e-12).log()).sum()
         return per_position - batch
 
