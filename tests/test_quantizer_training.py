@@ -106,6 +106,10 @@ def test_train_vae_reads_shards(tmp_path):
             "--fsq_noise_dropout does not apply to --quantizer vq",
         ),
         (["--quantizer", "fsq", "--fsq_noise_dropout", "1"], "--fsq_noise_dropout"),
+        (
+            ["--quantizer", "fsq", "--fsq_levels", "8,8,8,8,8", "--fsq_entropy_weight", "0.1"],
+            "--fsq_entropy_weight works up to 16384 codes, not 32768",
+        ),
     ],
 )
 def test_bad_quantizer_flags_are_one_line(tmp_path, flags, message):
