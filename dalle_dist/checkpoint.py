@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -521,9 +522,15 @@ class RunDirectory:
     def holds_a_run(self) -> bool:
         return any((self.root / name).exists() for name in ("config.yaml", "checkpoints", "latest", "final"))
 
-    def prepare(self, resume: bool) -> None:
-        """Create the layout; refuse to mix a new run into an old one."""
-        if resume:
+    def prepare(self, resume: bool, start_over_unsaved: bool = False) -> None:
+        """Create the layout; refuse to mix a new run into an old one, except (``start_over_unsaved``, for
+        ``--resume auto``) a run that ended before its first checkpoint: it starts again, its metrics kept
+        aside."""
+        if start_over_unsaved and not resume and self.latest() is None and self.holds_a_run():
+            metrics = self.root / "metrics.jsonl"
+            if metrics.is_file():
+                metrics.rename(self.root / f"metrics.unsaved-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        elif resume:
             if self.latest() is None:
                 raise UserError(
                     f"--resume: {self.root} has no checkpoint to resume from (no {self.root / 'latest'}): "

@@ -112,6 +112,11 @@ class Flags(argparse.Namespace):
         """Whether the user set ``name`` (on the command line or in ``--config``), not a default."""
         return name in self._given
 
+    def replaced(self, **values: Any) -> Flags:
+        """A copy with ``values`` in place of the parsed ones (a flag's meaning resolved, e.g. ``--resume
+        auto``); what the user gave stays given."""
+        return Flags({**vars(self), **values}, given=self._given)
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"parsed flags are read-only (tried to set {name!r}): build a config instead")
 

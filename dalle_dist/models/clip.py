@@ -79,6 +79,10 @@ class CLIP(nn.Module):
         """Constructor arguments, to rebuild this model."""
         return dict(self._config)
 
+    def compile_regions(self) -> list[nn.Module]:
+        """What ``--compile`` compiles: both transformers' branches."""
+        return [*self.text_transformer.compile_regions(), *self.visual_transformer.compile_regions()]
+
     def embed_text(self, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
         """Unit-norm text latents ``[B, dim_latent]``; padding (0, or False in ``text_mask``) is ignored."""
         if text.shape[1] > self.text_seq_len:

@@ -128,6 +128,12 @@ class DALLE(nn.Module):
         """The hyper-parameters, JSON-serialisable, to rebuild this model (``DALLE(vae=..., **config)``)."""
         return self.hparams.to_dict()
 
+    def compile_regions(self) -> list[nn.Module]:
+        """What ``--compile`` compiles: the transformer's branches, and the VAE's regions where it has them
+        (it tokenizes each training batch's images)."""
+        vae_regions = getattr(self.vae, "compile_regions", None)
+        return [*self.transformer.compile_regions(), *(vae_regions() if vae_regions else [])]
+
     # ----------------------------------------------------------------------------------- tokens
     def text_ids(self, text: Tensor) -> Tensor:
         """User text ``[B, <=S]`` (0 = padding) -> internal ids: ``[B, S + 1]``, bos and per-position pads,

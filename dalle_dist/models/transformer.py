@@ -201,13 +201,36 @@ class FeedForward(nn.Module):
 
 
 class Branch(nn.Module):
-    """One residual branch: pre-norm, optional token shift, the function, optional sandwich norm."""
+    """One residual branch: pre-norm, optional token shift, the function, optional sandwich norm. The
+    unit ``--compile`` compiles (regional compilation: every layer's branch of a kind reuses one graph)."""
 
     def __init__(self, dim: int, fn: nn.Module, sandwich_norm: bool = False) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.fn = fn
+        self.kind = "attn" if isinstance(fn, Attention) else "ff"
         self.post_norm = nn.LayerNorm(dim) if sandwich_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        token_shift: TokenShift | None = None,
+        cache: LayerCache | None = None,
+        offset: int | Tensor = 0,
+        max_len: int = 0,
+        **attn_kwargs,
+    ) -> Tensor:
+        """The branch's output for ``x [B, n, D]`` (the residual is added by the caller); ``attn_kwargs``
+        (plan, rotary) go to an attention branch."""
+        h = self.norm(x)
+        if token_shift is not None:
+            history = cache.append_shift_input(self.kind, h, offset, max_len) if cache is not None else None
+            h = token_shift(h, offset, history)
+        if self.kind == "attn":
+            h = self.fn(h, cache=cache, offset=offset, max_len=max_len, **attn_kwargs)
+        else:
+            h = self.fn(h)
+        return self.post_norm(h)
 
 
 class Transformer(nn.Module):
@@ -258,26 +281,19 @@ class Transformer(nn.Module):
     def _run(
         self,
         branch: Branch,
-        kind: str,
         x: Tensor,
         offset: int | Tensor,
         cache: KVCache | None,
         layer: int,
         **attn_kwargs,
     ) -> Tensor:
-        h = branch.norm(x)
         layer_cache = cache.layers[layer] if cache is not None else None
-        if self.token_shift is not None:
-            history = None
-            if layer_cache is not None:
-                history = layer_cache.append_shift_input(kind, h, offset, cache.max_len)
-            h = self.token_shift(h, offset, history)
-        if kind == "attn":
-            max_len = cache.max_len if cache is not None else 0
-            h = branch.fn(h, cache=layer_cache, offset=offset, max_len=max_len, **attn_kwargs)
-        else:
-            h = branch.fn(h)
-        return branch.post_norm(h)
+        max_len = cache.max_len if cache is not None else 0
+        return branch(x, self.token_shift, layer_cache, offset, max_len, **attn_kwargs)
+
+    def compile_regions(self) -> list[nn.Module]:
+        """The modules ``--compile`` compiles: every branch (attention and feed-forward of each layer)."""
+        return [*self.attns.values(), *self.ffs.values()]
 
     def forward(
         self,
@@ -296,10 +312,10 @@ class Transformer(nn.Module):
             attn, ff = self.attns[str(self.attn_ids[layer])], self.ffs[str(self.ff_ids[layer])]
 
             def f(h, attn=attn, layer=layer):
-                return self._run(attn, "attn", h, offset, cache, layer, plan=plans[layer], rotary=rotary)
+                return self._run(attn, h, offset, cache, layer, plan=plans[layer], rotary=rotary)
 
             def g(h, ff=ff, layer=layer):
-                return self._run(ff, "ff", h, offset, cache, layer)
+                return self._run(ff, h, offset, cache, layer)
 
             blocks.append((f, g))
         if self.reversible:

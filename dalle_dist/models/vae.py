@@ -45,6 +45,16 @@ def check_images(images: Tensor, channels: int, image_size: int) -> None:
         )
 
 
+class ConvStack(nn.Sequential):
+    """The encoder's or decoder's layers in order: an ``nn.Sequential`` (DALLE-pytorch's parameter names)
+    whose forward is ours, because ``torch.compile`` leaves a bare ``nn.Sequential``'s call uncompiled."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self:
+            x = layer(x)
+        return x
+
+
 class ResBlock(nn.Module):
     """Two 3x3 convolutions and a 1x1 projection around a skip connection."""
 
@@ -219,11 +229,17 @@ class DiscreteVAE(nn.Module):
             dec += [nn.ConvTranspose2d(dec_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()]
             dec_in = hidden_dim
         dec.append(nn.Conv2d(hidden_dim, channels, 1))
-        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+        self.encoder, self.decoder = ConvStack(*enc), ConvStack(*dec)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serialisable), to rebuild this model."""
         return dict(self._config)
+
+    def compile_regions(self) -> list[nn.Module]:
+        """What ``--compile`` compiles: the encoder and the decoder. Not the quantizer: the Gumbel one takes
+        a temperature that changes every step (a compiled graph would be specialised to each value), and
+        the library ones do not compile under inductor."""
+        return [self.encoder, self.decoder]
 
     @property
     def last_layer(self) -> Tensor:

@@ -4,8 +4,11 @@
 twice at step 5 (a skipped batch does not advance the step) on rank 1 only; ``kill_in_save@4`` kills the
 root process with SIGKILL while it writes the checkpoint of step 4 (every file written to the staging
 folder, nothing renamed into place yet); ``corrupt_in_save@4`` flips bytes of that checkpoint's weights at
-the same moment (as a failing disk would); ``raise@3:1`` raises an error on rank 1 at step 3. Each fault
-fires as often as asked, then never again. Unset (the normal case) nothing is injected.
+the same moment (as a failing disk would); ``raise@3:1`` raises an error on rank 1 at step 3; ``kill@5:1``
+kills rank 1 with SIGKILL at step 5 (a dead rank, mid-run). Each fault fires as often as asked, then never
+again, and only in a job's first attempt: processes a launcher restarts (torchrun sets
+``TORCHELASTIC_RESTART_COUNT``) run clean, as a restarted job on healthy hardware would. Unset (the normal
+case) nothing is injected.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import Tensor
 
 from ..errors import UserError
 
-KINDS = ("nan_loss", "kill_in_save", "corrupt_in_save", "raise")
+KINDS = ("nan_loss", "kill_in_save", "corrupt_in_save", "raise", "kill")
 _ENTRY = re.compile(r"(?P<kind>\w+)@(?P<step>\d+)(?:\*(?P<times>\d+))?(?::(?P<rank>\d+))?")
 
 
@@ -43,6 +46,8 @@ class Faults:
 
     def __init__(self, text: str | None = None) -> None:
         self.pending = _parse(os.environ.get("DALLE_DIST_FAULTS", "") if text is None else text)
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+            self.pending = {}
 
     def _fire(self, kind: str, step: int, rank: int) -> bool:
         for key in ((kind, step, None), (kind, step, rank)):
@@ -52,7 +57,10 @@ class Faults:
         return False
 
     def loss(self, loss: Tensor, step: int, rank: int) -> Tensor:
-        """``loss``, or NaN where a ``nan_loss`` fault is due (or an error where a ``raise`` one is)."""
+        """``loss``, or NaN where a ``nan_loss`` fault is due (an error where a ``raise`` one is, death where
+        a ``kill`` one is)."""
+        if self.pending and self._fire("kill", step, rank):
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.pending and self._fire("raise", step, rank):
             raise RuntimeError(f"injected fault at step {step}")
         if self.pending and self._fire("nan_loss", step, rank):

@@ -76,6 +76,15 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def resume_mode(text: str) -> bool | str:
+    """``--resume``'s optional value: ``auto`` (YAML configs may also say true / false)."""
+    if text == "auto":
+        return "auto"
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise argparse.ArgumentTypeError(f"takes no value but 'auto', got {text!r}")
+
+
 def refuse_changed_flags(args: Flags, fixed: Mapping[str, Any], why: str) -> None:
     """``UserError`` naming every flag the user gave whose value differs from ``fixed`` (flag -> the value
     the run or its weights have), with ``why`` they cannot change."""
@@ -185,7 +194,15 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         help=f"run directory (default runs/{script}-<timestamp>)",
     )
     g.add_argument(
-        "--resume", action="store_true", help="continue the run in --output from its latest checkpoint"
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=resume_mode,
+        metavar="auto",
+        help="continue the run in --output from its latest checkpoint; --resume auto: continue it when it "
+        "has a checkpoint, else start it (for jobs a launcher or scheduler restarts: torchrun "
+        "--max-restarts, SLURM requeue)",
     )
     g.add_argument("--seed", type=int, default=0)
     add_device_flag(g)
@@ -224,6 +241,12 @@ def add_common_flags(parser: argparse.ArgumentParser, script: str) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="automatic mixed precision: bf16 on CPU, fp16 on CUDA",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each transformer branch (and the VAE's encoder and decoder): faster steps after "
+        "a compilation of seconds to minutes at the start; same weights and checkpoints",
     )
     g.add_argument(
         "--flops_profiler",

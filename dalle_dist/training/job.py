@@ -22,6 +22,8 @@ from ..data import DataConfig, Ranks, TrainingData, build_dataset
 from ..data.sampler import split_indices
 from ..distributed import BACKENDS, BackendConfig, DistributedBackend, Precision, backend_from_config
 from ..errors import UserError
+from .compile import compile_regions
+from .compile import report as compile_report
 from .flags import RUN_DEFINING, loop_settings, refuse_built_in_flags, refuse_changed_flags
 from .loop import TrainingLoop
 from .schedule import LRSchedule
@@ -38,6 +40,7 @@ PER_INVOCATION = {
     "distributed_backend",
     "num_workers",
     "flops_profiler",
+    "compile",
 }
 
 
@@ -47,6 +50,8 @@ def parse_flags(parser: Parser, argv: list[str] | None = None) -> Flags:
     change (one line names those that differ), and the others (steps, logging, saving, learning rate...)
     may, with a note for the learning rate."""
     args = parser.parse(argv)
+    if args.resume == "auto":
+        args = args.replaced(resume=auto_resume(args))
     # before any model is loaded: the data flags contradict each other
     refuse_built_in_flags(
         args, getattr(args, "image_text_folder", None) or getattr(args, "image_folder", None)
@@ -74,6 +79,21 @@ def parse_flags(parser: Parser, argv: list[str] | None = None) -> Flags:
             flush=True,
         )
     return args
+
+
+def auto_resume(args: Flags) -> bool:
+    """``--resume auto``: whether ``--output`` has a checkpoint to continue from. Every rank reads the same
+    folder at start-up, so all of them decide alike."""
+    if args.output is None:
+        raise UserError("--resume auto needs --output: the run directory to continue, or to start in")
+    has_checkpoint = RunDirectory(args.output).latest() is not None
+    if not launched_rank() or " (rank 0 " in launched_rank():
+        print(
+            f"--resume auto: {args.output} "
+            + ("has a checkpoint: continuing it" if has_checkpoint else "has no checkpoint yet: starting it"),
+            flush=True,
+        )
+    return has_checkpoint
 
 
 def recorded_flags(run: RunDirectory) -> tuple[Path | None, dict[str, Any]]:
@@ -171,7 +191,8 @@ def prepare_run(
     backend.barrier()
     if backend.is_root:
         hold_run(run)  # held for the job, before anything in the run is written
-        run.prepare(resume=args.resume)
+        # --resume given but resolved to False: --resume auto found no checkpoint
+        run.prepare(resume=args.resume, start_over_unsaved=args.given("resume") and not args.resume)
         name = "config.yaml" if not args.resume else f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
         (run.root / name).write_text(yaml.safe_dump(flags, sort_keys=True), encoding="utf-8")
         with open(run.root / "command.txt", "a", encoding="utf-8") as f:
@@ -235,6 +256,10 @@ def run_training(
     precision = Precision.from_flags(backend.device, fp16=config.fp16, bf16=config.bf16, amp=config.amp)
     if precision.note and backend.is_root:
         print(precision.note, flush=True)
+    if args.compile:
+        n = compile_regions(task.model)
+        if backend.is_root:
+            print(f"--compile: {n} regions compiled on first use (the first steps take longer)", flush=True)
     engine = backend.distribute(
         task.model,
         optimizer,
@@ -276,7 +301,10 @@ def run_training(
             if backend.is_root:
                 where = f"step {loop.step} (epoch {loop.epoch}, batch {loop.batch_in_epoch})"
                 tracking.log(f"resuming {run.root} at {where}")
-        return loop.fit()
+        final = loop.fit()
+        if args.compile and backend.is_root:
+            tracking.log(compile_report())
+        return final
     finally:
         tracking.close()
         run.unlock()

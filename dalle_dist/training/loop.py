@@ -26,6 +26,7 @@ from ..data import Reading, TrainingData
 from ..data.shards import SHARD_KINDS
 from ..distributed import DistributedBackend, TrainingEngine
 from ..errors import UserError
+from .compile import eager
 from .faults import Faults
 from .profiler import PROFILE_STEP, StepProfiler, torch_profilers
 from .schedule import LRSchedule
@@ -516,7 +517,7 @@ class TrainingLoop:
         with self.engine.sampling_module() as module:
             if not self.backend.is_root:
                 return
-            with torch.random.fork_rng(devices=self._cuda_devices()):
+            with torch.random.fork_rng(devices=self._cuda_devices()), eager():
                 torch.manual_seed(self.settings.seed)
                 path = self.task.save_samples(module, batch, self.step, self.run.samples)
         if path is not None:
