@@ -590,7 +590,7 @@ def section_vae(dp, args) -> None:
     # eager); the first call compiles, timed apart
     torch.manual_seed(0)
     compiled = DiscreteVAE(image_size=128, **VAE)
-    for region in compiled.compile_regions():
+    for region in compiled.blocks():
         region.compile(dynamic=False)
     compiled_step = step(compiled)
     start = time.perf_counter()
@@ -618,7 +618,7 @@ def section_vae(dp, args) -> None:
             torch.manual_seed(0)
             model = DiscreteVAE(image_size=128, **{**VAE, **codebook}, quantizer=quantizer)
             fast[quantizer] = step(model.to(memory_format=torch.channels_last), bf16=True)
-        for region in compiled.compile_regions():
+        for region in compiled.blocks():
             region.to(memory_format=torch.channels_last)
         fast["gumbel_compiled"] = step(compiled.to(memory_format=torch.channels_last), bf16=True)
         fast["gumbel_compiled"]()  # compiles the bf16 graphs

@@ -89,6 +89,21 @@ def run_cmd(
     return done
 
 
+def run_weights(run_dir: Path, which: str = "final") -> dict[str, torch.Tensor]:
+    """A run's portable weights: ``final/`` or one checkpoint (``step-XXXXXXXX``)."""
+    from safetensors.torch import load_file
+
+    folder = run_dir / which if which == "final" else run_dir / "checkpoints" / which
+    return load_file(folder / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
+    """Same keys, every tensor equal within ``atol`` (and 1e-5 relative)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=key)
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for --master_port): fixed ports collide with lingering jobs."""
     with socket.socket() as s:

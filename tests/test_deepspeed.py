@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_DALLE, TINY_VAE, launch_2_ranks, run_cmd
-from safetensors.torch import load_file
+from conftest import (
+    ROOT,
+    TINY_DALLE,
+    TINY_VAE,
+    assert_same_weights,
+    launch_2_ranks,
+    run_cmd,
+    run_weights,
+)
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install-dev installs it)")
 
@@ -45,15 +52,7 @@ def shm_segments() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")}
 
 
-def weights(run_dir: Path, which: str = "final") -> dict[str, torch.Tensor]:
-    folder = run_dir / which if which == "final" else run_dir / "checkpoints" / which
-    return load_file(folder / "model.safetensors")
-
-
-def assert_same(a: dict, b: dict, atol: float = 1e-5) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=key)
+weights, assert_same = run_weights, assert_same_weights
 
 
 @pytest.fixture(scope="module")

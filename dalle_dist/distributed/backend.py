@@ -113,6 +113,24 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
+@contextlib.contextmanager
+def root_copy(
+    template: nn.Module | None, weights: dict[str, Tensor], root: bool, device: torch.device
+) -> Iterator[nn.Module | None]:
+    """``template`` (the root rank's plain copy of a partitioned model) loaded with the gathered ``weights``
+    on ``device`` for the root rank to sample from; None on the other ranks. A partitioned module gathers its
+    weights inside every forward, a collective call, so one rank alone cannot run it."""
+    if not root:
+        yield None
+        return
+    template.load_state_dict(weights)
+    template.to(device).eval()
+    try:
+        yield template
+    finally:
+        template.to("cpu")
+
+
 @dataclass
 class TrainingEngine:
     """A model ready to train under a backend.
@@ -209,9 +227,16 @@ class TrainingEngine:
 
     def load_state(self, state: dict[str, Any], folder: Path) -> None:
         """Restore what ``state_dict`` saved; ``folder`` holds what ``save_engine`` wrote."""
-        if state.get("format", TORCH_FORMAT) != TORCH_FORMAT:
+        saved = state.get("format", TORCH_FORMAT)
+        if saved == "fsdp2-dcp":
             raise UserError(
-                f"{folder.parent} was written by {state.get('format')} (ZeRO-{state.get('zero_stage')}, "
+                f"{folder.parent} was written by the fsdp backend (sharded): resume it with `torchrun "
+                "--nproc_per_node N ... --distributed_backend fsdp --resume` (any N), or start a new run "
+                "from its weights with --dalle_path / --vae_path"
+            )
+        if saved != TORCH_FORMAT:
+            raise UserError(
+                f"{folder.parent} was written by {saved} (ZeRO-{state.get('zero_stage')}, "
                 f"{ranks_text(state.get('world_size'))}): resume it with --deepspeed under the launcher it "
                 "ran with (e.g. `deepspeed --num_gpus N train_dalle.py --deepspeed ... --resume`), or start "
                 "a new run from its weights with --dalle_path / --vae_path"

@@ -27,10 +27,10 @@ class DDPBackend(DistributedBackend):
         )
 
     def initialize(self) -> None:
-        if not self.launched_here():
+        if not DDPBackend.launched_here():  # torchrun's environment (FSDP's too)
             raise UserError(
-                "--distributed_backend ddp needs a launcher: "
-                "run `torchrun --nproc_per_node N train_dalle.py ...`"
+                f"--distributed_backend {self.name} needs a launcher: "
+                f"run `torchrun --nproc_per_node N train_dalle.py --distributed_backend {self.name} ...`"
             )
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = self.pick_device(local_rank)

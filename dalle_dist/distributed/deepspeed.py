@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .backend import BackendConfig, Precision, TrainingEngine, ranks_text
+from .backend import BackendConfig, Precision, TrainingEngine, ranks_text, root_copy
 from .ddp import DDPBackend
 
 TAG = "state"  # the one tag a checkpoint folder's engine files are saved under
@@ -205,23 +205,13 @@ class DeepSpeedTrainingEngine(TrainingEngine):
                 weights[name] = self.buffers.get(name, buffers[name].detach().cpu().clone())
         return weights
 
-    @contextlib.contextmanager
-    def sampling_module(self) -> Iterator[nn.Module | None]:
+    def sampling_module(self) -> contextlib.AbstractContextManager:
         if self.description["zero_stage"] != 3:  # every rank holds the whole module
-            yield self.module
-            return
+            return contextlib.nullcontext(self.module)
         # the engine's hooks would partition a ZeRO-3 module again inside any forward pass: the root rank
-        # samples from its plain copy instead, loaded with the gathered weights
+        # samples from its plain copy instead
         weights = self.full_state_dict()
-        if dist.get_rank() != 0:
-            yield None
-            return
-        self.template.load_state_dict(weights)
-        self.template.to(self.ds_engine.device).eval()
-        try:
-            yield self.template
-        finally:
-            self.template.to("cpu")
+        return root_copy(self.template, weights, dist.get_rank() == 0, self.ds_engine.device)
 
     def describe(self) -> dict[str, Any]:
         return {"format": ENGINE_FORMAT, **self.description}

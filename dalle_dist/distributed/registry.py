@@ -6,12 +6,13 @@ from ..errors import UserError
 from .backend import BackendConfig, DistributedBackend
 from .ddp import DDPBackend
 from .deepspeed import DeepSpeedBackend
+from .fsdp import FSDPBackend
 from .horovod import HorovodBackend
 from .single import SingleBackend
 
 # launchers are recognised in this order; single comes last as the fallback
 BACKENDS: dict[str, type[DistributedBackend]] = {
-    cls.name: cls for cls in (HorovodBackend, DeepSpeedBackend, DDPBackend, SingleBackend)
+    cls.name: cls for cls in (HorovodBackend, DeepSpeedBackend, FSDPBackend, DDPBackend, SingleBackend)
 }
 
 

@@ -79,9 +79,9 @@ class CLIP(nn.Module):
         """Constructor arguments, to rebuild this model."""
         return dict(self._config)
 
-    def compile_regions(self) -> list[nn.Module]:
-        """What ``--compile`` compiles: both transformers' branches."""
-        return [*self.text_transformer.compile_regions(), *self.visual_transformer.compile_regions()]
+    def blocks(self) -> list[nn.Module]:
+        """The units ``--compile`` compiles and FSDP shards: both transformers' branches."""
+        return [*self.text_transformer.blocks(), *self.visual_transformer.blocks()]
 
     def embed_text(self, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
         """Unit-norm text latents ``[B, dim_latent]``; padding (0, or False in ``text_mask``) is ignored."""

@@ -128,11 +128,11 @@ class DALLE(nn.Module):
         """The hyper-parameters, JSON-serialisable, to rebuild this model (``DALLE(vae=..., **config)``)."""
         return self.hparams.to_dict()
 
-    def compile_regions(self) -> list[nn.Module]:
-        """What ``--compile`` compiles: the transformer's branches, and the VAE's regions where it has them
+    def blocks(self) -> list[nn.Module]:
+        """The units ``--compile`` compiles and FSDP shards: the transformer's branches, and the VAE's blocks
         (it tokenizes each training batch's images)."""
-        vae_regions = getattr(self.vae, "compile_regions", None)
-        return [*self.transformer.compile_regions(), *(vae_regions() if vae_regions else [])]
+        vae_blocks = getattr(self.vae, "blocks", None)
+        return [*self.transformer.blocks(), *(vae_blocks() if vae_blocks else [])]
 
     # ----------------------------------------------------------------------------------- tokens
     def text_ids(self, text: Tensor) -> Tensor:

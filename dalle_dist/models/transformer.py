@@ -291,8 +291,9 @@ class Transformer(nn.Module):
         max_len = cache.max_len if cache is not None else 0
         return branch(x, self.token_shift, layer_cache, offset, max_len, **attn_kwargs)
 
-    def compile_regions(self) -> list[nn.Module]:
-        """The modules ``--compile`` compiles: every branch (attention and feed-forward of each layer)."""
+    def blocks(self) -> list[nn.Module]:
+        """The units ``--compile`` compiles and FSDP shards: every branch (each layer's attention and
+        feed-forward)."""
         return [*self.attns.values(), *self.ffs.values()]
 
     def forward(

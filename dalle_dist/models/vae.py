@@ -235,10 +235,10 @@ class DiscreteVAE(nn.Module):
         """Constructor arguments (JSON-serialisable), to rebuild this model."""
         return dict(self._config)
 
-    def compile_regions(self) -> list[nn.Module]:
-        """What ``--compile`` compiles: the encoder and the decoder. Not the quantizer: the Gumbel one takes
-        a temperature that changes every step (a compiled graph would be specialised to each value), and
-        the library ones do not compile under inductor."""
+    def blocks(self) -> list[nn.Module]:
+        """The units ``--compile`` compiles and FSDP shards: the encoder and the decoder. Not the quantizer:
+        the Gumbel one takes a temperature that changes every step (a compiled graph would be specialised to
+        each value), and the library ones do not compile under inductor."""
         return [self.encoder, self.decoder]
 
     @property

@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_flags(build_parser(), argv)
     backend = start_backend(backend_config(args))
+    if backend.name == "fsdp":  # its statistics pass calls the encoder outside the sharded forward
+        raise UserError("train_autoencoder.py does not run under --distributed_backend fsdp yet: use ddp")
     seed_everything(args.seed)
     resume = resume_point(args, backend)
     model = None

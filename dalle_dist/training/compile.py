@@ -1,10 +1,10 @@
 """``--compile``: regional compilation of a model's training step.
 
-``torch.compile`` is applied in place to each region a model names (``compile_regions()``: DALL-E's and
-CLIP's transformer branches, the VAE's encoder, decoder and Gumbel quantizer), not to the whole model: the
+``torch.compile`` is applied in place to each of a model's blocks (``blocks()``: DALL-E's and CLIP's
+transformer branches, the VAE's encoder and decoder), not to the whole model: the
 branches of every layer share one graph, so compile time does not grow with depth, and the engines (DDP,
 DeepSpeed, FSDP) wrap the model as before. In-place compilation keeps the parameter names, so checkpoints
-are the same as eager runs'. A model without ``compile_regions`` is compiled whole.
+are the same as eager runs'. A model without ``blocks`` is compiled whole.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 def regions(model: nn.Module) -> list[nn.Module]:
     """The modules ``--compile`` compiles in ``model``."""
-    named = getattr(model, "compile_regions", None)
+    named = getattr(model, "blocks", None)
     return list(named()) if named is not None else [model]
 
 

@@ -137,6 +137,11 @@ def main(
     args = parse_flags(parser, argv)
     backend = start_backend(backend_config(args))
     seed_everything(args.seed)
+    if args.ema_decay > 0 and backend.name == "fsdp":
+        raise UserError(
+            "--ema_decay averages the whole weights on every rank, which --distributed_backend fsdp shards: "
+            "use --distributed_backend ddp, or --ema_decay 0"
+        )
     resume = resume_point(args, backend)
     start = resume or getattr(args, f"{kind}_path")
     model = ckpt = None

@@ -256,10 +256,6 @@ def run_training(
     precision = Precision.from_flags(backend.device, fp16=config.fp16, bf16=config.bf16, amp=config.amp)
     if precision.note and backend.is_root:
         print(precision.note, flush=True)
-    if args.compile:
-        n = compile_regions(task.model)
-        if backend.is_root:
-            print(f"--compile: {n} regions compiled on first use (the first steps take longer)", flush=True)
     engine = backend.distribute(
         task.model,
         optimizer,
@@ -268,6 +264,10 @@ def run_training(
         precision=precision,
         micro_batch_size=config.batch_size,
     )
+    if args.compile:  # after the engine has wrapped or sharded the model (FSDP wants its units first)
+        n = compile_regions(engine.module)
+        if backend.is_root:
+            print(f"--compile: {n} regions compiled on first use (the first steps take longer)", flush=True)
     schedule = LRSchedule(
         args.learning_rate,
         kind=args.lr_schedule or ("plateau" if getattr(args, "lr_decay", False) else "constant"),
