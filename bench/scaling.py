@@ -7,8 +7,8 @@ steps, which include start-up, are dropped).
 - ``1 x 2 threads``: one process using both cores (the baseline).
 - ``2 x 1, no comm``: two independent single processes at once, one thread each: the same compute and
   core sharing as a 2-rank run, without any communication.
-- ``<backend> 2 x 1``: a real 2-rank run under its launcher (torchrun for ddp, horovodrun for horovod,
-  the deepspeed launcher for DeepSpeed ZeRO-1/2).
+- ``<backend> 2 x 1``: a real 2-rank run under its launcher (torchrun for ddp and fsdp, horovodrun for
+  horovod, the deepspeed launcher for DeepSpeed ZeRO-1/2/3).
 
 Communication share of a step = 1 - rate(backend) / rate(no comm).
 
@@ -91,11 +91,13 @@ def main() -> None:
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29811"]
     results["ddp 2 x 1 (torchrun)"] = rate(train("ddp", torchrun, 1), skip)
+    torchrun[-1] = "--master_port=29812"
+    results["fsdp 2 x 1 (torchrun)"] = rate(train("fsdp", torchrun, 1, "--distributed_backend", "fsdp"), skip)
     if shutil.which("horovodrun", path=env(1)["PATH"]):
         hvd = [BIN / "horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
         results["horovod 2 x 1 (horovodrun)"] = rate(train("hvd", hvd, 1), skip)
     if (BIN / "deepspeed").exists():
-        for stage in (1, 2):
+        for stage in (1, 2, 3):
             ds = [BIN / "deepspeed", "--num_gpus", "2", "--master_port", str(29820 + stage)]
             name = f"deepspeed ZeRO-{stage} 2 x 1"
             results[name] = rate(train(f"ds{stage}", ds, 1, "--deepspeed", "--zero_stage", str(stage)), skip)

@@ -51,9 +51,10 @@ def flags(vae_run: Path, out: Path, batch: int, *extra) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--reversible"], ["--activation_checkpointing"]], ids=str)
+@pytest.mark.parametrize("extra", [["--compile"], ["--reversible"], ["--activation_checkpointing"]], ids=str)
 def test_fsdp_two_ranks_equal_one_process(tmp_path, vae_run, extra):
-    """2 ranks x batch 4, every transformer branch and the root sharded, = 1 process x batch 8 (fp32)."""
+    """2 ranks x batch 4, every transformer branch and the root sharded, = 1 process x batch 8 (fp32): with
+    the sharded branches compiled, reversible, or checkpointed."""
     single, sharded = tmp_path / "single", tmp_path / "fsdp"
     run_cmd([sys.executable, ROOT / "train_dalle.py", *flags(vae_run, single, 8, *extra)])
     proc = run_cmd(torchrun(2, *flags(vae_run, sharded, 4, *extra)), timeout=300)
