@@ -201,8 +201,8 @@ class FeedForward(nn.Module):
 
 
 class Branch(nn.Module):
-    """One residual branch: pre-norm, optional token shift, the function, optional sandwich norm. The
-    unit ``--compile`` compiles (regional compilation: every layer's branch of a kind reuses one graph)."""
+    """One residual branch: pre-norm, optional token shift, the function, optional sandwich norm. The unit
+    ``--compile`` compiles (every layer's branch of a kind reuses one graph) and FSDP shards."""
 
     def __init__(self, dim: int, fn: nn.Module, sandwich_norm: bool = False) -> None:
         super().__init__()

@@ -1,10 +1,10 @@
 """``--compile``: regional compilation of a model's training step.
 
 ``torch.compile`` is applied in place to each of a model's blocks (``blocks()``: DALL-E's and CLIP's
-transformer branches, the VAE's encoder and decoder), not to the whole model: the
-branches of every layer share one graph, so compile time does not grow with depth, and the engines (DDP,
-DeepSpeed, FSDP) wrap the model as before. In-place compilation keeps the parameter names, so checkpoints
-are the same as eager runs'. A model without ``blocks`` is compiled whole.
+transformer branches, the VAE's encoder and decoder), not to the whole model: the branches of every layer
+share one graph, so compile time does not grow with depth. It runs after the engine has wrapped (DDP,
+DeepSpeed) or sharded (FSDP) the model, and in-place compilation keeps the parameter names, so
+checkpoints are the same as eager runs'. A model without ``blocks`` is compiled whole.
 """
 
 from __future__ import annotations
