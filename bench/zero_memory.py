@@ -4,6 +4,12 @@ backend and ZeRO stage, for DALL-E sizes a user might train. Parameter counts co
 "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", SC 2020, sections 5 and 7).
 
     .venv/bin/python bench/zero_memory.py [--gpus 8]
+    .venv/bin/python bench/zero_memory.py --measure [--dim 512 --depth 12]
+
+``--measure`` runs the real thing on this machine instead: train_dalle.py for a few steps, 2 ranks, under
+DDP, FSDP2 and DeepSpeed ZeRO-1/2/3 (and one process for the baseline), fp32, batch 1 per rank, and prints
+each run's peak resident memory of rank 0 (the loop's ``cpu_mem_gb``) with its difference from DDP: what
+sharding saves per rank, activations and the runtime being the same in every row.
 
 Per parameter, mixed-precision Adam keeps 2 bytes of bf16/fp16 weights, 2 of gradients and K = 12 of
 optimizer state (fp32 master weights, Adam's m and v). Plain fp32 training keeps 4 + 4 + 8: the same 16.
@@ -13,6 +19,13 @@ Activations come on top and depend on batch size, sequence length and checkpoint
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -68,10 +81,82 @@ def memory(psi: int, n: int, k: int = 12) -> dict[str, float]:
     }
 
 
+def measure(dim: int, depth: int, steps: int) -> None:
+    """Peak resident memory per rank of real 2-rank runs, by backend (see the module's docstring)."""
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    work = Path(tempfile.mkdtemp(prefix="dalle_dist-zero-memory-"))
+    vae = work / "vae"
+    vae_flags = ["--image_size", "128", "--num_layers", "3", "--num_tokens", "1024", "--hidden_dim", "32"]
+    subprocess.run(
+        [sys.executable, root / "train_vae.py", *vae_flags, "--max_steps", "1", "--batch_size", "2",
+         "--dataset_size", "16", "--output", vae],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    never = "100000"
+    common = ["--vae_path", vae, "--dim", str(dim), "--depth", str(depth), "--heads", str(dim // 64),
+              "--dim_head", "64", "--text_seq_len", "64", "--batch_size", "1", "--dataset_size", "16",
+              "--max_steps", str(steps), "--log_every", "1", "--sample_every", never,
+              "--save_every_n_steps", never, "--bpe_vocab_size", "1000"]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    runs = {"one process (no sharding)": ([sys.executable], [])}
+    runs["ddp, 2 ranks"] = ([*torchrun, "--master_port=29831"], [])
+    runs["fsdp, 2 ranks"] = ([*torchrun, "--master_port=29832"], ["--distributed_backend", "fsdp"])
+    if (bin_dir / "deepspeed").exists():
+        for stage in (1, 2, 3):
+            launcher = [bin_dir / "deepspeed", "--num_gpus", "2", "--master_port", str(29840 + stage)]
+            runs[f"deepspeed ZeRO-{stage}, 2 ranks"] = (launcher, ["--deepspeed", "--zero_stage", str(stage)])
+    peaks = {}
+    for name, (launcher, extra) in runs.items():
+        out = work / name.split(",")[0].replace(" ", "_")
+        cmd = [
+            *map(str, launcher),
+            str(root / "train_dalle.py"),
+            *map(str, common),
+            "--output",
+            str(out),
+            *extra,
+        ]
+        subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=root)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        peaks[name] = max(r["cpu_mem_gb"] for r in records if "cpu_mem_gb" in r)
+    psi = _trainable(dim, depth)
+    print(f"DALL-E dim {dim} depth {depth} ({psi / 1e6:.1f}M trainable parameters), 128 px (16 x 16 tokens), "
+          f"text 64, batch 1 per rank, fp32, {steps} steps; peak RSS of rank 0")  # fmt: skip
+    print(f"{'run':32} {'peak GiB':>9} {'vs ddp':>8}")
+    for name, peak in peaks.items():
+        print(f"{name:32} {peak:>9.3f} {peak - peaks['ddp, 2 ranks']:>+8.3f}")
+    print(f"(fp32 Adam model state: 16 B x {psi / 1e6:.1f}M = {16 * psi / GiB:.3f} GiB unsharded; "
+          f"ZeRO-3 / FSDP on 2 ranks hold half)")  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _trainable(dim: int, depth: int) -> int:
+    """Trainable parameters of the measured DALL-E (meta device: nothing allocated)."""
+    with torch.device("meta"):
+        vae = DiscreteVAE(image_size=128, num_layers=3, num_tokens=1024, hidden_dim=32)
+        dalle = DALLE(dim=dim, vae=vae, num_text_tokens=1000, text_seq_len=64, depth=depth, heads=dim // 64,
+                      dim_head=64)  # fmt: skip
+    return sum(p.numel() for p in dalle.parameters() if p.requires_grad)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=8, help="data-parallel ranks N")
+    parser.add_argument("--measure", action="store_true", help="measure real 2-rank runs on this machine")
+    parser.add_argument("--dim", type=int, default=512, help="--measure: the model's width")
+    parser.add_argument("--depth", type=int, default=12, help="--measure: the model's depth")
+    parser.add_argument("--steps", type=int, default=3, help="--measure: training steps a run")
     args = parser.parse_args()
+    if args.measure:
+        measure(args.dim, args.depth, args.steps)
+        return
     n = args.gpus
     rows = [(dim, depth, trainable_parameters(dim, depth)) for dim, depth in SIZES]
     rows.append((1536, 42, mindalle_parameters()))  # minDALL-E 1.3B, converted (64 text, 256 image tokens)
