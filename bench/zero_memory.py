@@ -8,8 +8,8 @@ backend and ZeRO stage, for DALL-E sizes a user might train. Parameter counts co
 
 ``--measure`` runs the real thing on this machine instead: train_dalle.py for a few steps, 2 ranks, under
 DDP, FSDP2 and DeepSpeed ZeRO-1/2/3 (and one process for the baseline), fp32, batch 1 per rank, and prints
-each run's peak resident memory of rank 0 (the loop's ``cpu_mem_gb``) with its difference from DDP: what
-sharding saves per rank, activations and the runtime being the same in every row.
+each rank's peak resident memory (sampled every 50 ms) with its difference from DDP: what sharding saves
+per rank, activations and the runtime being the same in every row.
 
 Per parameter, mixed-precision Adam keeps 2 bytes of bf16/fp16 weights, 2 of gradients and K = 12 of
 optimizer state (fp32 master weights, Adam's m and v). Plain fp32 training keeps 4 + 4 + 8: the same 16.
@@ -19,12 +19,12 @@ Activations come on top and depend on batch size, sequence length and checkpoint
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -115,26 +115,49 @@ def measure(dim: int, depth: int, steps: int) -> None:
     peaks = {}
     for name, (launcher, extra) in runs.items():
         out = work / name.split(",")[0].replace(" ", "_")
-        cmd = [
-            *map(str, launcher),
-            str(root / "train_dalle.py"),
-            *map(str, common),
-            "--output",
-            str(out),
-            *extra,
-        ]
-        subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=root)
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        peaks[name] = max(r["cpu_mem_gb"] for r in records if "cpu_mem_gb" in r)
+        cmd = [*launcher, root / "train_dalle.py", *common, "--output", out, *extra]
+        peaks[name] = peak_rss_by_rank(list(map(str, cmd)), env, root)
     psi = _trainable(dim, depth)
     print(f"DALL-E dim {dim} depth {depth} ({psi / 1e6:.1f}M trainable parameters), 128 px (16 x 16 tokens), "
-          f"text 64, batch 1 per rank, fp32, {steps} steps; peak RSS of rank 0")  # fmt: skip
-    print(f"{'run':32} {'peak GiB':>9} {'vs ddp':>8}")
+          f"text 64, batch 1 per rank, fp32, {steps} steps; peak resident memory per rank")  # fmt: skip
+    ddp = peaks["ddp, 2 ranks"]
+    print(f"{'run':32} {'rank 0 GiB':>10} {'vs ddp':>8} {'rank 1 GiB':>10} {'vs ddp':>8}")
     for name, peak in peaks.items():
-        print(f"{name:32} {peak:>9.3f} {peak - peaks['ddp, 2 ranks']:>+8.3f}")
+        cells = [f"{peak[r]:>10.3f} {peak[r] - ddp[r]:>+8.3f}" if r in peak else f"{'':>19}" for r in (0, 1)]
+        print(f"{name:32} {' '.join(cells)}")
+    print("rank 0 also keeps a plain copy of the model for drawing samples under fsdp and ZeRO-3")
     print(f"(fp32 Adam model state: 16 B x {psi / 1e6:.1f}M = {16 * psi / GiB:.3f} GiB unsharded; "
           f"ZeRO-3 / FSDP on 2 ranks hold half)")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
+
+
+def peak_rss_by_rank(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[int, float]:
+    """Run ``cmd`` (a launcher starting train_dalle.py ranks) and sample every rank's resident memory
+    every 50 ms: its peak in GiB by rank (RANK in the process's environment; 0 for a lone process)."""
+    import psutil
+
+    peaks: dict[int, float] = {}
+    log = tempfile.TemporaryFile()  # not a pipe: a full pipe would stall the ranks
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    launcher = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        for child in [launcher, *launcher.children(recursive=True)]:
+            try:
+                line = child.cmdline()
+                if not any(part.endswith("train_dalle.py") for part in line):
+                    continue
+                launchers = ("torch.distributed.run", "deepspeed.launcher.launch")
+                if any(part in launchers or part.endswith("bin/deepspeed") for part in line):
+                    continue  # a launcher, not a rank
+                rank = int(child.environ().get("RANK", "0"))
+                peaks[rank] = max(peaks.get(rank, 0.0), child.memory_info().rss / GiB)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+                continue
+        time.sleep(0.05)
+    if proc.returncode != 0:
+        log.seek(0)
+        raise SystemExit(f"{' '.join(cmd[:3])} ... failed:\n{log.read().decode()[-3000:]}")
+    return peaks
 
 
 def _trainable(dim: int, depth: int) -> int:

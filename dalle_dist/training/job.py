@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
 from ..checkpoint import Checkpoint, RunDirectory, resolve_latest
 from ..cli import Flags, Parser, launched_rank
@@ -235,6 +236,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def adam(model: nn.Module, args: Flags) -> torch.optim.Optimizer:
+    """Adam over ``model``'s trainable parameters. The default update, not fused=True: which is faster on a
+    CPU depends on the host (bench/RESULTS.md, "Executor choices on the CPU"), and changing it changes the
+    arithmetic that resumes reproduce."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=args.learning_rate, betas=(0.9, args.adam_beta2))
+
+
 def run_training(
     task: Task,
     args: Flags,
@@ -249,16 +258,14 @@ def run_training(
     """Optimizer, engine, schedule and loop for ``task``; returns the ``final/`` checkpoint."""
     config = backend.config
     train_idx, val_idx = split_indices(len(dataset), args.validation_fraction, args.seed)
-    params = [p for p in task.model.parameters() if p.requires_grad]
-    # the default update, not fused=True: which is faster on a CPU depends on the host (bench/RESULTS.md,
-    # "Executor choices on the CPU"), and changing it changes the arithmetic that resumes reproduce
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, betas=(0.9, args.adam_beta2))
     precision = Precision.from_flags(backend.device, fp16=config.fp16, bf16=config.bf16, amp=config.amp)
     if precision.note and backend.is_root:
         print(precision.note, flush=True)
+    # the optimizer is handed over, not kept here: an engine that shards the model (FSDP) builds its own on
+    # the shards, and a reference left here would keep every full-size parameter alive for the whole run
     engine = backend.distribute(
         task.model,
-        optimizer,
+        adam(task.model, args),
         ga_steps=config.ga_steps,
         clip_grad_norm=args.clip_grad_norm,
         precision=precision,
