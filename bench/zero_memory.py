@@ -137,26 +137,26 @@ def peak_rss_by_rank(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[int
     import psutil
 
     peaks: dict[int, float] = {}
-    log = tempfile.TemporaryFile()  # not a pipe: a full pipe would stall the ranks
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    launcher = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        for child in [launcher, *launcher.children(recursive=True)]:
-            try:
-                line = child.cmdline()
-                if not any(part.endswith("train_dalle.py") for part in line):
+    with tempfile.TemporaryFile() as log:  # not a pipe: a full pipe would stall the ranks
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        launcher = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            for child in [launcher, *launcher.children(recursive=True)]:
+                try:
+                    line = child.cmdline()
+                    if not any(part.endswith("train_dalle.py") for part in line):
+                        continue
+                    launchers = ("torch.distributed.run", "deepspeed.launcher.launch")
+                    if any(part in launchers or part.endswith("bin/deepspeed") for part in line):
+                        continue  # a launcher, not a rank
+                    rank = int(child.environ().get("RANK", "0"))
+                    peaks[rank] = max(peaks.get(rank, 0.0), child.memory_info().rss / GiB)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
                     continue
-                launchers = ("torch.distributed.run", "deepspeed.launcher.launch")
-                if any(part in launchers or part.endswith("bin/deepspeed") for part in line):
-                    continue  # a launcher, not a rank
-                rank = int(child.environ().get("RANK", "0"))
-                peaks[rank] = max(peaks.get(rank, 0.0), child.memory_info().rss / GiB)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
-                continue
-        time.sleep(0.05)
-    if proc.returncode != 0:
-        log.seek(0)
-        raise SystemExit(f"{' '.join(cmd[:3])} ... failed:\n{log.read().decode()[-3000:]}")
+            time.sleep(0.05)
+        if proc.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"{' '.join(cmd[:3])} ... failed:\n{log.read().decode()[-3000:]}")
     return peaks
 
 
