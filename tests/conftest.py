@@ -54,6 +54,26 @@ BASE_ENV = {
 }
 
 
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _signal_all(pid: int, descendants: list, sig: int) -> None:
+    """``sig`` to ``pid``'s process group and to each of ``descendants`` (wherever they went since)."""
+    import psutil
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(sig)
+
+
 def run_cmd(
     cmd: list,
     expect: int | None = 0,
@@ -65,9 +85,10 @@ def run_cmd(
     """Run ``cmd`` (from the repository root unless ``cwd``) in its own process group and check its exit
     status.
 
-    On a timeout every process of the group gets SIGABRT first (the fault handler prints each one's Python
-    stack: where it hung), then the whole group is killed (a launcher's ranks included, so nothing lingers
-    to hold a port or a core for the next test) and the test fails with what the command printed.
+    On a timeout every process of the group, and every descendant in a session of its own (torchrun starts
+    each rank in one), gets SIGABRT first (the fault handler prints each one's Python stack: where it
+    hung), then all are killed (so nothing lingers to hold a port, a core or the output pipes) and the test
+    fails with what the command printed.
     """
     full_env = {**os.environ, **BASE_ENV, **(env or {}), **extra}
     proc = subprocess.Popen(
@@ -77,11 +98,14 @@ def run_cmd(
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGABRT)
+        everyone = _descendants(proc.pid)  # listed now: once the launcher dies they belong to init
+        _signal_all(proc.pid, everyone, signal.SIGABRT)
+        out = err = ""
         with contextlib.suppress(subprocess.TimeoutExpired):
             out, err = proc.communicate(timeout=10)
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        _signal_all(proc.pid, everyone, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            out, err = proc.communicate(timeout=30)
         pytest.fail(f"timed out after {timeout} s: {cmd}\nstdout:\n{out[-6000:]}\nstderr:\n{err[-12000:]}")
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     if expect is not None:

@@ -117,3 +117,9 @@ def test_contrast_weighting_counts_each_picture_by_its_own_contrast():
     assert weighted.item() != plain(pictures()).item()  # same weights and draws, another loss
     with pytest.raises(ValueError, match="recon_weighting must be one of none, contrast"):
         Autoencoder(recon_weighting="edges")
+
+
+def test_blocks_are_the_encoder_and_the_decoder():
+    """What --compile compiles and FSDP shards: the encoder and decoder (the latent decoder carries them)."""
+    ae = tiny()
+    assert ae.blocks() == [ae.vae.encoder, ae.vae.decoder]

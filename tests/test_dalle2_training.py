@@ -103,11 +103,13 @@ def test_resume_is_exact(tmp_path, clip_run, parts, part):
             assert torch.equal(straight[key], resumed[key]), (name, key)
 
 
-ENGINES = {
-    "torchrun": [],
-    "deepspeed": ["--deepspeed", "--zero_stage", "2"],
-    "deepspeed-zero3": ["--deepspeed", "--zero_stage", "3", "--ema_decay", "0"],  # ZeRO-3: no average
-    "horovodrun": [],
+ENGINES = {  # name -> (launcher, flags)
+    "torchrun": ("torchrun", []),
+    "deepspeed": ("deepspeed", ["--deepspeed", "--zero_stage", "2"]),
+    "deepspeed-zero3": ("deepspeed", ["--deepspeed", "--zero_stage", "3", "--ema_decay", "0"]),  # no average
+    "horovodrun": ("horovodrun", []),
+    # FSDP2: every block sharded, the average sharded with the weights (the prior's blocks compiled too)
+    "fsdp": ("torchrun", ["--distributed_backend", "fsdp"]),
 }
 
 
@@ -118,38 +120,61 @@ ENGINES = {
 )
 def test_two_ranks_equal_one_process(tmp_path, clip_run, parts, part, engine):
     """2 ranks x 4 samples read the same global batches as 1 x 8, and each sample's noise, step and
-    condition dropout come from its own seed: the same weights, within fp32 rounding, under every
-    launcher and engine."""
-    launcher = engine.split("-")[0]
+    condition dropout come from its own seed: the same weights and the same average of them (--ema_decay),
+    within fp32 rounding, under every launcher and engine."""
+    launcher, flags = ENGINES[engine]
+    if engine == "fsdp" and part == "prior":
+        flags = [*flags, "--compile"]  # (the UNet's blocks take minutes to compile: not in a test)
     if launcher == "deepspeed":
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install-dev installs it)")
     if launcher == "horovodrun":
         pytest.importorskip("horovod.torch", reason="Horovod is not installed (make install-dev builds it)")
-    proc = train(
-        part, clip_run, tmp_path / "two", "--batch_size", "4", "--max_steps", "4", *ENGINES[engine],
-        launcher=launcher,
-    )  # fmt: skip
+    two = tmp_path / "two"
+    proc = train(part, clip_run, two, "--batch_size", "4", "--max_steps", "4", *flags, launcher=launcher)
     assert "weights identical on all 2 ranks: yes" in proc.stdout
+    if "--compile" in flags:
+        assert "--compile: 0 graphs" not in proc.stdout and "graphs compiled" in proc.stdout
+    averaged = "--ema_decay" not in flags
     if part == "prior":
-        one, two = weights(parts[part]), weights(tmp_path / "two")
-        for key in one:
-            a, b = one[key], two[key]
-            if key.endswith("self_attn.in_proj_bias"):
-                # the key projection's bias (the middle third) shifts every logit of a query alike: its
-                # gradient is zero in exact arithmetic, and Adam turns the rounding noise into steps of its
-                # learning rate that differ with the reduction order (the engines' differ). It changes
-                # nothing the network computes, so only the query and value thirds are compared.
-                third = a.numel() // 3
-                a, b = torch.cat([a[:third], a[2 * third :]]), torch.cat([b[:third], b[2 * third :]])
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=key)
+        assert_priors_alike(parts[part], two, averaged)
         return
     # the UNet's biases just before a GroupNorm have a zero gradient in exact arithmetic: Adam turns their
     # rounding noise into steps of its learning rate, which differ with the reduction order and change
     # nothing the network computes. So the decoders are compared by what they compute.
     from dalle_dist.checkpoint import load_decoder
 
-    (one, *_), (two, *_) = load_decoder(parts[part], ema=False), load_decoder(tmp_path / "two", ema=False)
-    assert_decoders_compute_alike(one, two)
+    for ema in (False, *([True] if averaged else [])):
+        (one, *_), (other, *_) = load_decoder(parts[part], ema=ema), load_decoder(two, ema=ema)
+        assert_decoders_compute_alike(one, other)
+
+
+def assert_priors_alike(one: Path, two: Path, averaged: bool = True) -> None:
+    """Two prior runs' final weights (and averages) agree within fp32 rounding."""
+    for name in ("model.safetensors", *(["ema.safetensors"] if averaged else [])):
+        first, other = (load_file(run / "final" / name) for run in (one, two))
+        assert set(first) == set(other), name
+        for key in first:
+            a, b = first[key], other[key]
+            if key.endswith("self_attn.in_proj_bias"):
+                # the key projection's bias (the middle third) shifts every logit of a query alike: its
+                # gradient is zero in exact arithmetic, and Adam turns the rounding noise into steps of its
+                # learning rate that differ with the reduction order (the engines' differ). It changes
+                # nothing the network computes: only the query and value thirds are compared.
+                third = a.numel() // 3
+                a, b = torch.cat([a[:third], a[2 * third :]]), torch.cat([b[:third], b[2 * third :]])
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=f"{name}: {key}")
+
+
+def test_fsdp_resume_continues_the_sharded_average(tmp_path, clip_run, parts):
+    """Under FSDP2 each rank averages its shard of the weights; the training state holds the whole average,
+    and a resumed run cuts it again: stopped at step 2 and resumed, the prior and its average equal the
+    uninterrupted single-process run's."""
+    out, fsdp = tmp_path / "split", ENGINES["fsdp"][1]
+    train("prior", clip_run, out, "--batch_size", "4", "--max_steps", "2", *fsdp, launcher="torchrun")
+    proc = train("prior", clip_run, out, "--batch_size", "4", "--max_steps", "4", "--resume", *fsdp,
+                 launcher="torchrun")  # fmt: skip
+    assert f"resuming {out} at step 2" in proc.stdout
+    assert_priors_alike(parts["prior"], out)
 
 
 def assert_decoders_compute_alike(one: torch.nn.Module, two: torch.nn.Module) -> None:

@@ -405,3 +405,18 @@ def test_checkpoints_round_trip_and_refuse_the_other_kind(tmp_path, part):
     other = load_decoder if part == "prior" else load_prior
     with pytest.raises(UserError, match=f"is a {part} checkpoint, but --"):
         other(folder)
+
+
+def test_blocks_are_the_repeated_units_and_the_frozen_encoders():
+    """What --compile compiles and FSDP shards one by one: the prior's layers, the UNet's down / middle /
+    up blocks, and the frozen CLIP's branches each runs in its training step; none is listed twice."""
+    clip = tiny_clip()
+    prior, decoder = tiny_prior(clip), tiny_decoder(clip)
+    assert prior.blocks() == [*prior.transformer.layers, *clip.blocks()]
+    unet = decoder.unet
+    assert decoder.blocks() == [*unet.down_blocks, unet.mid_block, *unet.up_blocks, *clip.blocks()]
+    for model in (prior, decoder):
+        blocks = model.blocks()
+        assert len({id(b) for b in blocks}) == len(blocks)
+        inside = {id(m) for m in model.modules()}
+        assert all(id(b) in inside for b in blocks)

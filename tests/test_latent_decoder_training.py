@@ -118,10 +118,12 @@ def test_autoencoder_resume_is_exact(tmp_path, runs):
         assert torch.equal(straight[key], resumed[key]), key
 
 
-ENGINES = {
-    "torchrun": [],
-    "deepspeed-zero3": ["--deepspeed", "--zero_stage", "3"],  # the normalisation measured on partitions
-    "horovodrun": [],
+ENGINES = {  # name -> (launcher, flags)
+    "torchrun": ("torchrun", []),
+    # the normalisation is measured outside the forward: on ZeRO-3's partitions, on FSDP2's shards
+    "deepspeed-zero3": ("deepspeed", ["--deepspeed", "--zero_stage", "3"]),
+    "fsdp": ("torchrun", ["--distributed_backend", "fsdp"]),
+    "horovodrun": ("horovodrun", []),
 }
 
 
@@ -131,13 +133,13 @@ def test_autoencoder_two_ranks_equal_one_process(tmp_path, runs, engine):
     from its own seed: the same autoencoder, normalisation included (measured alike on every rank)."""
     from dalle_dist.checkpoint import load_autoencoder
 
-    launcher = engine.split("-")[0]
+    launcher, flags = ENGINES[engine]
     if launcher == "deepspeed":
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install-dev installs it)")
     if launcher == "horovodrun":
         pytest.importorskip("horovod.torch", reason="Horovod is not installed (make install-dev builds it)")
     two = tmp_path / "two"
-    proc = train_ae(two, "--batch_size", "4", "--max_steps", "4", *ENGINES[engine], launcher=launcher)
+    proc = train_ae(two, "--batch_size", "4", "--max_steps", "4", *flags, launcher=launcher)
     assert "weights identical on all 2 ranks: yes" in proc.stdout
     # biases just before a GroupNorm have no gradient in exact arithmetic (Adam turns their rounding noise
     # into steps that differ with the reduction order): the autoencoders are compared by what they compute

@@ -14,24 +14,58 @@ import contextlib
 import copy
 import io
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..errors import UserError
+from ..models.blocks import blocks_of
 from .backend import TORCH_FORMAT, Precision, TrainingEngine, ranks_text, root_copy
 from .ddp import DDPBackend
 
 ENGINE_FORMAT = "fsdp2-dcp"
 
 
-def model_blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's own units of sharding (its ``blocks()``); none for a model that names none."""
-    blocks = getattr(model, "blocks", None)
-    return list(blocks()) if blocks is not None else []
+def local_shard(param: Tensor) -> Tensor:
+    """The part of ``param`` this rank holds: its shard when FSDP sharded it, else the whole tensor."""
+    return param.to_local() if isinstance(param, DTensor) else param
+
+
+def shard_like(param: Tensor, whole: Tensor) -> Tensor:
+    """This rank's part of ``whole`` (a tensor shaped like ``param``), cut as FSDP cut ``param``. Every rank
+    holds ``whole``: each cuts its own part and nothing is sent."""
+    if not isinstance(param, DTensor):
+        return whole
+    return distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None).to_local()
+
+
+def gather_like(param: Tensor, part: Tensor) -> Tensor:
+    """The whole tensor from every rank's ``part``, cut as ``param`` is (a collective call when sharded)."""
+    if not isinstance(param, DTensor):
+        return part
+    spec = {"shape": param.shape, "stride": param.stride()}
+    return DTensor.from_local(part, param.device_mesh, param.placements, **spec).full_tensor()
+
+
+@contextlib.contextmanager
+def unsharded(module: nn.Module) -> Iterator[None]:
+    """Inside, every FSDP unit of ``module`` holds its whole weights (a collective call): for code that
+    calls the model's methods outside its forward, where FSDP would gather them. Elsewhere: nothing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [unit for unit in module.modules() if isinstance(unit, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -213,7 +247,7 @@ class FSDPBackend(DDPBackend):
             }
             for group in optimizer.param_groups
         ]
-        for block in model_blocks(model):
+        for block in blocks_of(model):
             fully_shard(block, mp_policy=policy, offload_policy=offload)
         fully_shard(model, mp_policy=policy, offload_policy=offload)
         params = dict(model.named_parameters())

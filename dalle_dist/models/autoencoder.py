@@ -122,6 +122,10 @@ class Autoencoder(nn.Module):
         """Constructor arguments (JSON-serialisable), to rebuild this model."""
         return dict(self._config)
 
+    def blocks(self) -> list[nn.Module]:
+        """The units ``--compile`` compiles and FSDP shards: the encoder and the decoder."""
+        return [self.vae.encoder, self.vae.decoder]
+
     def _check(self, images: Tensor) -> None:
         expected = (self.channels, self.image_size, self.image_size)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..attention import AttentionPlanner, SequenceLayout, make_pattern
 from . import sampling
+from .blocks import blocks_of
 from .dalle_config import DALLEConfig
 from .kv_cache import KVCache
 from .transformer import Rotary, TokenShift, Transformer
@@ -131,8 +132,7 @@ class DALLE(nn.Module):
     def blocks(self) -> list[nn.Module]:
         """The units ``--compile`` compiles and FSDP shards: the transformer's branches, and the VAE's blocks
         (it tokenizes each training batch's images)."""
-        vae_blocks = getattr(self.vae, "blocks", None)
-        return [*self.transformer.blocks(), *(vae_blocks() if vae_blocks else [])]
+        return [*self.transformer.blocks(), *blocks_of(self.vae)]
 
     # ----------------------------------------------------------------------------------- tokens
     def text_ids(self, text: Tensor) -> Tensor:

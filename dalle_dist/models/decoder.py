@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..attention.cpu_half import DiffusersAttention
 from .autoencoder import Autoencoder
+from .blocks import blocks_of
 from .clip import CLIP
 from .diffusion import Diffusion
 from .prior import clip_sizes
@@ -188,6 +189,13 @@ class Decoder(nn.Module):
         """Constructor arguments besides the CLIP and the autoencoder (which checkpoints describe on their
         own)."""
         return dict(self._config)
+
+    def blocks(self) -> list[nn.Module]:
+        """The units ``--compile`` compiles and FSDP shards: the UNet's down, middle and up blocks, and the
+        frozen CLIP's (and autoencoder's) blocks, which encode each training batch."""
+        unet = self.unet
+        frozen = [*blocks_of(self.clip), *blocks_of(getattr(self, "autoencoder", None))]
+        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks, *frozen]
 
     # ------------------------------------------------------------------------------------------- network
     def predict(

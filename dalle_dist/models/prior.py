@@ -16,6 +16,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 
 from ..attention.cpu_half import explicit_where_faster
+from .blocks import blocks_of
 from .clip import CLIP
 from .diffusion import Diffusion
 
@@ -82,6 +83,11 @@ class DiffusionPrior(nn.Module):
     def config(self) -> dict[str, Any]:
         """Constructor arguments besides the CLIP (which checkpoints describe on their own)."""
         return dict(self._config)
+
+    def blocks(self) -> list[nn.Module]:
+        """The units ``--compile`` compiles and FSDP shards: the transformer's layers, and the frozen CLIP's
+        blocks (it embeds each training batch's captions)."""
+        return [*self.transformer.layers, *blocks_of(self.clip)]
 
     # ------------------------------------------------------------------------------------------- network
     def predict(self, x_t: Tensor, t: Tensor, text: Tensor, text_embed: Tensor, keep: Tensor) -> Tensor:

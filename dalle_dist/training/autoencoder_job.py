@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..checkpoint import load_autoencoder
 from ..cli import Parser, cli, int_list, nonneg_float, positive_float, positive_int
 from ..data import DataError, image_grid
+from ..distributed.fsdp import unsharded
 from ..errors import UserError
 from .flags import add_common_flags, add_picture_data_flags, backend_config, data_config, refuse_changed_flags
 from .job import (
@@ -140,8 +141,9 @@ class AutoencoderTask(Task):
         return model(images, seeds=seeds, return_parts=True)
 
     def before_save(self, module: nn.Module) -> None:
-        dtype = next(module.parameters()).dtype  # engines that cast the weights (DeepSpeed bf16)
-        module.fit_latent_stats(self.stats.to(module.latent_mean.device, dtype))
+        with unsharded(module):  # (FSDP) the encoder runs outside the model's forward
+            dtype = next(module.parameters()).dtype  # engines that cast the weights (DeepSpeed bf16)
+            module.fit_latent_stats(self.stats.to(module.latent_mean.device, dtype))
 
     @torch.no_grad()
     def save_samples(self, module: nn.Module, batch: tuple[Tensor, Tensor], step: int, folder: Path) -> Path:
@@ -161,8 +163,6 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_flags(build_parser(), argv)
     backend = start_backend(backend_config(args))
-    if backend.name == "fsdp":  # its statistics pass calls the encoder outside the sharded forward
-        raise UserError("train_autoencoder.py does not run under --distributed_backend fsdp yet: use ddp")
     seed_everything(args.seed)
     resume = resume_point(args, backend)
     model = None

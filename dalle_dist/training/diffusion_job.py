@@ -93,13 +93,18 @@ class DiffusionTask(CaptionTask):
 
     sample_steps = 25
     ema: EMA | None = None  # --ema_decay
+    _ema_state: dict[str, Any] | None = None  # the whole average, gathered by every rank before a save
 
     def after_step(self, step: int) -> None:
         if self.ema is not None:
             self.ema.update(self.model)
 
+    def before_save(self, module: nn.Module) -> None:
+        if self.ema is not None:
+            self._ema_state = self.ema.state_dict()  # collective under FSDP: the root alone writes it
+
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.ema is None else {"ema": self.ema.state_dict()}
+        return {} if self._ema_state is None else {"ema": self._ema_state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.ema is not None and "ema" in state:
@@ -117,7 +122,7 @@ class DiffusionTask(CaptionTask):
         autoencoder = getattr(self.model, "autoencoder", None)  # a latent decoder's, which it carries
         if autoencoder is not None:
             meta["autoencoder"] = autoencoder.config()
-        extra = {} if self.ema is None else {"extra_weights": {EMA_FILE: self.ema.weights()}}
+        extra = {} if self._ema_state is None else {"extra_weights": {EMA_FILE: self._ema_state["shadow"]}}
         return {"kind": self.kind, "meta": meta, "tokenizer": self.tokenizer, **extra}
 
 
@@ -137,11 +142,6 @@ def main(
     args = parse_flags(parser, argv)
     backend = start_backend(backend_config(args))
     seed_everything(args.seed)
-    if args.ema_decay > 0 and backend.name == "fsdp":
-        raise UserError(
-            "--ema_decay averages the whole weights on every rank, which --distributed_backend fsdp shards: "
-            "use --distributed_backend ddp, or --ema_decay 0"
-        )
     resume = resume_point(args, backend)
     start = resume or getattr(args, f"{kind}_path")
     model = ckpt = None
