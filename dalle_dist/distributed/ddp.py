@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import UserError
 from .backend import DistributedBackend
+from .elastic import init_process_group
 
 
 class DDPBackend(DistributedBackend):
@@ -37,7 +38,7 @@ class DDPBackend(DistributedBackend):
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self._local_rank = local_rank
 
     @property

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from .backend import BackendConfig, Precision, TrainingEngine, ranks_text, root_copy
 from .ddp import DDPBackend
+from .elastic import init_process_group
 
 TAG = "state"  # the one tag a checkpoint folder's engine files are saved under
 ENGINE_FORMAT = "deepspeed"
@@ -435,8 +436,11 @@ class DeepSpeedBackend(DDPBackend):
                         f"{', '.join(p.name for p, _ in removed)}",
                         flush=True,
                     )
+            comm = "nccl" if self.device.type == "cuda" else "gloo"
+            if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun: meet as DDP does (DeepSpeed then joins)
+                init_process_group(comm, timedelta(minutes=30))
             deepspeed.init_distributed(
-                dist_backend="nccl" if self.device.type == "cuda" else "gloo",
+                dist_backend=comm,
                 auto_mpi_discovery=False,
                 verbose=False,
                 timeout=timedelta(minutes=30),
