@@ -84,17 +84,39 @@ def test_train_vae_compiled_equals_eager(tmp_path):
     assert_same_weights(runs["eager"], runs["compiled"])
 
 
-@pytest.mark.slow
-def test_train_dalle_compiled_under_ddp_equals_eager_single_process(tmp_path):
-    """2 torchrun ranks x batch 4 with --compile (reversible layers) = one eager process x batch 8."""
-    vae = tmp_path / "vae"
+@pytest.fixture(scope="module")
+def eager_single(tmp_path_factory) -> tuple[Path, Path, list]:
+    """A tiny VAE, and one eager process x batch 8 of DALL-E on it (reversible layers): the reference."""
+    base = tmp_path_factory.mktemp("compiled")
+    vae, single = base / "vae", base / "single"
     run_cmd([sys.executable, ROOT / "train_vae.py", "--output", vae, "--max_steps", "2", *TINY_VAE.split()])
     common = ["--vae_path", vae, "--max_steps", "4", "--sample_every", "3", "--reversible", *DALLE_FLAGS]
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
     run_cmd([sys.executable, ROOT / "train_dalle.py", "--output", single, "--batch_size", "8", *common])
+    return vae, single, common
+
+
+ENGINES = {  # name -> (launcher, flags)
+    "ddp": ("torchrun", []),
+    "deepspeed": ("deepspeed", ["--deepspeed", "--zero_stage", "2"]),
+    "horovod": ("horovodrun", []),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_train_dalle_compiled_on_two_ranks_equals_eager_single_process(tmp_path, eager_single, engine):
+    """2 ranks x batch 4 with --compile (reversible layers) = one eager process x batch 8, under DDP,
+    DeepSpeed (compiled after its engine wrapped the model) and Horovod."""
+    launcher, flags = ENGINES[engine]
+    if launcher == "deepspeed":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install-dev installs it)")
+    if launcher == "horovodrun":
+        pytest.importorskip("horovod.torch", reason="Horovod is not installed (make install-dev builds it)")
+    _, single, common = eager_single
+    out = tmp_path / engine
     proc = run_cmd(
         launch_2_ranks(
-            "torchrun", "train_dalle.py", "--output", ddp, "--batch_size", "4", "--compile", *common
+            launcher, "train_dalle.py", "--output", out, "--batch_size", "4", "--compile", *common, *flags
         ),
         timeout=400,
         **SAME_RANDOM,
@@ -102,5 +124,5 @@ def test_train_dalle_compiled_under_ddp_equals_eager_single_process(tmp_path):
     assert "weights identical on all 2 ranks: yes" in proc.stdout
     assert "--compile: 6 regions compiled" in proc.stdout
     assert re.search(r"--compile: [1-9]\d* graphs compiled in", proc.stdout), proc.stdout
-    assert (ddp / "samples").is_dir()
-    assert_same_weights(single, ddp)
+    assert (out / "samples").is_dir()
+    assert_same_weights(single, out)
