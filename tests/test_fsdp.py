@@ -147,3 +147,23 @@ def test_vae_under_fsdp_equals_ddp_and_refusals(tmp_path):
     launch = torchrun(2, "--output", tmp_path / "offload", "--vae_path", runs["ddp"], "--cpu_offload")
     proc = run_cmd(launch, expect=None, timeout=120)
     assert proc.returncode != 0 and "on the CPU they are there already" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_root_template_holds_no_weights_and_builds_an_equal_copy():
+    """The root rank keeps a meta-device blueprint (no memory for weights) and builds a plain copy from the
+    gathered weights only to sample: it computes what the model computes, non-persistent buffers included."""
+    from conftest import small_dalle
+
+    from dalle_dist.distributed.backend import Template
+
+    model = small_dalle().eval()
+    non_persistent = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+    assert non_persistent, "the test model should have a buffer no state dict carries"
+    template = Template(model)
+    assert all(p.is_meta for p in template.skeleton.parameters())
+    copy = template.build({k: v.clone() for k, v in model.state_dict().items()}, torch.device("cpu"))
+    assert not copy.training and not any(p.is_meta for p in copy.parameters())
+    text = torch.randint(1, model.text_vocab_size, (2, model.text_seq_len))
+    image = torch.randint(0, model.num_image_tokens, (2, model.image_seq_len))
+    with torch.no_grad():
+        torch.testing.assert_close(copy(text, image, return_loss=True), model(text, image, return_loss=True))

@@ -10,6 +10,7 @@ branches on the engine's name.
 from __future__ import annotations
 
 import contextlib
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -113,22 +114,43 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
+class Template:
+    """The root rank's blueprint of a partitioned model, to sample from: its structure on the meta device
+    (no memory) and the non-persistent buffers that no state dict carries. A partitioned module gathers its
+    weights inside every forward, a collective call, so one rank alone cannot run it: for samples the root
+    builds a plain copy from the gathered weights, and drops it afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        kept = set(model.state_dict())
+        self.buffers = {
+            name: b.detach().cpu().clone() for name, b in model.named_buffers() if name not in kept
+        }
+        self.skeleton = copy.deepcopy(model).to("meta")
+
+    def build(self, weights: dict[str, Tensor], device: torch.device) -> nn.Module:
+        """A plain module with ``weights`` (the whole state dict) on ``device``, in eval mode."""
+        module = copy.deepcopy(self.skeleton).to_empty(device="cpu")
+        module.load_state_dict(weights)
+        for name, value in self.buffers.items():
+            owner, _, leaf = name.rpartition(".")
+            module.get_submodule(owner)._buffers[leaf] = value.clone()
+        return module.to(device).eval()
+
+
 @contextlib.contextmanager
 def root_copy(
-    template: nn.Module | None, weights: dict[str, Tensor], root: bool, device: torch.device
+    template: Template | None, weights: dict[str, Tensor], root: bool, device: torch.device
 ) -> Iterator[nn.Module | None]:
-    """``template`` (the root rank's plain copy of a partitioned model) loaded with the gathered ``weights``
-    on ``device`` for the root rank to sample from; None on the other ranks. A partitioned module gathers its
-    weights inside every forward, a collective call, so one rank alone cannot run it."""
+    """A plain copy of a partitioned model built from ``template`` and the gathered ``weights`` on
+    ``device`` for the root rank to sample from; None on the other ranks."""
     if not root:
         yield None
         return
-    template.load_state_dict(weights)
-    template.to(device).eval()
+    module = template.build(weights, device)
     try:
-        yield template
+        yield module
     finally:
-        template.to("cpu")
+        del module
 
 
 @dataclass

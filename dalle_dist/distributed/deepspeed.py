@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .backend import BackendConfig, Precision, TrainingEngine, ranks_text, root_copy
+from .backend import BackendConfig, Precision, Template, TrainingEngine, ranks_text, root_copy
 from .ddp import DDPBackend
 from .elastic import init_process_group
 
@@ -144,7 +144,7 @@ class DeepSpeedTrainingEngine(TrainingEngine):
         frozen: dict[str, Tensor],
         buffers: dict[str, Tensor],
         description: dict[str, Any],
-        template: nn.Module | None = None,
+        template: Template | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(engine, engine.module, engine.optimizer, None, **kw)
@@ -500,7 +500,7 @@ class DeepSpeedBackend(DDPBackend):
         trainable = [p for p in model.parameters() if p.requires_grad]
         zero3 = config["zero_optimization"].get("stage") == 3
         # a plain copy of the model on the root rank, to draw samples from (see sampling_module)
-        template = copy.deepcopy(model).cpu() if zero3 and self.rank == 0 else None
+        template = Template(model) if zero3 and self.rank == 0 else None
         own_optimizer = "optimizer" in config  # the file names DeepSpeed's optimizer: it replaces ours
         offload = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
         if offload != "none" and not own_optimizer:

@@ -11,7 +11,6 @@ stored object through ``torch.load(weights_only=True)``, so loading runs no code
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import pickle
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..errors import UserError
 from ..models.blocks import blocks_of
-from .backend import TORCH_FORMAT, Precision, TrainingEngine, ranks_text, root_copy
+from .backend import TORCH_FORMAT, Precision, Template, TrainingEngine, ranks_text, root_copy
 from .ddp import DDPBackend
 
 ENGINE_FORMAT = "fsdp2-dcp"
@@ -120,7 +119,7 @@ def _safe_planner() -> Any:
 class FSDPTrainingEngine(TrainingEngine):
     """A ``fully_shard``-ed model: its parameters are DTensor shards; the optimizer steps the shards."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, template: nn.Module | None,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, template: Template | None,
                  description: dict[str, Any], mixed: bool, **kw: Any) -> None:  # fmt: skip
         super().__init__(model, model, optimizer, None, **kw)
         self.template, self.description, self.mixed = template, description, mixed
@@ -237,7 +236,7 @@ class FSDPBackend(DDPBackend):
             else MixedPrecisionPolicy()
         )
         offload = CPUOffloadPolicy() if self.config.cpu_offload else OffloadPolicy()
-        template = copy.deepcopy(model).cpu() if self.rank == 0 else None
+        template = Template(model) if self.rank == 0 else None
         # fully_shard replaces the parameters: the optimizer is rebuilt on the new ones, group for group
         names = {id(p): name for name, p in model.named_parameters()}
         groups = [
