@@ -125,7 +125,7 @@ def measure(dim: int, depth: int, steps: int) -> None:
     for name, peak in peaks.items():
         cells = [f"{peak[r]:>10.3f} {peak[r] - ddp[r]:>+8.3f}" if r in peak else f"{'':>19}" for r in (0, 1)]
         print(f"{name:32} {' '.join(cells)}")
-    print("rank 0 also keeps a plain copy of the model for drawing samples under fsdp and ZeRO-3")
+    print("under fsdp and ZeRO-3 rank 0 builds a plain copy of the model only while it draws samples")
     print(f"(fp32 Adam model state: 16 B x {psi / 1e6:.1f}M = {16 * psi / GiB:.3f} GiB unsharded; "
           f"ZeRO-3 / FSDP on 2 ranks hold half)")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
