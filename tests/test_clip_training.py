@@ -150,15 +150,19 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, words):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "horovodrun"])
+@pytest.mark.parametrize("launcher", ["torchrun", "fsdp", "horovodrun"])
 def test_two_ranks_contrast_the_global_batch(tmp_path, straight, launcher):
     """2 ranks x 4 pairs rank each caption against all 8 images (latents gathered across ranks, gradients
-    flowing back): the weights equal 1 process x 8 pairs (the module's straight run)."""
+    flowing back): the weights equal 1 process x 8 pairs (the module's straight run), under DDP, FSDP2
+    (both transformers' branches sharded) and Horovod."""
     from conftest import launch_2_ranks
 
+    extra = []
+    if launcher == "fsdp":
+        launcher, extra = "torchrun", ["--distributed_backend", "fsdp"]
     if launcher == "horovodrun":
         pytest.importorskip("horovod.torch", reason="Horovod is not installed (make install-dev builds it)")
-    flags = [*FLAGS, "--output", tmp_path / "two", "--max_steps", "6", "--save_every_n_steps", "3"]
+    flags = [*FLAGS, "--output", tmp_path / "two", "--max_steps", "6", "--save_every_n_steps", "3", *extra]
     flags[flags.index("--batch_size") + 1] = "4"
     proc = run_cmd(launch_2_ranks(launcher, "train_clip.py", *flags))
     assert "weights identical on all 2 ranks: yes" in proc.stdout
