@@ -68,6 +68,33 @@ def test_compiled_dalle_matches_eager_and_eager_stance_skips_compiling():
 
 
 @pytest.mark.slow
+def test_compiled_dalle_matches_eager_under_bf16_autocast():
+    """Under bf16 autocast (--bf16) the compiled loss and gradients match eager's within bf16 rounding: the
+    compiler keeps in fp32 what eager rounds to bf16 between operations; they differ by rounding only."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    dalle = small_dalle()
+    text, image = torch.randint(1, 50, (2, 6)), torch.rand(2, 3, 16, 16)
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        dalle.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = dalle(text, image, return_loss=True)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in dalle.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads()
+    compile_regions(dalle)
+    compiled_loss, compiled_grads = loss_and_grads()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+    assert compiled_grads.keys() == grads.keys()
+    torch.testing.assert_close(compiled_loss, loss, atol=2e-2, rtol=1e-2)  # bf16: 8 bits of mantissa
+    for name, grad in grads.items():
+        scale = grad.abs().max().clamp(min=1e-3)
+        assert (compiled_grads[name] - grad).abs().max() <= 0.05 * scale, name
+
+
+@pytest.mark.slow
 def test_train_vae_compiled_equals_eager(tmp_path):
     """train_vae.py --compile (Gumbel quantizer, samples drawn mid-run) trains the weights eager does."""
     runs = {}
