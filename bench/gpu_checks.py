@@ -10,8 +10,14 @@ session that is lent a CUDA machine (they cannot run on a CPU).
    measured by ``matmul_peak`` (target >= 40 % on an H100).
 4. minDALL-E 1.3B as converted (issue [4/6], random weights): a fine-tuning step (bf16 autocast, AdamW) in
    samples/s, MFU and peak memory, and bf16 cached decoding of minDALL-E's 96 candidates in image tokens/s.
+5. ``compile`` (issue [6/6]): the MFU of 3. with every transformer branch compiled (what ``--compile``
+   does) beside eager, and the first compiled call's seconds.
+6. ``engines`` (issue [6/6]): train_dalle.py at 3.'s size for 30 steps on the built-in dataset under each
+   engine on one GPU — DDP, FSDP2 (torchrun), DeepSpeed ZeRO-2 and ZeRO-3 (its launcher) — with --bf16:
+   samples/s over steps 11-30 and peak GPU memory, from each run's metrics.jsonl. On one GPU nothing is
+   partitioned: this measures each engine's own overhead; memory savings need N GPUs.
 
-    .venv/bin/python bench/gpu_checks.py [--only flex timing mfu mindalle] [--batch 8]
+    .venv/bin/python bench/gpu_checks.py [--only flex timing mfu mindalle compile engines] [--batch 8]
 
 Prints the device name with every figure; record them in bench/RESULTS.md with the command and date.
 """
@@ -19,7 +25,14 @@ Prints the device name with every figure; record them in bench/RESULTS.md with t
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 
@@ -28,6 +41,7 @@ from dalle_dist.attention.kernels import attention
 from dalle_dist.convert.mindalle import DEFAULTS, build_model
 from dalle_dist.models import DALLE, DiscreteVAE
 from dalle_dist.models.sampling import sample_sequence
+from dalle_dist.training.compile import compile_regions
 from dalle_dist.training.throughput import dalle_flops_per_sample, matmul_peak
 
 PATTERNS = [("axial_row", {}), ("axial_col", {}), ("conv_like", {}), ("sparse", {})]
@@ -95,7 +109,7 @@ def time_patterns(device: torch.device) -> None:
             print(f"{fmap:>4}^2 {n:>6} {name:>10} {times}")
 
 
-def training_mfu(device: torch.device, batch: int) -> None:
+def training_mfu(device: torch.device, batch: int, compiled: bool = False) -> None:
     torch.manual_seed(0)
     vae = DiscreteVAE(image_size=256, num_layers=3, num_tokens=8192, codebook_dim=512, hidden_dim=64)
     layers = ("full", "axial_row", "axial_col", "conv_like")
@@ -112,14 +126,61 @@ def training_mfu(device: torch.device, batch: int) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    label = "eager"
+    if compiled:
+        compile_regions(dalle)
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        label = f"--compile (first call {time.perf_counter() - start:.0f} s)"
     ms = cuda_ms(step, repeats=10)
     flops = dalle_flops_per_sample(dalle) * batch
     peak = matmul_peak(device, torch.bfloat16, seconds=1.0)
-    print(f"training step, dim 1024 depth 12, {dalle.total_seq_len} positions, batch {batch}, bf16 autocast, "
-          f"{torch.cuda.get_device_name(device)}: {ms:.1f} ms, {flops / ms / 1e9:.1f} TFLOP/s, "
+    print(f"training step {label}, dim 1024 depth 12, {dalle.total_seq_len} positions, batch {batch}, bf16 "
+          f"autocast, {torch.cuda.get_device_name(device)}: {ms:.1f} ms, {flops / ms / 1e9:.1f} TFLOP/s, "
           f"bf16 matmul peak {peak / 1e12:.1f} TFLOP/s, MFU {flops / (ms / 1e3) / peak:.1%}")  # fmt: skip
     executors = ["flex" if spec.flex else "sdpa" for spec in dalle.planner.plans(device)[: len(layers)]]
     print(f"  executors per layer type {dict(zip(layers, executors, strict=True))}")
+
+
+# train_dalle.py at training_mfu's size, on the built-in dataset at 256 px
+ENGINE_MODEL = ["--dim", "1024", "--depth", "12", "--heads", "16", "--dim_head", "64",
+                "--text_seq_len", "256", "--attn_types", "full,axial_row,axial_col,conv_like", "--bf16",
+                "--log_every", "10", "--sample_every", "100000", "--save_every_n_steps", "100000",
+                "--max_steps", "30"]  # fmt: skip
+ENGINES = {
+    "ddp": ["torchrun", []],
+    "fsdp": ["torchrun", ["--distributed_backend", "fsdp"]],
+    "deepspeed ZeRO-2": ["deepspeed", ["--deepspeed", "--zero_stage", "2"]],
+    "deepspeed ZeRO-3": ["deepspeed", ["--deepspeed", "--zero_stage", "3"]],
+}
+
+
+def engine_runs(batch: int, vae_flags: list[str], model: list[str] = ENGINE_MODEL) -> None:
+    """Each engine's train_dalle.py run on one device: samples/s after step 10 and peak device memory."""
+    root, bin_dir = Path(__file__).resolve().parents[1], Path(sys.executable).parent
+    work = Path(tempfile.mkdtemp(prefix="dalle_dist-engines-"))
+    vae = work / "vae"
+    subprocess.run([sys.executable, root / "train_vae.py", *vae_flags, "--max_steps", "1", "--output", vae],
+                   check=True, capture_output=True, cwd=root)  # fmt: skip
+    for name, (launcher, flags) in ENGINES.items():
+        out = work / name.replace(" ", "-")
+        start = (
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29931"]
+            if launcher == "torchrun"
+            else [bin_dir / "deepspeed", "--num_gpus", "1", "--master_port", "29932"]
+        )
+        cmd = [*start, root / "train_dalle.py", "--vae_path", vae, "--batch_size", str(batch), *model, *flags,
+               "--output", out]  # fmt: skip
+        proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, cwd=root)
+        if proc.returncode != 0:
+            print(f"{name}: failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+            continue
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rates = [r["samples_per_s"] for r in records if "samples_per_s" in r and r["step"] > 10]
+        memory = max((r.get("gpu_mem_gb", r.get("cpu_mem_gb", 0.0)) for r in records), default=0.0)
+        print(f"{name:<18} {statistics.mean(rates):8.2f} samples/s   peak memory {memory:6.2f} GiB")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def mindalle_check(device: torch.device, batch: int, candidates: int = 96, config: dict = DEFAULTS) -> None:
@@ -173,8 +234,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=("flex", "timing", "mfu", "mindalle"),
-        default=("flex", "timing", "mfu", "mindalle"),
+        choices=("flex", "timing", "mfu", "mindalle", "compile", "engines"),
+        default=("flex", "timing", "mfu", "mindalle", "compile", "engines"),
     )
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
@@ -190,6 +251,12 @@ def main() -> None:
         training_mfu(device, args.batch)
     if "mindalle" in args.only:
         mindalle_check(device, args.batch)
+    if "compile" in args.only:
+        training_mfu(device, args.batch, compiled=True)
+    if "engines" in args.only:
+        vae = ["--image_size", "256", "--num_layers", "3", "--num_tokens", "8192", "--emb_dim", "512",
+               "--hidden_dim", "64", "--batch_size", "2", "--dataset_size", "64"]  # fmt: skip
+        engine_runs(args.batch, vae)
 
 
 if __name__ == "__main__":
