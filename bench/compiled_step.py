@@ -13,12 +13,12 @@ emulated and ~100x slower, so its rows would measure the emulation.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+from compare_dalle_pytorch import interleaved  # (this folder: run as a script)
 
 from dalle_dist.devices import cpu_computes_bf16
 from dalle_dist.models import DALLE, DiscreteVAE
@@ -61,19 +61,6 @@ def trainer(model: DALLE, batch: tuple[torch.Tensor, torch.Tensor], bf16: bool) 
     return step
 
 
-def interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds per call, the calls interleaved A B A B ... after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def measure(name: str, config: dict, bf16: bool, repeats: int, peak: float) -> None:
     eager, compiled = build(config), build(config)
     regions = compile_regions(compiled)
@@ -85,7 +72,7 @@ def measure(name: str, config: dict, bf16: bool, repeats: int, peak: float) -> N
     start = time.perf_counter()
     steps["compiled"]()  # compiles (forward and backward graphs)
     compile_s = time.perf_counter() - start
-    t = interleaved(steps, repeats)
+    t = interleaved(steps, repeats, warmup=1)
     flops = dalle_flops_per_sample(eager) * config["batch"]
     precision = "bf16" if bf16 else "fp32"
     print(
