@@ -146,11 +146,7 @@ def root_copy(
     if not root:
         yield None
         return
-    module = template.build(weights, device)
-    try:
-        yield module
-    finally:
-        del module
+    yield template.build(weights, device)  # dropped with the caller's reference
 
 
 @dataclass

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..models.blocks import blocks_of
+
 
 def regions(model: nn.Module) -> list[nn.Module]:
     """The modules ``--compile`` compiles in ``model``."""
-    named = getattr(model, "blocks", None)
-    return list(named()) if named is not None else [model]
+    return blocks_of(model) or [model]
 
 
 def compile_regions(model: nn.Module) -> int:

@@ -97,6 +97,7 @@ class DiffusionTask(CaptionTask):
 
     def after_step(self, step: int) -> None:
         if self.ema is not None:
+            self._ema_state = None  # the gathered copy served the last save: not kept between saves
             self.ema.update(self.model)
 
     def before_save(self, module: nn.Module) -> None:
